@@ -1,0 +1,190 @@
+"""The one typed configuration of a SPAMO run.
+
+A `SpamoConfig` is built from defaults, a TOML file and command-line flags, then `resolve()`d once against the data
+type and the number of modalities (filling learning rate, weight decay, epochs, spatial k and modality weights from
+the data-type registry). Everything downstream receives the resolved config and never looks up defaults itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from spamo.errors import SpamoInputError
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULERS = ("none", "cosine", "plateau")
+FEATURE_GRAPH_WEIGHTS = ("connectivity", "distance")
+EMA_UPDATES = ("after_step", "before_step")
+CLUSTER_METHODS = ("auto", "mclust", "gmm", "kmeans", "leiden", "louvain", "split-merge")
+
+
+@dataclass(frozen=True)
+class SpamoConfig:
+    """Every setting of one SPAMO run. `None` means "the data type's default", filled by `resolve()`."""
+
+    # data
+    data_type: str | None = None
+    n_clusters: int | None = None
+    # graphs (model.md section 2)
+    knn_k: int = 20
+    spatial_k: int | None = None
+    feature_graph_weight: str = "connectivity"
+    # network (model.md section 3)
+    latent_dim: int = 64
+    dropout: float = 0.1
+    use_cross_attn: bool = True
+    attention_block_size: int = 2048
+    # loss (model.md section 5)
+    modality_weights: tuple[float, ...] | None = None
+    dgi_weight: float = 0.1
+    spatial_weight: float = 0.01
+    graph_weight: float = 1.0
+    ema_beta: float = 0.9
+    ema_update: str = "after_step"
+    # optimisation
+    optimizer: str = "adamw"
+    lr: float | None = None
+    weight_decay: float | None = None
+    epochs: int | None = None
+    scheduler: str = "none"
+    # clustering (model.md section 6)
+    cluster_method: str = "auto"
+    init_k: int | None = None
+    smooth: bool = False
+    n_pcs: int = 20
+    # run
+    seed: int = 2025
+    device: str = "auto"
+
+    def replace(self, **changes: Any) -> "SpamoConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        if out["modality_weights"] is not None:
+            out["modality_weights"] = list(out["modality_weights"])
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str = "config") -> "SpamoConfig":
+        """Build from a mapping whose keys are spamo names or the reference's flag names."""
+        known = {f.name for f in fields(cls)}
+        clean: dict[str, Any] = {}
+        weights: dict[int, float] = {}
+        for key, value in values.items():
+            name = REFERENCE_FLAGS.get(key, key)
+            if name.startswith("modality_weight_"):
+                weights[int(name.rsplit("_", 1)[1])] = float(value)
+                continue
+            if name == "epochs_override":
+                name, value = "epochs", (int(value) or None)
+            if name not in known:
+                raise SpamoInputError(where, f"unknown setting '{key}'")
+            clean[name] = value
+        if weights:
+            base = list(clean.get("modality_weights") or [])
+            for i in sorted(weights):
+                while len(base) <= i:
+                    base.append(float("nan"))
+                base[i] = weights[i]
+            clean["modality_weights"] = tuple(base)
+        elif clean.get("modality_weights") is not None:
+            clean["modality_weights"] = tuple(float(w) for w in clean["modality_weights"])
+        return cls(**clean)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> "SpamoConfig":
+        path = Path(path)
+        try:
+            with open(path, "rb") as fh:
+                values = tomllib.load(fh)
+        except FileNotFoundError:
+            raise SpamoInputError(path, "file not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SpamoInputError(path, f"not valid TOML ({exc})") from None
+        values = values.get("spamo", values)
+        return cls.from_dict(values, where=str(path))
+
+    def resolve(self, n_modalities: int, n_spots: int | None = None) -> "SpamoConfig":
+        """Fill every data-type default and check every value; the result has no `None` left but `init_k`."""
+        from spamo.datatypes import get_data_type
+
+        if self.data_type is None:
+            raise SpamoInputError("data_type", "no data type given")
+        dtype = get_data_type(self.data_type)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("scheduler", self.scheduler, SCHEDULERS)
+        _check_choice("feature_graph_weight", self.feature_graph_weight, FEATURE_GRAPH_WEIGHTS)
+        _check_choice("ema_update", self.ema_update, EMA_UPDATES)
+        _check_choice("cluster_method", self.cluster_method, CLUSTER_METHODS)
+        if n_modalities < 1:
+            raise SpamoInputError("modalities", "no modality selected")
+        weights = self.modality_weights
+        if weights is None:
+            weights = default_modality_weights(n_modalities)
+        weights = tuple(float(w) for w in weights)
+        if len(weights) != n_modalities or any(not (w >= 0) for w in weights):
+            raise SpamoInputError("modality_weights", f"need {n_modalities} non-negative weights, got {list(weights)}")
+        if self.knn_k < 1:
+            raise SpamoInputError("knn_k", f"KNN_k must be >= 1, got {self.knn_k}")
+        if n_spots is not None:
+            if self.knn_k >= n_spots:
+                raise SpamoInputError("knn_k", f"KNN_k={self.knn_k} must be smaller than the number of spots ({n_spots})")
+            if self.n_clusters is not None and not (2 <= self.n_clusters <= n_spots):
+                raise SpamoInputError("n_clusters", f"n_clusters={self.n_clusters} must be between 2 and {n_spots}")
+        elif self.n_clusters is not None and self.n_clusters < 2:
+            raise SpamoInputError("n_clusters", f"n_clusters={self.n_clusters} must be at least 2")
+        if not (0.0 <= self.dropout < 1.0):
+            raise SpamoInputError("dropout", f"dropout must be in [0, 1), got {self.dropout}")
+        epochs = self.epochs if self.epochs else dtype.epochs
+        return self.replace(
+            data_type=dtype.name,
+            spatial_k=self.spatial_k or dtype.spatial_k,
+            modality_weights=weights,
+            lr=self.lr if self.lr is not None else (0.01 if n_modalities <= 2 else 0.001),
+            weight_decay=self.weight_decay if self.weight_decay is not None else dtype.weight_decay,
+            epochs=int(epochs),
+        )
+
+
+def default_modality_weights(n_modalities: int) -> tuple[float, ...]:
+    """Published defaults: 5/5 for two modalities (`RNA_weight`, `ADT_weight`), 1/3/3 for three.
+
+    One modality (an ablation, not the published method) keeps weight 5.
+    """
+    if n_modalities <= 2:
+        return (5.0,) * n_modalities
+    return (1.0,) + (3.0,) * (n_modalities - 1)
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise SpamoInputError(name, f"'{value}' is not one of {', '.join(choices)}")
+
+
+# The reference release's command-line flags and the spamo setting each one sets (README table).
+REFERENCE_FLAGS: dict[str, str] = {
+    "data_type": "data_type",
+    "n_clusters": "n_clusters",
+    "init_k": "init_k",
+    "KNN_k": "knn_k",
+    "RNA_weight": "modality_weight_0",
+    "ADT_weight": "modality_weight_1",
+    "ATAC_weight": "modality_weight_2",
+    "dgi_weight": "dgi_weight",
+    "spatial_weight": "spatial_weight",
+    "dim_output": "latent_dim",
+    "dropout": "dropout",
+    "epochs_override": "epochs_override",
+    "optimizer_type": "optimizer",
+    "lr_scheduler_type": "scheduler",
+    "use_cross_attn": "use_cross_attn",
+    "random_seed": "seed",
+    "alpha": "ema_beta",
+    "learning_rate": "lr",
+    "weight_decay": "weight_decay",
+}

@@ -1,0 +1,55 @@
+"""Registry of data types: each one names its modalities, its graph and training defaults, and its preprocessing.
+
+Adding a data type means registering one `DataType`; nothing else in spamo branches on the type's name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from spamo.errors import SpamoInputError
+
+
+@dataclass(frozen=True)
+class DataType:
+    name: str
+    modalities: tuple[str, ...]  # conventional modality names, in order (RNA first)
+    spatial_k: int  # k of the spatial kNN graph (model.md section 2)
+    weight_decay: float  # model.md section 5
+    epochs: int  # model.md section 5
+    # preprocessing recipe: filled by spamo.preprocessing when it registers its recipes
+    preprocess: Callable | None = None
+
+
+_REGISTRY: dict[str, DataType] = {}
+
+
+def register(dtype: DataType) -> DataType:
+    _REGISTRY[dtype.name] = dtype
+    return dtype
+
+
+def get_data_type(name: str) -> DataType:
+    _load_recipes()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise SpamoInputError("data_type", f"unknown data type '{name}' (known: {', '.join(_REGISTRY)})") from None
+
+
+def data_type_names() -> list[str]:
+    _load_recipes()
+    return list(_REGISTRY)
+
+
+def _load_recipes() -> None:
+    # Importing the preprocessing module registers the recipes on the types below.
+    import spamo.preprocessing  # noqa: F401
+
+
+register(DataType("10x", ("RNA", "ADT"), spatial_k=3, weight_decay=5e-3, epochs=200))
+register(DataType("SPOTS", ("RNA", "ADT"), spatial_k=3, weight_decay=5e-3, epochs=200))
+register(DataType("Stereo-CITE-seq", ("RNA", "ADT"), spatial_k=6, weight_decay=5e-2, epochs=300))
+register(DataType("Spatial-epigenome-transcriptome", ("RNA", "ATAC"), spatial_k=6, weight_decay=5e-2, epochs=300))
+register(DataType("Simulation", ("RNA", "ADT", "ATAC"), spatial_k=3, weight_decay=2e-2, epochs=200))
