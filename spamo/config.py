@@ -123,10 +123,10 @@ class SpamoConfig:
         _check_choice("cluster_method", self.cluster_method, CLUSTER_METHODS)
         if n_modalities < 1:
             raise SpamoInputError("modalities", "no modality selected")
-        weights = self.modality_weights
-        if weights is None:
-            weights = default_modality_weights(n_modalities)
-        weights = tuple(float(w) for w in weights)
+        defaults = default_modality_weights(n_modalities)
+        weights = tuple(float(w) for w in (self.modality_weights or defaults))
+        if len(weights) == n_modalities:  # a weight not given (NaN placeholder) takes its default
+            weights = tuple(d if w != w else w for w, d in zip(weights, defaults))
         if len(weights) != n_modalities or any(not (w >= 0) for w in weights):
             raise SpamoInputError("modality_weights", f"need {n_modalities} non-negative weights, got {list(weights)}")
         if self.knn_k < 1:
@@ -188,3 +188,31 @@ REFERENCE_FLAGS: dict[str, str] = {
     "learning_rate": "lr",
     "weight_decay": "weight_decay",
 }
+
+
+def build_config(config_file: str | Path | None = None, **overrides: Any) -> SpamoConfig:
+    """Defaults, then a TOML file, then the options given on the command line (`None` = not given)."""
+    config = SpamoConfig.from_toml(config_file) if config_file else SpamoConfig()
+    given = {k: v for k, v in overrides.items() if v is not None}
+    weights = {k: given.pop(k) for k in list(given) if k.startswith("modality_weight_")}
+    if weights:
+        base = list(given.get("modality_weights") or config.modality_weights or [])
+        for key, value in sorted(weights.items()):
+            i = int(key.rsplit("_", 1)[1])
+            while len(base) <= i:
+                base.append(float("nan"))
+            base[i] = float(value)
+        given["modality_weights"] = tuple(base)
+    if "epochs" in given and not given["epochs"]:
+        given["epochs"] = None  # the reference's epochs_override = 0 means "data-type default"
+    return config.replace(**given)
+
+
+def parse_weights(text: str | None, where: str = "--modality-weights") -> tuple[float, ...] | None:
+    """'5,5' or '1,3,3' -> (5.0, 5.0)."""
+    if text is None:
+        return None
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise SpamoInputError(where, f"expected comma-separated numbers, got {text!r}") from None
