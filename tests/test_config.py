@@ -1,0 +1,87 @@
+"""The typed config: defaults per data type, reference flag names, TOML round trip, refusals."""
+
+import math
+import tomllib
+
+import pytest
+
+from spamo.config import REFERENCE_FLAGS, SpamoConfig, build_config
+from spamo.errors import SpamoInputError
+from spamo.io import atomic_dir, atomic_write_text, dump_toml
+
+
+def test_resolve_fills_data_type_defaults():
+    two = SpamoConfig(data_type="Spatial-epigenome-transcriptome", n_clusters=14).resolve(2, 9196)
+    assert (two.lr, two.weight_decay, two.epochs, two.spatial_k) == (0.01, 5e-2, 300, 6)
+    assert two.modality_weights == (5.0, 5.0)
+    three = SpamoConfig(data_type="Simulation", n_clusters=5).resolve(3, 1296)
+    assert (three.lr, three.weight_decay, three.epochs, three.spatial_k) == (0.001, 2e-2, 200, 3)
+    assert three.modality_weights == (1.0, 3.0, 3.0)
+    # explicit values win over defaults
+    custom = SpamoConfig(data_type="10x", lr=0.5, epochs=7, spatial_k=9).resolve(2)
+    assert (custom.lr, custom.epochs, custom.spatial_k, custom.weight_decay) == (0.5, 7, 9, 5e-3)
+
+
+def test_reference_flag_names_map_to_spamo_names():
+    config = SpamoConfig.from_dict({"KNN_k": 15, "RNA_weight": 1, "ADT_weight": 10, "optimizer_type": "sgd",
+                                    "lr_scheduler_type": "cosine", "epochs_override": 0, "random_seed": 7,
+                                    "dim_output": 32, "data_type": "10x"})
+    assert config.knn_k == 15 and config.modality_weights == (1.0, 10.0)
+    assert config.optimizer == "sgd" and config.scheduler == "cosine" and config.seed == 7
+    assert config.latent_dim == 32 and config.epochs is None
+    assert set(REFERENCE_FLAGS) >= {"KNN_k", "RNA_weight", "ADT_weight", "dgi_weight", "spatial_weight",
+                                    "dim_output", "dropout", "epochs_override", "optimizer_type",
+                                    "lr_scheduler_type", "use_cross_attn", "random_seed", "n_clusters", "init_k"}
+
+
+def test_one_weight_given_on_the_command_line_keeps_the_other_default():
+    config = build_config(None, modality_weight_1=10.0, data_type="10x").resolve(2)
+    assert config.modality_weights == (5.0, 10.0)
+    assert build_config(None, epochs=0).epochs is None
+
+
+@pytest.mark.parametrize("changes, where", [
+    ({"optimizer": "rmsprop"}, "optimizer"),
+    ({"scheduler": "step"}, "scheduler"),
+    ({"knn_k": 50}, "knn_k"),
+    ({"n_clusters": 1}, "n_clusters"),
+    ({"n_clusters": 51}, "n_clusters"),
+    ({"modality_weights": (1.0, 2.0, 3.0)}, "modality_weights"),
+    ({"data_type": "Visium-HD"}, "data_type"),
+])
+def test_bad_settings_are_refused_naming_the_setting(changes, where):
+    config = SpamoConfig(data_type="10x", n_clusters=5).replace(**changes)
+    with pytest.raises(SpamoInputError) as info:
+        config.resolve(2, n_spots=50)
+    assert info.value.where == where
+
+
+def test_toml_file_round_trip_and_refusals(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('[spamo]\nKNN_k = 12\nmodality_weights = [1.0, 3.0, 3.0]\ndropout = 0.2\n')
+    config = SpamoConfig.from_toml(path)
+    assert config.knn_k == 12 and config.modality_weights == (1.0, 3.0, 3.0) and config.dropout == 0.2
+    text = dump_toml({"config": config.to_dict(), "scores": {"ari": 0.5, "bad": math.nan}})
+    back = tomllib.loads(text)
+    assert back["config"]["knn_k"] == 12 and back["config"]["modality_weights"] == [1.0, 3.0, 3.0]
+    assert math.isnan(back["scores"]["bad"]) and "n_clusters" not in back["config"]  # None is left out
+    (tmp_path / "bad.toml").write_text("KNN_k = = 3\n")
+    with pytest.raises(SpamoInputError, match="not valid TOML"):
+        SpamoConfig.from_toml(tmp_path / "bad.toml")
+    (tmp_path / "unknown.toml").write_text("learning_speed = 3\n")
+    with pytest.raises(SpamoInputError, match="unknown setting 'learning_speed'"):
+        SpamoConfig.from_toml(tmp_path / "unknown.toml")
+
+
+def test_atomic_writes_leave_nothing_behind_on_error(tmp_path):
+    target = tmp_path / "out"
+    with pytest.raises(RuntimeError):
+        with atomic_dir(target) as tmp:
+            (tmp / "labels.txt").write_text("1\n")
+            raise RuntimeError("interrupted")
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+    with atomic_dir(target) as tmp:
+        (tmp / "labels.txt").write_text("1\n")
+    assert (target / "labels.txt").read_text() == "1\n" and len(list(tmp_path.iterdir())) == 1
+    atomic_write_text(tmp_path / "a.txt", "x")
+    assert (tmp_path / "a.txt").read_text() == "x"
