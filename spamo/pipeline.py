@@ -102,7 +102,15 @@ def cluster_and_score(prepared: PreparedData, fused: np.ndarray, config: SpamoCo
     if prepared.truth is not None:
         scores.update(score_against_truth(prepared.truth, labels))
     scores.update(label_free_scores(fused, labels, coords=prepared.coords, truth=prepared.truth, seed=config.seed))
-    return labels, scores
+    return labels, {score_key(name): float(value) for name, value in scores.items()}
+
+
+def score_key(name: str) -> str:
+    """The machine name of a score ('Mutual Information' -> 'mutual_information', 'Avg.' -> 'avg', 'ARI' -> 'ari').
+
+    Results tables, Ray Tune metrics and metrics.json use these; metrics.txt keeps the reference's names.
+    """
+    return "_".join(name.replace(".", " ").replace("-", " ").lower().split())
 
 
 def fit_and_cluster(prepared: PreparedData, config: SpamoConfig, graphs=None, callback=None, callback_every: int = 10,
@@ -168,6 +176,13 @@ def truth_sha256(labels: np.ndarray) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def reference_named(scores: dict) -> dict:
+    """Ground-truth scores under the reference's names, in the reference's order (for metrics.txt)."""
+    from spamo.metrics import TEXT_ORDER
+
+    return {name: scores[score_key(name)] for name in TEXT_ORDER if score_key(name) in scores}
+
+
 def write_outputs(result: RunResult, data: MultiOmicsData, out_dir: str | Path, draw: bool = True) -> Path:
     """Write labels.txt, metrics.json/.txt, embedding.h5ad, domains.png and run.toml into out_dir, atomically."""
     from spamo.io import dump_toml
@@ -186,7 +201,7 @@ def write_outputs(result: RunResult, data: MultiOmicsData, out_dir: str | Path, 
             {"scores": metrics, "ground_truth": meta["ground_truth"], "n_clusters": result.config.n_clusters,
              "scored_against_truth": has_truth}, indent=2))
         if has_truth:
-            (tmp / "metrics.txt").write_text(format_metrics_text(result.scores))
+            (tmp / "metrics.txt").write_text(format_metrics_text(reference_named(result.scores)))
         _write_embedding(result, data, tmp / "embedding.h5ad")
         if draw:
             from spamo.plots import plot_domains
