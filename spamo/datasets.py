@@ -1,0 +1,461 @@
+"""Loading datasets: the benchmark layouts (data.md section 1), a user's own folder of .h5ad files, or a MuData file.
+
+Every loader returns a `MultiOmicsData` whose modalities hold the same spots in the same order, and refuses bad
+input (data.md section 4) with a `SpamoInputError` naming the file and the problem, before anything is written.
+The checks run in O(nnz) on sparse matrices (dense matrices in row blocks), so they never densify a big matrix.
+"""
+
+from __future__ import annotations
+
+import functools
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import scipy.sparse as sp
+
+from spamo.data import MultiOmicsData
+from spamo.errors import SpamoInputError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+DATASETS_TOML = CONFIG_DIR / "datasets.toml"
+# Modalities whose raw matrix must hold counts (non-negative); ATAC is checked only when it has a counts layer,
+# because a normalised peak matrix (adata_peaks_normalized.h5ad) may legitimately hold other values.
+COUNT_MODALITIES = ("RNA", "ADT")
+# Extra conventional file names per modality, tried after adata_<Modality>.h5ad.
+ALTERNATIVE_FILES = {"ATAC": ("adata_peaks_normalized.h5ad",)}
+ROW_BLOCK = 65536
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One benchmark dataset: where its folder is (under the data root) and which file is which modality."""
+
+    key: str
+    folder: str
+    data_type: str
+    modality_files: dict  # modality name -> file name, in modality order (RNA first)
+    truth_file: str
+    n_clusters: int
+
+    def path(self, data_root: str | Path = "./Data") -> Path:
+        return Path(data_root) / self.folder
+
+
+@functools.lru_cache(maxsize=1)
+def dataset_registry() -> dict[str, DatasetSpec]:
+    """The dataset table of `configs/datasets.toml` (the one source of truth for the layouts)."""
+    with open(DATASETS_TOML, "rb") as fh:
+        table = tomllib.load(fh)
+    return {key: DatasetSpec(key=key, folder=entry["folder"], data_type=entry["data_type"],
+                             modality_files=dict(entry["modalities"]), truth_file=entry["truth_file"],
+                             n_clusters=int(entry["n_clusters"]))
+            for key, entry in table.items()}
+
+
+def get_dataset_spec(key: str) -> DatasetSpec:
+    registry = dataset_registry()
+    if key not in registry:
+        raise SpamoInputError("dataset", f"unknown dataset '{key}' (known: {', '.join(registry)})")
+    return registry[key]
+
+
+# ------------------------------------------------------------------------------------------------ public loaders
+def load_dataset(key: str, data_root: str | Path = "./Data", n_clusters: int | None = None) -> MultiOmicsData:
+    """Load a benchmark dataset from `<data_root>/<folder>`.
+
+    `sim` without a `Simulation` folder is generated (default simulation: 1296 spots, seed 0) and cached there.
+    `n_clusters` defaults to the number of simulated domains for simulated folders, else the table's K.
+    """
+    spec = get_dataset_spec(key)
+    folder = spec.path(data_root)
+    if key == "sim" and not folder.exists():
+        from spamo.simulate import write_simulation
+
+        write_simulation(folder, n_spots=1296, seed=0, layout="sim")
+    modality_files = {m: folder / f for m, f in spec.modality_files.items()}
+    truth = folder / spec.truth_file
+    data = _assemble(spec.key, spec.data_type, modality_files, truth if truth.exists() else None, n_clusters,
+                     default_k=spec.n_clusters)
+    return data
+
+
+def load_folder(folder: str | Path, data_type: str, modality_files: dict | str | None = None,
+                truth_file: str | Path | None = None, n_clusters: int | None = None) -> MultiOmicsData:
+    """Load a user's own folder of .h5ad files.
+
+    `modality_files` maps modality name -> file (relative to `folder` or absolute), as a dict or "RNA=a,ADT=b";
+    by default each of the data type's modalities is `adata_<Modality>.h5ad` (ATAC also
+    `adata_peaks_normalized.h5ad`). Without `truth_file`, a known ground-truth file in the folder is used if present.
+    """
+    from spamo.datatypes import get_data_type
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SpamoInputError(folder, "folder not found")
+    dtype = get_data_type(data_type)
+    if isinstance(modality_files, str):
+        modality_files = parse_modality_files(modality_files)
+    if modality_files:
+        files = {m: _under(folder, f) for m, f in modality_files.items()}
+    else:
+        files = {m: _conventional_file(folder, m) for m in dtype.modalities}
+    truth = _under(folder, truth_file) if truth_file is not None else _conventional_truth(folder)
+    return _assemble(folder.name, dtype.name, files, truth, n_clusters, default_k=None)
+
+
+def load_h5mu(path: str | Path, data_type: str, modalities: dict | list | str | None = None,
+              truth_key: str | None = None, n_clusters: int | None = None) -> MultiOmicsData:
+    """Load a MuData (.h5mu) file.
+
+    `modalities` maps spamo modality name -> MuData modality key (dict or "RNA=rna,ADT=prot"), or lists the keys
+    to use in order; by default the data type's modalities are matched to the keys case-insensitively (ADT also
+    as prot/protein, ATAC also as peaks/atac). `truth_key` names an obs column (of the MuData or modality 1).
+    """
+    from spamo.datatypes import get_data_type
+
+    path = Path(path)
+    if not path.exists():
+        raise SpamoInputError(path, "file not found")
+    dtype = get_data_type(data_type)
+    try:
+        import mudata
+
+        mdata = mudata.read_h5mu(path)
+    except Exception as exc:  # noqa: BLE001 - any reader failure means the file is not usable MuData
+        raise SpamoInputError(path, f"cannot be read as MuData ({_short(exc)})") from None
+    mapping = _h5mu_mapping(path, mdata, dtype.modalities, modalities)
+    adatas = {name: mdata.mod[key] for name, key in mapping.items()}
+    for name, key in mapping.items():
+        if "spatial" not in adatas[name].obsm and "spatial" in mdata.obsm:
+            coords = mdata.obsm["spatial"]
+            positions = mdata.obs_names.get_indexer(adatas[name].obs_names)
+            adatas[name].obsm["spatial"] = np.asarray(coords)[positions]
+    sources = {name: Path(f"{path}[{key}]") for name, key in mapping.items()}
+    truth = None
+    if truth_key is not None:
+        truth = _h5mu_truth(path, mdata, adatas[next(iter(adatas))], truth_key)
+    data = _build(path.stem, dtype.name, adatas, sources, truth, None, n_clusters, default_k=None)
+    return data
+
+
+def parse_modality_files(text: str) -> dict[str, str]:
+    """"RNA=a.h5ad,ADT=b.h5ad" -> {"RNA": "a.h5ad", "ADT": "b.h5ad"} (order kept: the first is modality 1)."""
+    out: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise SpamoInputError("--modalities", f"'{item}' is not of the form NAME=FILE")
+        out[name.strip()] = value.strip()
+    if not out:
+        raise SpamoInputError("--modalities", "no modality given")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ assembling
+def _assemble(name: str, data_type: str, files: dict, truth_path: Path | None, n_clusters: int | None,
+              default_k: int | None) -> MultiOmicsData:
+    """Read every modality file, then check and align them (reading first, so a missing file is caught first)."""
+    for path in files.values():
+        if not Path(path).exists():
+            raise SpamoInputError(path, "file not found")
+    adatas = {m: read_h5ad_checked(p) for m, p in files.items()}
+    return _build(name, data_type, adatas, {m: Path(p) for m, p in files.items()}, None, truth_path, n_clusters,
+                  default_k)
+
+
+def _build(name: str, data_type: str, adatas: dict, sources: dict, truth: np.ndarray | None,
+           truth_path: Path | None, n_clusters: int | None, default_k: int | None) -> MultiOmicsData:
+    """Check every modality, align them by spot name, attach coordinates, ground truth and K."""
+    first_name = next(iter(adatas))
+    first_source = sources[first_name]
+    for modality, adata in adatas.items():
+        check_modality(adata, modality, sources[modality])
+    adatas = align_modalities(adatas, sources)
+    coords = _coordinates(adatas, sources)
+    n_spots = coords.shape[0]
+    first = adatas[first_name]
+    if truth is None and truth_path is not None:
+        truth = read_truth_file(truth_path)
+    elif truth is None and "spfac" in first.obsm:
+        from spamo.simulate import truth_from_spfac
+
+        truth = truth_from_spfac(_dense(first.obsm["spfac"]))
+    if truth is not None and truth.shape[0] != n_spots:
+        where = truth_path if truth_path is not None else first_source
+        raise SpamoInputError(where, f"ground truth has {truth.shape[0]} labels but there are {n_spots} spots")
+    if n_clusters is None:
+        n_clusters = _simulated_domains(first) or default_k
+    if n_clusters is not None:
+        check_n_clusters(n_clusters, n_spots)
+    return MultiOmicsData(name=name, data_type=data_type, modalities=adatas, coords=coords, truth=truth,
+                          n_clusters=n_clusters, sources=sources, truth_path=truth_path)
+
+
+def check_n_clusters(n_clusters: int, n_spots: int) -> None:
+    if not 2 <= int(n_clusters) <= n_spots:
+        raise SpamoInputError("n_clusters", f"n_clusters={n_clusters} must be between 2 and the number of "
+                                            f"spots ({n_spots})")
+
+
+def _simulated_domains(adata) -> int | None:
+    info = adata.uns.get("spamo_simulation")
+    if isinstance(info, dict) and "n_domains" in info:
+        return int(info["n_domains"])
+    return None
+
+
+def read_h5ad_checked(path: str | Path):
+    """Read an .h5ad file; any failure is a one-line refusal naming the file."""
+    import anndata as ad
+
+    path = Path(path)
+    if not path.exists():
+        raise SpamoInputError(path, "file not found")
+    try:
+        return ad.read_h5ad(path)
+    except Exception as exc:  # noqa: BLE001 - any reader failure means the file is not usable AnnData
+        raise SpamoInputError(path, f"cannot be read as AnnData ({_short(exc)})") from None
+
+
+# ------------------------------------------------------------------------------------------------ checks
+def raw_counts(adata):
+    """The raw counts convention for every stage: `layers['counts']` if present, else `.X`."""
+    return adata.layers["counts"] if "counts" in adata.layers else adata.X
+
+
+def check_modality(adata, modality: str, source: Path | str) -> None:
+    """Refuse a modality with no spots/features, duplicated spot names, non-finite values or negative counts."""
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise SpamoInputError(source, f"has {adata.n_obs} spots and {adata.n_vars} features")
+    if not adata.obs_names.is_unique:
+        dup = adata.obs_names[adata.obs_names.duplicated()][0]
+        n_dup = int(adata.obs_names.duplicated().sum())
+        raise SpamoInputError(source, f"duplicated spot names ({n_dup}, e.g. '{dup}')")
+    has_counts = "counts" in adata.layers
+    matrices = [("layers['counts']", adata.layers["counts"])] if has_counts else []
+    matrices.append((".X", adata.X))
+    for label, matrix in matrices:
+        if matrix is None:
+            continue
+        bad = _first_nonfinite_row(matrix)
+        if bad is not None:
+            raise SpamoInputError(source, f"NaN or infinite value in {label} (spot '{adata.obs_names[bad]}')")
+    if modality in COUNT_MODALITIES or has_counts:
+        label = "layers['counts']" if has_counts else ".X"
+        bad = _first_negative_row(raw_counts(adata))
+        if bad is not None:
+            raise SpamoInputError(source, f"negative counts in {label} (spot '{adata.obs_names[bad]}'); raw "
+                                          f"counts are expected")
+
+
+def _first_bad_row(matrix, is_bad) -> int | None:
+    """Index of the first row holding a value where `is_bad(values)` is true, in O(nnz) for sparse input."""
+    if hasattr(matrix, "to_memory"):  # backed sparse dataset
+        matrix = matrix.to_memory()
+    if sp.issparse(matrix):
+        csr = sp.csr_matrix(matrix) if matrix.format != "csr" else matrix
+        bad = np.flatnonzero(is_bad(csr.data))
+        if bad.size == 0:
+            return None
+        return int(np.searchsorted(csr.indptr, bad[0], side="right") - 1)
+    n = matrix.shape[0]
+    for start in range(0, n, ROW_BLOCK):
+        block = np.asarray(matrix[start:start + ROW_BLOCK])
+        if not np.issubdtype(block.dtype, np.number):
+            raise TypeError("not a numeric matrix")
+        rows = np.flatnonzero(is_bad(block).any(axis=tuple(range(1, block.ndim))))
+        if rows.size:
+            return start + int(rows[0])
+    return None
+
+
+def _first_nonfinite_row(matrix) -> int | None:
+    if np.issubdtype(matrix.dtype, np.integer) or matrix.dtype == bool:
+        return None  # integers cannot hold NaN or inf
+    return _first_bad_row(matrix, lambda v: ~np.isfinite(v))
+
+
+def _first_negative_row(matrix) -> int | None:
+    if np.issubdtype(matrix.dtype, np.unsignedinteger) or matrix.dtype == bool:
+        return None
+    return _first_bad_row(matrix, lambda v: v < 0)
+
+
+def align_modalities(adatas: dict, sources: dict) -> dict:
+    """Put every modality in the spot order of modality 1; refuse modalities whose spot sets differ."""
+    names = list(adatas)
+    reference = adatas[names[0]].obs_names
+    out = {names[0]: adatas[names[0]]}
+    for name in names[1:]:
+        adata = adatas[name]
+        if adata.obs_names.equals(reference):
+            out[name] = adata
+            continue
+        positions = adata.obs_names.get_indexer(reference)
+        missing = int((positions < 0).sum())
+        extra = adata.n_obs - (reference.size - missing)
+        if missing or extra:
+            raise SpamoInputError(sources[name], f"spot names differ from {sources[names[0]]} ({missing} of its "
+                                                 f"spots missing here, {extra} spots only here)")
+        out[name] = adata[positions].copy()
+    return out
+
+
+def _coordinates(adatas: dict, sources: dict) -> np.ndarray:
+    """`obsm['spatial']` of the first modality that has it (modality 1 normally), as finite N x 2 float64."""
+    for name, adata in adatas.items():
+        if "spatial" in adata.obsm:
+            coords = _dense(adata.obsm["spatial"])
+            source = sources[name]
+            break
+    else:
+        raise SpamoInputError(sources[next(iter(adatas))], "no spatial coordinates (obsm['spatial'] is missing)")
+    try:
+        coords = np.asarray(coords, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise SpamoInputError(source, "obsm['spatial'] is not numeric") from None
+    if coords.ndim != 2 or coords.shape[1] < 2:
+        raise SpamoInputError(source, f"obsm['spatial'] must be spots x 2, got shape {coords.shape}")
+    coords = np.ascontiguousarray(coords[:, :2])
+    bad = np.flatnonzero(~np.isfinite(coords).all(axis=1))
+    if bad.size:
+        raise SpamoInputError(source, f"missing or non-finite coordinates in obsm['spatial'] ({bad.size} spots, "
+                                      f"first at row {bad[0]})")
+    return coords
+
+
+def read_truth_file(path: str | Path) -> np.ndarray:
+    """One label per line (blank lines ignored); integer labels are kept, other labels become integer codes."""
+    path = Path(path)
+    try:
+        lines = [line.strip() for line in path.read_text().splitlines()]
+    except FileNotFoundError:
+        raise SpamoInputError(path, "file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpamoInputError(path, f"cannot be read as text ({_short(exc)})") from None
+    tokens = [line for line in lines if line]
+    if not tokens:
+        raise SpamoInputError(path, "ground-truth file is empty")
+    try:
+        values = np.array([float(t) for t in tokens])
+        if np.isfinite(values).all() and (values == np.round(values)).all():
+            return values.astype(np.int64)
+    except ValueError:
+        pass
+    _, codes = np.unique(np.array(tokens), return_inverse=True)
+    return codes.astype(np.int64)
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def _under(folder: Path, file: str | Path) -> Path:
+    file = Path(file)
+    return file if file.is_absolute() else folder / file
+
+
+def _conventional_file(folder: Path, modality: str) -> Path:
+    """adata_<Modality>.h5ad, or a modality's alternative file name if only that one exists."""
+    primary = folder / f"adata_{modality}.h5ad"
+    if primary.exists():
+        return primary
+    for name in ALTERNATIVE_FILES.get(modality, ()):
+        if (folder / name).exists():
+            return folder / name
+    return primary
+
+
+def _conventional_truth(folder: Path) -> Path | None:
+    """The ground-truth file of a known layout, if the folder has exactly one of them."""
+    found = [folder / spec.truth_file for spec in dataset_registry().values() if (folder / spec.truth_file).exists()]
+    return found[0] if len(found) == 1 else None
+
+
+def _h5mu_mapping(path: Path, mdata, conventional: tuple, modalities) -> dict[str, str]:
+    """spamo modality name -> MuData modality key."""
+    keys = list(mdata.mod)
+    if isinstance(modalities, str):
+        modalities = parse_modality_files(modalities)
+    if isinstance(modalities, dict):
+        mapping = dict(modalities)
+    elif modalities:
+        mapping = {key: key for key in modalities}
+    else:
+        aliases = {"RNA": ("rna", "gex", "expression"), "ADT": ("adt", "prot", "protein"),
+                   "ATAC": ("atac", "peaks", "chromatin")}
+        lower = {k.lower(): k for k in keys}
+        mapping = {}
+        for name in conventional:
+            match = next((lower[a] for a in (name.lower(),) + aliases.get(name, ()) if a in lower), None)
+            if match is None:
+                raise SpamoInputError(path, f"no modality for {name} (modalities in the file: {', '.join(keys)})")
+            mapping[name] = match
+    for name, key in mapping.items():
+        if key not in mdata.mod:
+            raise SpamoInputError(path, f"no modality '{key}' (modalities in the file: {', '.join(keys)})")
+    return mapping
+
+
+def _h5mu_truth(path: Path, mdata, first, truth_key: str) -> np.ndarray:
+    if truth_key in first.obs:
+        column = first.obs[truth_key]
+    elif truth_key in mdata.obs:
+        column = mdata.obs[truth_key].reindex(first.obs_names)
+    else:
+        raise SpamoInputError(path, f"no obs column '{truth_key}' for the ground truth")
+    if column.isna().any():
+        raise SpamoInputError(path, f"ground truth column '{truth_key}' has missing labels")
+    values = np.asarray(column)
+    if np.issubdtype(values.dtype, np.integer):
+        return values.astype(np.int64)
+    _, codes = np.unique(values.astype(str), return_inverse=True)
+    return codes.astype(np.int64)
+
+
+def _dense(matrix) -> np.ndarray:
+    if sp.issparse(matrix):
+        return matrix.toarray()
+    if hasattr(matrix, "to_numpy"):
+        return matrix.to_numpy()
+    return np.asarray(matrix)
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:160]
+
+
+# ------------------------------------------------------------------------------------------------ summaries
+def detect_layout(folder: str | Path) -> DatasetSpec | None:
+    """The known layout a folder follows: the one named like the folder, else the one with most files present."""
+    folder = Path(folder)
+    candidates = [spec for spec in dataset_registry().values()
+                  if all((folder / f).exists() for f in spec.modality_files.values())]
+    if not candidates:
+        return None
+    named = [spec for spec in candidates if spec.folder == folder.name]
+    if named:
+        return named[0]
+    return max(candidates, key=lambda spec: len(spec.modality_files))
+
+
+def dataset_summary(data: MultiOmicsData) -> dict:
+    """Spots, features per modality, coordinate ranges and label counts of a loaded dataset."""
+    summary = {
+        "name": data.name, "data_type": data.data_type, "n_spots": data.n_spots, "n_clusters": data.n_clusters,
+        "modalities": {m: {"features": int(a.n_vars), "file": str(data.sources.get(m, "")),
+                           "counts_layer": "counts" in a.layers}
+                       for m, a in data.modalities.items()},
+        "coords_min": data.coords.min(axis=0).tolist(), "coords_max": data.coords.max(axis=0).tolist(),
+        "labels": None,
+    }
+    if data.truth is not None:
+        values, counts = np.unique(data.truth, return_counts=True)
+        summary["labels"] = {int(v): int(c) for v, c in zip(values, counts)}
+    return summary
+
+
+__all__ = ["DatasetSpec", "dataset_registry", "get_dataset_spec", "load_dataset", "load_folder", "load_h5mu",
+           "parse_modality_files", "raw_counts", "check_modality", "align_modalities", "read_truth_file",
+           "detect_layout", "dataset_summary", "check_n_clusters"]
