@@ -36,7 +36,107 @@ def refusals_as_one_line(func):
 
 
 # ---------------------------------------------------------------------------------------------------------- data
-# (commands are added below by the data layer)
+def _rich_progress(transient: bool = False):
+    """A rich progress bar on stderr (stdout stays clean for piping)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
+                    TimeRemainingColumn(), console=Console(stderr=True), transient=transient)
+
+
+@data_app.command("simulate")
+@refusals_as_one_line
+def data_simulate_command(
+    out: Path = typer.Option(..., "--out", help="Dataset folder to write (e.g. Data/Simulation)."),
+    n_spots: int = typer.Option(1296, "--n-spots", help="Number of spots (300 to 1,000,000)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed: same seed, same files."),
+    layout: str = typer.Option("sim", "--layout", help="Folder layout: sim (RNA+ADT+ATAC), hln (RNA+ADT), mb "
+                                                       "(RNA+ATAC)."),
+    grid: str = typer.Option("square", "--grid", help="Spot grid: square or hex."),
+    n_domains: int = typer.Option(5, "--n-domains", help="Domains including background (4 to 8)."),
+):
+    """Write a simulated dataset (spatial domains, RNA/ADT/ATAC counts, ground truth) in a dataset layout."""
+    from spamo import simulate
+
+    simulate.check_simulation_args(n_spots, n_domains, layout, grid)
+    with _rich_progress() as bar:
+        task = bar.add_task(f"simulating {n_spots} spots", total=simulate.total_steps(n_spots, layout))
+        simulate.write_simulation(out, n_spots=n_spots, seed=seed, layout=layout, grid=grid, n_domains=n_domains,
+                                  progress=lambda k: bar.advance(task, k))
+    typer.echo(f"wrote {out}")
+
+
+@data_app.command("download")
+@refusals_as_one_line
+def data_download_command(
+    dataset: str = typer.Argument(..., help="Dataset key: hln, mb or sim."),
+    url: Optional[str] = typer.Option(None, "--url", help="Archive URL (default: configs/downloads.toml)."),
+    data_root: Path = typer.Option(Path("Data"), "--data-root", help="Folder holding the dataset folders."),
+    sha256: Optional[str] = typer.Option(None, "--sha256", help="Expected sha256 of the archive."),
+):
+    """Download a dataset archive (resumable), verify its checksum and unpack it into its layout."""
+    from spamo import download
+
+    with _rich_progress(transient=True) as bar:
+        task = bar.add_task(f"downloading {dataset}", total=None)
+        folder = download.download_dataset(dataset, data_root=data_root, url=url, sha256=sha256,
+                                           progress=lambda done, total: bar.update(task, completed=done,
+                                                                                   total=total))
+    typer.echo(f"{dataset}: {folder}")
+
+
+@data_app.command("info")
+@refusals_as_one_line
+def data_info_command(
+    folder: Optional[Path] = typer.Argument(None, help="A dataset folder (or a .h5mu file)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset key: hln, mb or sim."),
+    data_root: Path = typer.Option(Path("Data"), "--data-root", help="Folder holding the dataset folders."),
+    data_type: Optional[str] = typer.Option(None, "--data-type", help="Data type of a folder of your own."),
+    modalities: Optional[str] = typer.Option(None, "--modalities", help="NAME=FILE,... for a folder of your own."),
+    truth: Optional[Path] = typer.Option(None, "--truth", help="Ground-truth file (one label per line)."),
+    n_clusters: Optional[int] = typer.Option(None, "--n-clusters", help="Number of clusters to check."),
+):
+    """Check a dataset and print its spots, modalities, features, coordinate ranges and label counts."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from spamo import datasets
+
+    if (folder is None) == (dataset is None):
+        raise SpamoInputError("--dataset", "give either a FOLDER or --dataset KEY")
+    if dataset is not None:
+        data = datasets.load_dataset(dataset, data_root=data_root, n_clusters=n_clusters)
+    elif folder.suffix == ".h5mu":
+        if data_type is None:
+            raise SpamoInputError("--data-type", "a .h5mu file needs its --data-type")
+        data = datasets.load_h5mu(folder, data_type, modalities=modalities, n_clusters=n_clusters)
+    else:
+        if not folder.is_dir():
+            raise SpamoInputError(folder, "folder not found")
+        spec = datasets.detect_layout(folder) if data_type is None and modalities is None else None
+        if spec is not None and truth is None:
+            data = datasets.load_layout(folder, spec, n_clusters=n_clusters)
+        elif data_type is None and spec is None:
+            raise SpamoInputError(folder, "no known dataset layout here; give --data-type (and --modalities)")
+        else:
+            data = datasets.load_folder(folder, data_type or spec.data_type,
+                                        modality_files=modalities or (spec.modality_files if spec else None),
+                                        truth_file=truth, n_clusters=n_clusters)
+    summary = datasets.dataset_summary(data)
+    table = Table(title=f"{summary['name']} ({summary['data_type']}): {summary['n_spots']} spots")
+    for column in ("modality", "features", "counts layer", "file"):
+        table.add_column(column)
+    for name, info in summary["modalities"].items():
+        table.add_row(name, str(info["features"]), "yes" if info["counts_layer"] else "no (.X)", info["file"])
+    console = Console()
+    console.print(table)
+    lo, hi = summary["coords_min"], summary["coords_max"]
+    console.print(f"coordinates: x {lo[0]:g} .. {hi[0]:g}, y {lo[1]:g} .. {hi[1]:g}")
+    console.print(f"n_clusters: {summary['n_clusters']}")
+    labels = summary["labels"]
+    console.print("labels: " + (", ".join(f"{k}: {v}" for k, v in labels.items()) if labels else "none"))
+
 
 
 # ---------------------------------------------------------------------------------------------------------- run
@@ -145,6 +245,39 @@ def run_command(
 
 # ---------------------------------------------------------------------------------------------------------- analyze
 # (spamo analyze is added below by the downstream-analysis layer)
+@app.command("analyze")
+@refusals_as_one_line
+def analyze_command(
+    run_dir: Path = typer.Argument(..., help="Output folder of `spamo run` (holds embedding.h5ad)."),
+    groupby: str = typer.Option("domain", "--groupby", help="Label key of embedding.h5ad obs (domain, truth)."),
+    gene_sets: Optional[List[Path]] = typer.Option(None, "--gene-sets", help="GMT gene-set file (repeatable)."),
+    method: str = typer.Option("wilcoxon", "--method", help="Marker test: wilcoxon or t-test."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default RUN_DIR/analysis)."),
+    online_gene_sets: Optional[List[str]] = typer.Option(
+        None, "--online-gene-sets", help="Enrichr library to fetch by name (needs network; repeatable)."),
+    n_top: int = typer.Option(100, "--n-top", help="Markers kept per domain and modality (and the ORA foreground)."),
+    permutations: int = typer.Option(100, "--permutations", help="Prerank GSEA permutations (0 = skip prerank)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (neighbour graph, PAGA layout, GSEA)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress indication."),
+):
+    """Downstream biology of the domains: markers per modality, PAGA, gene-set enrichment, pictures."""
+    from contextlib import nullcontext
+
+    from rich.console import Console
+
+    from spamo.analysis import analyze
+
+    console = Console(stderr=True)
+    status = nullcontext() if quiet else console.status("analysis: starting")
+    with status as shown:
+        result = analyze(run_dir, groupby=groupby, gene_sets=gene_sets or [], out_dir=out, method=method,
+                         n_top=n_top, online_gene_sets=online_gene_sets or [], seed=seed, permutations=permutations,
+                         progress=(lambda message: shown.update(f"analysis: {message}")) if shown else None)
+    for note in result.notes:
+        console.print(f"note: {note}")
+    Console().print(f"{result.markers['domain'].nunique()} domains, {len(result.markers)} marker rows, "
+                    f"{len(result.enrichment)} enrichment rows, {len(result.paga)} PAGA edges -> {result.out_dir}")
+
 
 
 def main() -> None:

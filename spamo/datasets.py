@@ -75,11 +75,18 @@ def load_dataset(key: str, data_root: str | Path = "./Data", n_clusters: int | N
         from spamo.simulate import write_simulation
 
         write_simulation(folder, n_spots=1296, seed=0, layout="sim")
+    return load_layout(folder, spec, n_clusters)
+
+
+def load_layout(folder: str | Path, spec: DatasetSpec, n_clusters: int | None = None) -> MultiOmicsData:
+    """Load a folder in the layout of `spec` (its files, its truth file if present, its K unless simulated)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SpamoInputError(folder, "folder not found")
     modality_files = {m: folder / f for m, f in spec.modality_files.items()}
     truth = folder / spec.truth_file
-    data = _assemble(spec.key, spec.data_type, modality_files, truth if truth.exists() else None, n_clusters,
+    return _assemble(spec.key, spec.data_type, modality_files, truth if truth.exists() else None, n_clusters,
                      default_k=spec.n_clusters)
-    return data
 
 
 def load_folder(folder: str | Path, data_type: str, modality_files: dict | str | None = None,
@@ -456,6 +463,6 @@ def dataset_summary(data: MultiOmicsData) -> dict:
     return summary
 
 
-__all__ = ["DatasetSpec", "dataset_registry", "get_dataset_spec", "load_dataset", "load_folder", "load_h5mu",
+__all__ = ["DatasetSpec", "dataset_registry", "get_dataset_spec", "load_dataset", "load_layout", "load_folder", "load_h5mu",
            "parse_modality_files", "raw_counts", "check_modality", "align_modalities", "read_truth_file",
            "detect_layout", "dataset_summary", "check_n_clusters"]
