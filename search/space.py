@@ -1,0 +1,179 @@
+"""Search spaces: a TOML file of distributions, fixed settings and the published configuration.
+
+A space file has three tables (see `configs/search/*.toml`):
+
+- ``[space]``: one entry per searched setting, ``name = { type = "...", ... }`` with the types of `DISTRIBUTIONS`
+  (``loguniform``/``uniform`` with ``low``/``high``, ``int``/``logint`` with inclusive ``low``/``high`` and an optional
+  ``step``, ``choice`` with ``values``). Names are `SpamoConfig` names (or the reference's flag names);
+  per-modality reconstruction weights are ``modality_weight_0``, ``modality_weight_1``, ...
+- ``[fixed]`` (optional): settings every trial shares.
+- ``[published]`` (optional): the published configuration, evaluated as the first trial. Values outside a searched
+  range are allowed (Optuna evaluates them as given).
+
+The space becomes a dict of Optuna distributions, which Ray Tune's `OptunaSearch` samples from.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna.distributions as od
+
+from spamo.config import REFERENCE_FLAGS, SpamoConfig
+from spamo.errors import SpamoInputError
+
+SPACE_DIR = Path(__file__).resolve().parent.parent / "configs" / "search"
+DEFAULT_SPACE = "default"
+
+
+def _float_range(spec: dict, where: str, log: bool) -> od.BaseDistribution:
+    low, high = float(_need(spec, "low", where)), float(_need(spec, "high", where))
+    if not low < high or (log and low <= 0):
+        raise SpamoInputError(where, f"needs 0 < low < high for a log scale (got {low}, {high})" if log
+                              else f"needs low < high (got {low}, {high})")
+    return od.FloatDistribution(low, high, log=log)
+
+
+def _int_range(spec: dict, where: str, log: bool) -> od.BaseDistribution:
+    low, high, step = int(_need(spec, "low", where)), int(_need(spec, "high", where)), int(spec.get("step", 1))
+    if not low <= high or step < 1 or (log and (low < 1 or step != 1)):
+        raise SpamoInputError(where, f"needs low <= high, step >= 1 (and low >= 1, step 1 on a log scale); "
+                                     f"got low={low}, high={high}, step={step}")
+    return od.IntDistribution(low, high, step=step, log=log)
+
+
+def _choice(spec: dict, where: str) -> od.BaseDistribution:
+    values = _need(spec, "values", where)
+    if not isinstance(values, list) or not values:
+        raise SpamoInputError(where, "'values' must be a non-empty list")
+    return od.CategoricalDistribution(values)
+
+
+# distribution type name -> builder (spec table, where) -> Optuna distribution
+DISTRIBUTIONS: dict[str, Callable[[dict, str], od.BaseDistribution]] = {
+    "loguniform": lambda spec, where: _float_range(spec, where, log=True),
+    "uniform": lambda spec, where: _float_range(spec, where, log=False),
+    "int": lambda spec, where: _int_range(spec, where, log=False),
+    "logint": lambda spec, where: _int_range(spec, where, log=True),
+    "choice": _choice,
+}
+
+
+def _need(spec: dict, key: str, where: str) -> Any:
+    if key not in spec:
+        raise SpamoInputError(where, f"missing '{key}'")
+    return spec[key]
+
+
+@dataclass
+class SearchSpace:
+    """Searched distributions, fixed settings and the first point, all keyed by spamo setting names."""
+
+    path: Path
+    distributions: dict[str, od.BaseDistribution]
+    fixed: dict[str, Any] = field(default_factory=dict)
+    published: dict[str, Any] = field(default_factory=dict)
+
+    def first_points(self, base: SpamoConfig) -> list[dict]:
+        """The published configuration over the searched names; a name it leaves out takes the resolved base
+        config's value (the data type's published default)."""
+        point = {}
+        for name, dist in self.distributions.items():
+            if name in self.published:
+                value = self.published[name]
+            elif name.startswith("modality_weight_"):
+                value = base.modality_weights[int(name.rsplit("_", 1)[1])]
+            else:
+                value = getattr(base, name)
+            if isinstance(dist, od.CategoricalDistribution) and value not in dist.choices:
+                return []  # the default lies outside the user's choices: let the sampler start
+            point[name] = value
+        return [point]
+
+    def for_data(self, n_modalities: int, epochs: int | None) -> "SearchSpace":
+        """Drop weights of modalities the data lacks; an epoch budget given on the command line fixes `epochs`."""
+        def keep(name: str) -> bool:
+            if name.startswith("modality_weight_"):
+                return int(name.rsplit("_", 1)[1]) < n_modalities
+            return not (epochs and name == "epochs")
+
+        fixed = {k: v for k, v in self.fixed.items() if keep(k)}
+        if epochs:
+            fixed["epochs"] = int(epochs)
+        return SearchSpace(self.path, {k: v for k, v in self.distributions.items() if keep(k)}, fixed,
+                           {k: v for k, v in self.published.items() if keep(k)})
+
+    def max_epochs(self, default: int) -> int:
+        """The largest epoch count any trial can train for (ASHA's budget)."""
+        if "epochs" in self.fixed:
+            return int(self.fixed["epochs"])
+        dist = self.distributions.get("epochs")
+        if isinstance(dist, od.IntDistribution):
+            return int(dist.high)
+        if isinstance(dist, od.CategoricalDistribution):
+            return int(max(dist.choices))
+        return int(self.published.get("epochs", default))
+
+
+def space_path(dataset: str | None, space_file: str | Path | None) -> Path:
+    """The user's `--space` file, else the dataset's default space, else the generic one."""
+    if space_file is not None:
+        return Path(space_file)
+    named = SPACE_DIR / f"{dataset}.toml" if dataset else None
+    return named if named is not None and named.is_file() else SPACE_DIR / f"{DEFAULT_SPACE}.toml"
+
+
+def _canonical(name: str) -> str:
+    return REFERENCE_FLAGS.get(name, name)
+
+
+def _check_names(names, where: Path, table: str) -> None:
+    known = set(SpamoConfig.__dataclass_fields__)
+    for name in names:
+        canonical = _canonical(name)
+        if canonical not in known and not canonical.startswith("modality_weight_"):
+            raise SpamoInputError(where, f"[{table}] has unknown setting '{name}'")
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    """Read and check a space file; every problem is one `SpamoInputError` naming the file."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError:
+        raise SpamoInputError(path, "search space file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SpamoInputError(path, f"not valid TOML ({exc})") from None
+    unknown_tables = set(raw) - {"space", "fixed", "published"}
+    if unknown_tables:
+        raise SpamoInputError(path, f"unknown table [{sorted(unknown_tables)[0]}] (use [space], [fixed], [published])")
+    raw_space = raw.get("space", {})
+    if not raw_space:
+        raise SpamoInputError(path, "[space] is empty: nothing to search")
+    for table in ("space", "fixed", "published"):
+        _check_names(raw.get(table, {}), path, table)
+    distributions = {}
+    for name, spec in raw_space.items():
+        where = f"{path}: [space] {name}"
+        if not isinstance(spec, dict) or spec.get("type") not in DISTRIBUTIONS:
+            raise SpamoInputError(where, f"needs type = one of {', '.join(DISTRIBUTIONS)}")
+        distributions[_canonical(name)] = DISTRIBUTIONS[spec["type"]](spec, where)
+    fixed = {_canonical(k): v for k, v in raw.get("fixed", {}).items()}
+    published = {_canonical(k): v for k, v in raw.get("published", {}).items()}
+    for name, value in published.items():
+        dist = distributions.get(name)
+        if isinstance(dist, od.CategoricalDistribution) and value not in dist.choices:
+            raise SpamoInputError(path, f"[published] {name} = {value!r} is not one of the choices {dist.choices}")
+    return SearchSpace(path, distributions, fixed, published)
+
+
+def trial_config(base: SpamoConfig, fixed: dict, sampled: dict, n_modalities: int, n_spots: int) -> SpamoConfig:
+    """The resolved config of one trial: the run's base config, then the fixed settings, then the sampled ones."""
+    values = base.to_dict()
+    values.update(fixed)
+    values.update(sampled)
+    return SpamoConfig.from_dict(values, where="search space").resolve(n_modalities, n_spots)
