@@ -116,9 +116,9 @@ def _log1p_transform(counts: sp.csr_matrix) -> np.ndarray:
 
 
 def _atac_params(rng, n_features, n_groups):
-    n_planted = _n_planted(40, n_features, n_groups)
-    lfc, planted = _planted_lfc(rng, n_features, n_groups, n_planted, 1.8, 2.5)
-    log_rate = np.log(np.clip(np.exp(rng.normal(np.log(0.05), 0.6, size=n_features)), 0.005, 0.3))
+    n_planted = _n_planted(50, n_features, n_groups)
+    lfc, planted = _planted_lfc(rng, n_features, n_groups, n_planted, 2.0, 2.8)
+    log_rate = np.log(np.clip(np.exp(rng.normal(np.log(0.06), 0.6, size=n_features)), 0.005, 0.3))
     return {"lfc": lfc, "planted": planted, "log_rate": log_rate.astype(np.float32), "lib_sd": 0.4,
             "ns_load": _nonspatial_loadings(rng, n_features, 3, 40, 0.3)}
 
@@ -182,7 +182,7 @@ def domain_labels(coords: np.ndarray, n_domains: int, rng: np.random.Generator) 
     n_blobs = math.ceil(n_factors / 2)
     n_bands = n_factors - n_blobs
     labels = np.zeros(coords.shape[0], dtype=np.int8)
-    radius = min(0.2, 0.42 / n_blobs)
+    radius = min(0.22, 0.46 / n_blobs)
     for i in range(n_blobs):
         cx = (i + 0.5) / n_blobs + rng.uniform(-0.02, 0.02)
         cy = 0.28 + rng.uniform(-0.02, 0.02)
@@ -195,8 +195,8 @@ def domain_labels(coords: np.ndarray, n_domains: int, rng: np.random.Generator) 
     wave_phase = rng.uniform(0, 2 * np.pi)
     v_wavy = v - 0.03 * np.sin(2 * np.pi * 1.5 * u + wave_phase)
     for j in range(n_bands):
-        top = 0.56 + j * height + 0.125 * height
-        bottom = 0.56 + (j + 1) * height - 0.125 * height
+        top = 0.56 + j * height + 0.06 * height
+        bottom = 0.56 + (j + 1) * height - 0.06 * height
         inside = (v_wavy >= top) & (v_wavy < bottom) & (labels == 0)
         labels[inside] = n_blobs + j + 1
     return labels
