@@ -1,0 +1,108 @@
+"""Single-head attention over all N spots without ever holding the N x N score matrix.
+
+* dropout off (evaluation, or dropout 0): `scaled_dot_product_attention`, whose CPU kernel is fused and frugal;
+* dropout on CUDA: the same call with `dropout_p` (GPU kernels drop out inside the fused kernel);
+* dropout on CPU: the CPU kernel would fall back to a path that builds N x N, so `BlockedDropoutAttention`
+  processes blocks of queries and recomputes each block's softmax-dropout-product in the backward pass. The dropout
+  mask of a block is regenerated from a per-block seed (`attention_keep_mask`), so forward and backward see the same
+  mask and no mask is ever stored whole. Memory: a few block x N buffers.
+
+Keep masks draw 16 random bits per weight (four per 64-bit draw, the cheapest exact-enough source on CPU): a weight
+is dropped with probability round(p * 65536) / 65536, within 2^-17 of p, and kept weights are scaled by the inverse
+of the realised keep probability so the expectation is exact.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+_BITS = 16
+_LEVELS = 1 << _BITS
+
+
+def effective_drop_probability(p: float) -> float:
+    """The drop probability the 16-bit keep masks realise for a requested p."""
+    return round(p * _LEVELS) / _LEVELS
+
+
+def _block_generator_seed(seed: int, block: int) -> int:
+    return (seed * 1_000_003 + block * 7_919 + 17) % (2**63 - 1)
+
+
+def attention_keep_mask(seed: int, block: int, rows: int, cols: int, p: float, device=None) -> torch.Tensor:
+    """The boolean keep mask (rows x cols) of query block `block` for a call seeded with `seed`.
+
+    Deterministic in (seed, block, rows, cols, p): the backward pass and the dense test reference rebuild it.
+    """
+    device = torch.device("cpu") if device is None else torch.device(device)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(_block_generator_seed(seed, block))
+    n = rows * cols
+    draws = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), 2**63 - 1, generator=generator)
+    bits = draws.view(torch.int16)[:n].view(rows, cols)
+    threshold = -(_LEVELS // 2) + round(p * _LEVELS)  # int16 value below which a weight is dropped
+    return bits >= threshold
+
+
+class BlockedDropoutAttention(torch.autograd.Function):
+    """softmax(q k^T / sqrt(d)) with dropout, times v, block by block over the queries (exact, memory O(block N))."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, p: float, seed: int, block_size: int):  # type: ignore[override]
+        scale = 1.0 / math.sqrt(q.shape[-1])
+        keep_scale = 1.0 / (1.0 - effective_drop_probability(p))
+        n_queries, n_keys = q.shape[0], k.shape[0]
+        out = torch.empty(n_queries, v.shape[1], dtype=q.dtype, device=q.device)
+        logsumexp = torch.empty(n_queries, 1, dtype=q.dtype, device=q.device)
+        for block, start in enumerate(range(0, n_queries, block_size)):
+            stop = min(start + block_size, n_queries)
+            weights = torch.mm(q[start:stop], k.t()).mul_(scale)
+            row_max = weights.amax(dim=1, keepdim=True)
+            weights.sub_(row_max).exp_()
+            row_sum = weights.sum(dim=1, keepdim=True)
+            logsumexp[start:stop] = row_max + row_sum.log()
+            weights.mul_(attention_keep_mask(seed, block, stop - start, n_keys, p, q.device))
+            torch.mm(weights, v, out=out[start:stop])
+            out[start:stop].mul_(keep_scale / row_sum)
+        ctx.save_for_backward(q, k, v, out, logsumexp)
+        ctx.settings = (p, seed, block_size, scale, keep_scale)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        q, k, v, out, logsumexp = ctx.saved_tensors
+        p, seed, block_size, scale, keep_scale = ctx.settings
+        grad_out = grad_out.contiguous()
+        n_queries, n_keys = q.shape[0], k.shape[0]
+        grad_q = torch.empty_like(q)
+        grad_k = torch.zeros_like(k)
+        grad_v = torch.zeros_like(v)
+        # D_i = sum_j dropped_ij * dP_ij = <grad_out_i, out_i>  (the softmax-backward row term)
+        row_dot = (grad_out * out).sum(dim=1, keepdim=True)
+        for block, start in enumerate(range(0, n_queries, block_size)):
+            stop = min(start + block_size, n_queries)
+            q_block, g_block = q[start:stop], grad_out[start:stop]
+            probs = torch.mm(q_block, k.t()).mul_(scale).sub_(logsumexp[start:stop]).exp_()
+            keep = attention_keep_mask(seed, block, stop - start, n_keys, p, q.device)
+            dropped = probs * keep
+            dropped.mul_(keep_scale)
+            grad_v.addmm_(dropped.t(), g_block)
+            grad_dropped = torch.mm(g_block, v.t())
+            grad_dropped.mul_(keep).mul_(keep_scale)  # gradient wrt the softmax weights
+            grad_scores = grad_dropped.sub_(row_dot[start:stop]).mul_(probs).mul_(scale)
+            torch.mm(grad_scores, k, out=grad_q[start:stop])
+            grad_k.addmm_(grad_scores.t(), q_block)
+        return grad_q, grad_k, grad_v, None, None, None
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float, block_size: int = 512) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v with dropout `dropout_p` on the weights; q, k, v are (N, d) matrices."""
+    if dropout_p <= 0.0:
+        return F.scaled_dot_product_attention(q[None], k[None], v[None])[0]
+    if q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q[None], k[None], v[None], dropout_p=dropout_p)[0]
+    seed = int(torch.randint(0, 2**62, (1,)).item())  # drawn from torch's seeded generator
+    return BlockedDropoutAttention.apply(q, k, v, dropout_p, seed, block_size)

@@ -1,0 +1,62 @@
+"""The loss terms of SPAMO, one function per term (model.md sections 3-5).
+
+* `reconstruction_loss`  - MSE between a modality's features and its reconstruction;
+* `feature_graph_loss`   - mean over modalities of ||G(P_m) - T_m||_F (not squared), see feature_graph.py;
+* `spatial_smoothness_loss` - 1 - mean cosine between a spot and the mean of its spatial neighbours;
+* `dgi_loss`             - Deep Graph Infomax: real spots vs row-shuffled spots against a summary vector.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spamo.model.sparse import graph_matmul, row_sums
+
+
+def reconstruction_loss(features: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over all entries."""
+    return F.mse_loss(reconstruction, features)
+
+
+def feature_graph_loss(refined_values: list[torch.Tensor], target_values: list[torch.Tensor]) -> torch.Tensor:
+    """Mean over modalities of the Frobenius norm of G(P_m) - T_m (both live on the same sparse support)."""
+    norms = [torch.linalg.vector_norm(g - t) for g, t in zip(refined_values, target_values)]
+    return torch.stack(norms).mean()
+
+
+def spatial_smoothness_loss(fused: torch.Tensor, spatial: torch.Tensor) -> torch.Tensor:
+    """1 - mean_i <u_i, (S u)_i / rowsum(S)_i> with u the unit-length rows of the fused embedding."""
+    unit = F.normalize(fused, dim=1)
+    neighbour_mean = graph_matmul(spatial, unit) / row_sums(spatial)
+    return 1.0 - (unit * neighbour_mean).sum(dim=1).mean()
+
+
+class DGIHead(nn.Module):
+    """Deep Graph Infomax parameters: summary s = sigmoid(Linear(d, d)(mean fused)); bilinear discriminator."""
+
+    def __init__(self, latent_dim: int):
+        super().__init__()
+        self.summary = nn.Linear(latent_dim, latent_dim)
+        self.discriminator = nn.Bilinear(latent_dim, latent_dim, 1)
+        nn.init.xavier_uniform_(self.discriminator.weight)
+        nn.init.zeros_(self.discriminator.bias)
+
+    def logits(self, rows: torch.Tensor, summary: torch.Tensor) -> torch.Tensor:
+        return self.discriminator(rows, summary.expand_as(rows)).squeeze(1)
+
+
+def dgi_loss(fused: torch.Tensor, head: DGIHead, permutation: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean BCE-with-logits of positives (fused rows, target 1) and negatives (shuffled rows, target 0).
+
+    The shuffle is drawn from torch's (seeded) generator unless a permutation is given.
+    """
+    if permutation is None:
+        permutation = torch.randperm(fused.shape[0], device=fused.device)
+    summary = torch.sigmoid(head.summary(fused.mean(dim=0, keepdim=True)))
+    positive = head.logits(fused, summary)
+    negative = head.logits(fused[permutation], summary)
+    logits = torch.cat([positive, negative])
+    labels = torch.cat([torch.ones_like(positive), torch.zeros_like(negative)])
+    return F.binary_cross_entropy_with_logits(logits, labels)

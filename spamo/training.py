@@ -1,0 +1,269 @@
+"""The training plan of SPAMO (model.md section 5), separate from the network.
+
+`train(prepared, graphs, config)` seeds everything, builds `SpamoModule` and one `LearnableFeatureGraph` per
+modality, runs full-batch epochs (one forward, one optimiser step each), then one forward in evaluation mode and
+returns L2-normalised embeddings. `Trainer` is the same plan one step at a time (tests and tuners drive it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from spamo.errors import SpamoInputError
+from spamo.model.feature_graph import LearnableFeatureGraph
+from spamo.model.losses import (
+    dgi_loss,
+    feature_graph_loss,
+    reconstruction_loss,
+    spatial_smoothness_loss,
+)
+from spamo.model.module import SpamoModule
+from spamo.model.sparse import to_operator
+
+
+@dataclass
+class TrainResult:
+    """Embeddings after training (L2-normalised per spot) and how the run went."""
+
+    fused: np.ndarray  # N x d
+    per_modality: list[np.ndarray]  # M arrays, N x d
+    history: list[dict] = field(default_factory=list)  # one dict of loss terms per epoch
+    epoch_seconds: float = float("nan")  # mean wall time of one training epoch
+    train_seconds: float = float("nan")  # wall time of the whole call
+    device: str = "cpu"
+    stopped_early: bool = False  # the callback asked to stop
+
+
+# ---------------------------------------------------------------------------------------------- optimisers
+
+
+def _adamw(params, config):
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _adam(params, config):
+    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _sgd(params, config):
+    return torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+
+
+OPTIMIZERS: dict[str, Callable] = {"adamw": _adamw, "adam": _adam, "sgd": _sgd}
+
+
+def _no_scheduler(optimizer, config):
+    return None
+
+
+def _cosine(optimizer, config):
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs, eta_min=config.lr / 100)
+
+
+def _plateau(optimizer, config):
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=5)
+
+
+SCHEDULERS: dict[str, Callable] = {"none": _no_scheduler, "cosine": _cosine, "plateau": _plateau}
+
+
+# ---------------------------------------------------------------------------------------------- run setup
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def deterministic_algorithms():
+    """Ask torch for deterministic kernels (warning where none exists) for the duration of a run."""
+    before = torch.are_deterministic_algorithms_enabled()
+    before_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=before_warn)
+
+
+def resolve_device(name: str) -> torch.device:
+    """`cpu`, `cuda` (or `cuda:i`) or `auto` (CUDA when present)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise SpamoInputError("device", f"'{name}' requested but CUDA is not available")
+        return torch.device(name)
+    if name == "cpu":
+        return torch.device("cpu")
+    raise SpamoInputError("device", f"'{name}' is not one of cpu, cuda, auto")
+
+
+# ---------------------------------------------------------------------------------------------- trainer
+
+
+class Trainer:
+    """One SPAMO model, its learnable feature graphs, optimiser and scheduler; `step()` runs one epoch."""
+
+    def __init__(
+        self,
+        features: list[torch.Tensor],
+        spatial_graphs: list[torch.Tensor],
+        feature_graphs: list[torch.Tensor],
+        config,
+        device: torch.device | str = "cpu",
+        modality_names: list[str] | None = None,
+    ):
+        n_mod = len(features)
+        if not (len(spatial_graphs) == len(feature_graphs) == n_mod):
+            raise ValueError("one feature matrix, spatial graph and feature graph per modality are needed")
+        self.config = config
+        self.device = torch.device(device)
+        self.modality_names = list(modality_names or [str(i) for i in range(n_mod)])
+        self.weights = tuple(float(w) for w in config.modality_weights)
+        self.features = [f.to(self.device) for f in features]
+        dtype = self.features[0].dtype
+        self.spatial = [to_operator(g.to(self.device, dtype)) for g in spatial_graphs]
+        seed_everything(config.seed)
+        self.model = SpamoModule([f.shape[1] for f in self.features], config).to(self.device, dtype)
+        self.graphs = torch.nn.ModuleList(
+            LearnableFeatureGraph(g.to(self.device, dtype), config.ema_beta, config.ema_update) for g in feature_graphs
+        )
+        params = list(self.model.parameters()) + [g.values for g in self.graphs]
+        self.optimizer = OPTIMIZERS[config.optimizer](params, config)
+        self.scheduler = SCHEDULERS[config.scheduler](self.optimizer, config)
+        self.epoch = 0
+
+    def loss_terms(self, outputs: dict, refined: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Every loss term of one forward pass, by name, plus their weighted sum `total`."""
+        cfg = self.config
+        terms = {
+            f"recon_{name}": reconstruction_loss(x, r)
+            for name, x, r in zip(self.modality_names, self.features, outputs["reconstructions"])
+        }
+        total = sum(w * t for w, t in zip(self.weights, terms.values()))
+        terms["graph"] = feature_graph_loss(refined, [g.target for g in self.graphs])
+        terms["spatial"] = spatial_smoothness_loss(outputs["fused"], self.spatial[0])
+        terms["dgi"] = dgi_loss(outputs["fused"], self.model.dgi)
+        terms["total"] = (
+            total + cfg.graph_weight * terms["graph"] + cfg.spatial_weight * terms["spatial"]
+            + cfg.dgi_weight * terms["dgi"]
+        )
+        return terms
+
+    def step(self) -> dict[str, float]:
+        """One full-batch epoch: forward, loss, backward, optimiser step, feature-graph update, scheduler."""
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        outputs = self.model(self.features, self.spatial, [g.operator() for g in self.graphs])
+        refined = [g.refined_values() for g in self.graphs]
+        terms = self.loss_terms(outputs, refined)
+        values = {name: float(t.detach()) for name, t in terms.items()}
+        for name, value in values.items():
+            if not math.isfinite(value):
+                raise FloatingPointError(f"epoch {self.epoch + 1}: loss term '{name}' is {value}")
+        terms["total"].backward()
+        self.optimizer.step()
+        for graph, before in zip(self.graphs, refined):
+            graph.update_after_step(before.detach())
+        values["lr"] = self.optimizer.param_groups[0]["lr"]
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(values["total"])
+        elif self.scheduler is not None:
+            self.scheduler.step()
+        self.epoch += 1
+        values["epoch"] = self.epoch
+        return values
+
+    @torch.no_grad()
+    def embeddings(self) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """One forward in evaluation mode; per-modality and fused embeddings, L2-normalised per spot."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            per_modality, fused = self.model.embed(self.features, self.spatial, [g.operator() for g in self.graphs])
+        finally:
+            self.model.train(was_training)
+        return [F.normalize(e, dim=1) for e in per_modality], F.normalize(fused, dim=1)
+
+    def fused_embedding(self) -> np.ndarray:
+        """The current fused embedding (evaluation mode, L2-normalised) as a NumPy array."""
+        return self.embeddings()[1].cpu().numpy()
+
+
+# ---------------------------------------------------------------------------------------------- train()
+
+
+def _graph_lists(graphs) -> tuple[list, list]:
+    if hasattr(graphs, "spatial") and hasattr(graphs, "feature"):
+        return list(graphs.spatial), list(graphs.feature)
+    spatial, feature = graphs
+    return list(spatial), list(feature)
+
+
+def _progress_bar(total: int, enabled: bool):
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.description}"),
+        disable=not enabled, transient=False,
+    )
+
+
+def _describe(values: dict) -> str:
+    shown = {k: v for k, v in values.items() if k not in ("epoch", "lr")}
+    return " ".join(f"{k}={v:.4g}" for k, v in shown.items())
+
+
+def train(prepared, graphs, config, callback=None, callback_every: int = 10, progress: bool = True) -> TrainResult:
+    """Train SPAMO on prepared features and graphs; `config` is already `resolve()`d.
+
+    `graphs` has `.spatial` and `.feature` (lists of symmetric normalised sparse tensors, one per modality).
+    `callback(epoch, fused_embedding_fn, losses)` runs every `callback_every` epochs; `fused_embedding_fn()` returns
+    the current fused embedding (eval mode, L2-normalised, N x d NumPy). A callback returning True stops training.
+    Raises FloatingPointError naming the epoch and term when a loss turns NaN or infinite.
+    """
+    started = time.perf_counter()
+    device = resolve_device(config.device)
+    spatial, feature = _graph_lists(graphs)
+    features = [torch.as_tensor(np.asarray(x, dtype=np.float32)) for x in prepared.features]
+    history: list[dict] = []
+    epoch_time = 0.0
+    stopped = False
+    with deterministic_algorithms():
+        trainer = Trainer(features, spatial, feature, config, device, prepared.modality_names)
+        with _progress_bar(config.epochs, progress) as bar:
+            task = bar.add_task("", total=config.epochs)
+            for _ in range(config.epochs):
+                tick = time.perf_counter()
+                values = trainer.step()
+                epoch_time += time.perf_counter() - tick
+                history.append(values)
+                bar.update(task, advance=1, description=_describe(values))
+                if callback is not None and callback_every > 0 and trainer.epoch % callback_every == 0:
+                    if callback(trainer.epoch, trainer.fused_embedding, values) is True:
+                        stopped = True
+                        break
+        per_modality, fused = trainer.embeddings()
+    return TrainResult(
+        fused=fused.cpu().numpy(),
+        per_modality=[e.cpu().numpy() for e in per_modality],
+        history=history,
+        epoch_seconds=epoch_time / max(len(history), 1),
+        train_seconds=time.perf_counter() - started,
+        device=str(device),
+        stopped_early=stopped,
+    )
