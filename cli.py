@@ -233,10 +233,77 @@ def run_command(
 
 # ---------------------------------------------------------------------------------------------------------- score
 # (spamo score is added below by the clustering/metrics layer)
+@app.command("score")
+@refusals_as_one_line
+def score_command(
+    truth: Path = typer.Option(..., "--truth", help="Ground-truth labels: one integer per line."),
+    pred: Path = typer.Option(..., "--pred", help="Predicted labels (e.g. a run's labels.txt): one integer per line."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write the metrics text here (atomically)."),
+) -> None:
+    """Score predicted domains against a ground truth; print the reference's metrics text (six decimals)."""
+    from spamo.io import atomic_write_text
+    from spamo.metrics import format_metrics_text, score_label_files
+
+    text = format_metrics_text(score_label_files(truth, pred))
+    if out is not None:
+        atomic_write_text(out, text)
+    typer.echo(text, nl=False)
 
 
 # ---------------------------------------------------------------------------------------------------------- tune
 # (spamo tune is added below by the search layer)
+@app.command("tune")
+@refusals_as_one_line
+def tune_command(
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Built-in dataset key: sim, hln or mb."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Your own folder of .h5ad files (or .h5mu)."),
+    data_type: Optional[str] = typer.Option(None, "--data-type", help="Data type of --data-dir."),
+    data_root: Path = typer.Option(Path("Data"), "--data-root", help="Where the dataset folders live."),
+    n_clusters: Optional[int] = typer.Option(None, "--n-clusters", help="Number of domains."),
+    num_samples: int = typer.Option(20, "--num-samples", help="Number of trials."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Fix every trial's epoch budget (short runs)."),
+    space: Optional[Path] = typer.Option(None, "--space", help="Search-space TOML (default: the dataset's)."),
+    metric: Optional[str] = typer.Option(None, "--metric", help="Objective (default ari with ground truth, "
+                                                                 "else asw)."),
+    scheduler: str = typer.Option("asha", "--scheduler", help="asha (stop poor trials early) or none."),
+    cpus_per_trial: float = typer.Option(1.0, "--cpus-per-trial", help="CPUs each trial holds."),
+    gpus_per_trial: float = typer.Option(0.25, "--gpus-per-trial",
+                                         help="GPUs each trial holds; 0.25 packs 4 trials on a GPU (0 without GPUs)."),
+    max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent", help="At most this many trials at once."),
+    report_every: int = typer.Option(10, "--report-every", help="Epochs between intermediate reports (for ASHA)."),
+    seed: int = typer.Option(2025, "--seed", help="Seed of the sampler and of every trial."),
+    name: Optional[str] = typer.Option(None, "--name", help="Run name (folder results/tune/NAME)."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Local folder or URI (s3://, gs://, ...) for "
+                                                                   "Ray's experiment state (shared on a cluster)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Join a Ray cluster: auto or ray://host:port."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="Continue the interrupted run NAME."),
+):
+    """Search SPAMO's settings with Ray Tune + Optuna: trials.parquet, best_config.toml, pictures."""
+    import time as _time
+
+    from rich.console import Console
+
+    from search.tuning import TuneRequest, resume_tune, start_tune
+
+    console = Console()
+    log = console.print
+    try:
+        if resume:
+            outcome = resume_tune(resume, storage=storage, address=address, log=log)
+        else:
+            default_name = f"{dataset or (data_dir.name if data_dir else 'tune')}-{_time.strftime('%Y%m%d-%H%M%S')}"
+            outcome = start_tune(TuneRequest(
+                name=name or default_name, num_samples=num_samples, dataset=dataset,
+                data_dir=str(data_dir) if data_dir else None, data_type=data_type, data_root=str(data_root),
+                n_clusters=n_clusters, epochs=epochs, space=str(space) if space else None, metric=metric,
+                scheduler=scheduler, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+                max_concurrent=max_concurrent, storage=storage, address=address, report_every=report_every,
+                seed=seed), log=log)
+    except KeyboardInterrupt:
+        typer.echo("interrupted before the search started; nothing to resume", err=True)
+        raise typer.Exit(code=130) from None
+    if not outcome.complete:
+        raise typer.Exit(code=130)
 
 
 # ---------------------------------------------------------------------------------------------------------- evaluate
