@@ -384,7 +384,10 @@ def prerank_enrichment(scores: pd.Series, gene_sets: dict[str, list[str]], permu
 
     ranking = scores.copy()
     ranking.index = ranking.index.str.upper()
-    ranking = ranking[~ranking.index.duplicated()].sort_values(ascending=False)
+    ranking = ranking[~ranking.index.duplicated()].sort_values(ascending=False, kind="stable")
+    # equal scores (genes with the same rank sums) are ordered as the marker table orders them, made explicit
+    # with a vanishing strictly decreasing offset so the prerank order is deterministic
+    ranking = ranking - np.arange(ranking.size) * 1e-9
     restricted = {k: v for k, v in _case_insensitive_sets(gene_sets, set(ranking.index)).items()
                   if len(v) >= min_set_size}
     empty = pd.DataFrame(columns=["gene_set", "overlap", "set_size", "p", "nes", "genes", "p_adj", "method"])
@@ -400,7 +403,9 @@ def prerank_enrichment(scores: pd.Series, gene_sets: dict[str, list[str]], permu
         raise
     res = result.res2d
     tag = res["Tag %"].astype(str).str.split("/", expand=True)
-    upper_to_name = dict(zip(ranking.index, scores[~scores.index.str.upper().duplicated()].index))
+    upper_to_name: dict[str, str] = {}
+    for name in scores.index:
+        upper_to_name.setdefault(name.upper(), name)
     table = pd.DataFrame({
         "gene_set": res["Term"].astype(str),
         "overlap": tag[0].astype(int),
@@ -501,6 +506,21 @@ def _point_size(n: int) -> float:
     return float(np.clip(20000.0 / max(n, 1), 0.3, 30.0))
 
 
+def _save_png(save: Callable, path: Path, dpi: int) -> None:
+    """Render through `save(buffer, dpi=, format=)`, then store as a 256-colour palette PNG (about 3x smaller)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    save(buffer, dpi=dpi, format="png")
+    buffer.seek(0)
+    with Image.open(buffer) as image:
+        palette = image.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT,
+                                                dither=Image.Dither.NONE)
+        palette.save(path, format="PNG", optimize=True)
+
+
 def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
@@ -512,41 +532,47 @@ def plot_marker_dots(adata, groupby: str, path: Path, n_genes: int, title: str) 
     plt = _pyplot()
     dotplot = sc.pl.rank_genes_groups_dotplot(adata, groupby=groupby, n_genes=n_genes, show=False,
                                               return_fig=True, title=title, dendrogram=False)
-    dotplot.savefig(path, dpi=90, bbox_inches="tight")
+    _save_png(lambda buffer, **kw: dotplot.savefig(buffer, bbox_inches="tight", **kw), path, dpi=90)
     plt.close("all")
 
 
-def plot_top_markers_spatial(coords: np.ndarray, labels: pd.Categorical, values: dict[str, tuple[str, np.ndarray]],
-                             path: Path, modality: str) -> None:
-    """The domain map and, per domain, its top marker's normalised value over the tissue."""
+def plot_top_markers_spatial(coords: np.ndarray, labels: pd.Categorical,
+                             values: dict[str, dict[str, tuple[str, np.ndarray]]], path: Path) -> None:
+    """One column per domain: where the domain is, then its top marker's normalised value in each modality.
+
+    Reading down a column shows which modality tells that domain apart (a modality blind to it shows a marker
+    shared with another domain).
+    """
     plt = _pyplot()
-    panels = 1 + len(values)
-    ncols = min(panels, 4)
-    nrows = int(np.ceil(panels / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3.0 * nrows), squeeze=False)
-    size = _point_size(len(coords))
-    colors = _group_colors(len(labels.categories))
-    ax = axes.flat[0]
+    domains = list(labels.categories)
+    modalities = list(values)
+    nrows, ncols = 1 + len(modalities), len(domains)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.9 * ncols, 1.95 * nrows), squeeze=False)
+    size = _point_size(len(coords)) * 0.35
+    colors = _group_colors(len(domains))
     codes = np.asarray(labels.codes)
-    for code, name in enumerate(labels.categories):
-        mask = codes == code
-        ax.scatter(coords[mask, 0], coords[mask, 1], s=size, color=colors[code], label=name, rasterized=True,
-                   linewidths=0)
-    ax.set_title("domains", fontsize=9)
-    ax.legend(fontsize=6, markerscale=max(1.0, 3 / np.sqrt(size)), loc="best", frameon=False, ncol=2)
-    for ax, (domain, (feature, value)) in zip(list(axes.flat)[1:], values.items()):
-        points = ax.scatter(coords[:, 0], coords[:, 1], c=value, s=size, cmap="viridis", rasterized=True,
-                            linewidths=0)
-        ax.set_title(f"domain {domain}: {feature} ({modality})", fontsize=8)
-        fig.colorbar(points, ax=ax, fraction=0.046, pad=0.02)
+    for col, domain in enumerate(domains):
+        ax = axes[0, col]
+        inside = codes == col
+        ax.scatter(coords[~inside, 0], coords[~inside, 1], s=size, color="0.85", rasterized=True, linewidths=0)
+        ax.scatter(coords[inside, 0], coords[inside, 1], s=size, color=colors[col], rasterized=True, linewidths=0)
+        ax.set_title(f"domain {domain} ({inside.sum()})", fontsize=8)
+        for row, modality in enumerate(modalities, start=1):
+            ax = axes[row, col]
+            if domain not in values[modality]:
+                ax.axis("off")
+                continue
+            feature, value = values[modality][domain]
+            high = float(np.quantile(value, 0.99)) if value.size else 1.0
+            ax.scatter(coords[:, 0], coords[:, 1], c=value, s=size, cmap="viridis", vmin=0.0 if value.min() >= 0
+                       else None, vmax=high if high > 0 else None, rasterized=True, linewidths=0)
+            ax.set_title(f"{modality}: {feature}", fontsize=7)
     for ax in axes.flat:
         ax.set_aspect("equal")
         ax.set_xticks([])
         ax.set_yticks([])
-    for ax in list(axes.flat)[panels:]:
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    fig.tight_layout(pad=0.4)
+    _save_png(fig.savefig, path, dpi=72)
     plt.close(fig)
 
 
@@ -570,7 +596,7 @@ def plot_paga(embedding, groupby: str, path: Path, seed: int) -> None:
                title="the same graph at the domains' spatial centroids", add_pos=False, frameon=False)
     right.set_aspect("equal")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    _save_png(fig.savefig, path, dpi=90)
     plt.close(fig)
 
 
@@ -639,8 +665,7 @@ def analyze(run_dir: str | Path, groupby: str = "domain", gene_sets: Sequence[st
         _write_parquet(enrichment, tmp / "enrichment.parquet")
         _write_parquet(paga, tmp / "paga.parquet")
         progress("drawing figures")
-        figure_names = _draw_figures(tmp, tested, groupby, modality_data, top_markers, rna_name, n_dot_genes,
-                                     seed)
+        figure_names = _draw_figures(tmp, tested, groupby, modality_data, top_markers, n_dot_genes, seed)
     final_dir = Path(out_dir) if out_dir is not None else run_dir / "analysis"
     return AnalysisResult(out_dir=final_dir, markers=top_markers, enrichment=enrichment, paga=paga,
                           figures={k: final_dir / v for k, v in figure_names.items()}, notes=notes)
@@ -651,20 +676,22 @@ def _write_parquet(table: pd.DataFrame, path: Path) -> None:
 
 
 def _draw_figures(folder: Path, tested, groupby: str, modality_data: dict, top_markers: pd.DataFrame,
-                  rna_name: str, n_dot_genes: int, seed: int) -> dict[str, str]:
+                  n_dot_genes: int, seed: int) -> dict[str, str]:
     figures = {}
     for name, adata in modality_data.items():
         file = f"markers_{_safe_name(name)}.png"
         plot_marker_dots(adata, groupby, folder / file, n_dot_genes, f"{name} markers per {groupby}")
         figures[f"markers_{name}"] = file
-    rna = modality_data[rna_name]
-    firsts = top_markers[(top_markers["modality"] == rna_name) & (top_markers["rank"] == 1)]
-    values = {}
-    for domain, feature in zip(firsts["domain"], firsts["feature"]):
-        column = rna[:, feature].X
-        values[domain] = (feature, np.asarray(column.toarray() if sp.issparse(column) else column).ravel())
+    values: dict[str, dict] = {}
+    for name, adata in modality_data.items():
+        firsts = top_markers[(top_markers["modality"] == name) & (top_markers["rank"] == 1)]
+        values[name] = {}
+        for domain, feature in zip(firsts["domain"], firsts["feature"]):
+            column = adata[:, feature].X
+            values[name][domain] = (feature,
+                                    np.asarray(column.toarray() if sp.issparse(column) else column).ravel())
     plot_top_markers_spatial(np.asarray(tested.obsm["spatial"], dtype=float), tested.obs[groupby].values,
-                             values, folder / "top_markers_spatial.png", rna_name)
+                             values, folder / "top_markers_spatial.png")
     figures["top_markers_spatial"] = "top_markers_spatial.png"
     plot_paga(tested, groupby, folder / "paga.png", seed)
     figures["paga"] = "paga.png"

@@ -58,9 +58,13 @@ def write_run_folder(run_dir: Path, data_dir: Path, sim, seed: int = 0, drop_eve
 
 
 def write_gmt(path: Path, planted: dict, genes: list[str], seed: int = 1, n_decoys: int = 20) -> Path:
-    """The planted set of each domain plus decoy sets of random genes of the same size."""
+    """The planted set of each domain plus decoy sets of random genes of the same size.
+
+    The first planted set is written upper-case, as human gene sets meet mouse gene names.
+    """
     rng = np.random.default_rng(seed)
-    lines = [f"PLANTED_{d}\tplanted in domain {d}\t" + "\t".join(names) for d, names in planted.items()]
+    lines = [f"PLANTED_{d}\tplanted in domain {d}\t" + "\t".join(n.upper() if i == 0 else n for n in names)
+             for i, (d, names) in enumerate(planted.items())]
     size = len(next(iter(planted.values())))
     for i in range(n_decoys):
         lines.append(f"DECOY_{i}\trandom genes\t" + "\t".join(rng.choice(genes, size, replace=False)))
@@ -128,6 +132,9 @@ def test_ora_ranks_planted_set_first(analysed):
                 rows = rows.sort_values(["nes"], ascending=False)
             assert rows.iloc[0]["gene_set"] == f"PLANTED_{domain}", (method, domain, rows.head(3))
             assert rows.iloc[0]["p_adj"] < 0.05
+    var_names = set(analysed["sim"].modalities["RNA"].var_names)
+    reported = {g for genes in enrichment["genes"] for g in genes.split(";") if g}
+    assert reported and reported <= var_names, "genes must be reported by their feature names"
     ora = enrichment[enrichment["method"] == "ora"]
     decoys = ora[ora["gene_set"].str.startswith("DECOY")]
     assert (decoys["p_adj"] > 0.05).all()
