@@ -1,0 +1,63 @@
+"""Graphs shared between trials: built once per distinct graph setting (KNN_k, ...) for the whole search.
+
+A small named actor holds one ObjectRef per graph key. The first trial that needs a key builds the graphs and puts
+them into the object store *owned by the actor* (`ray.put(..., _owner=actor)`), so they outlive that trial's worker
+and any trial on any node can fetch them. Two trials asking for a new key at the same moment may both build it; the
+last one registered stays (the graphs are deterministic, so either is right).
+"""
+
+from __future__ import annotations
+
+import ray
+
+from spamo.config import SpamoConfig
+
+# Settings the graphs depend on (everything else in a trial's config leaves them unchanged).
+GRAPH_SETTINGS = ("knn_k", "feature_graph_weight", "spatial_k")
+
+
+def graph_key(config: SpamoConfig) -> tuple:
+    return tuple(getattr(config, name) for name in GRAPH_SETTINGS)
+
+
+@ray.remote(num_cpus=0)
+class GraphCache:
+    """Graph key -> ObjectRef of the graphs (refs are kept wrapped in a list so Ray does not resolve them)."""
+
+    def __init__(self):
+        self._refs: dict = {}
+        self.builds = 0
+
+    def get(self, key: tuple):
+        return self._refs.get(key)
+
+    def put(self, key: tuple, wrapped_ref: list):
+        self.builds += 1
+        self._refs[key] = wrapped_ref
+
+    def stats(self) -> dict:
+        return {"keys": len(self._refs), "builds": self.builds}
+
+
+def start_cache(name: str):
+    """The search's cache actor (one per tune run, gone with the driver's job)."""
+    return GraphCache.options(name=name, get_if_exists=True).remote()
+
+
+def cached_graphs(cache_name: str, prepared, config: SpamoConfig, build):
+    """The graphs for `config`: from the cache when some trial built them, else built here and registered."""
+    key = graph_key(config)
+    try:
+        cache = ray.get_actor(cache_name)
+    except ValueError:  # no cache (a trainable run outside a tune run): build locally
+        return build(prepared, config)
+    wrapped = ray.get(cache.get.remote(key))
+    if wrapped is not None:
+        try:
+            return ray.get(wrapped[0])
+        except ray.exceptions.ObjectLostError:  # the node holding them went away: build again
+            pass
+    graphs = build(prepared, config)
+    ref = ray.put(graphs, _owner=cache)
+    ray.get(cache.put.remote(key, [ref]))
+    return graphs

@@ -1,0 +1,122 @@
+"""The search's own record of every ended trial, one JSON file per trial, written by the driver.
+
+Ray's experiment state is saved every few seconds; this ledger is written the moment a trial ends. On resume the
+trials it records as finished are not trained again (their recorded result is replayed), so a driver killed between
+a trial's end and Ray's next snapshot loses and repeats nothing. `trials.parquet` is built from it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+from ray import tune
+
+from spamo.io import atomic_write_text
+
+LEDGER_DIR = "ledger"
+# Keys Ray adds to every result; the ledger keeps only what the trial reported.
+RAY_RESULT_KEYS = {
+    "timestamp", "checkpoint_dir_name", "done", "training_iteration", "trial_id", "date", "time_this_iter_s",
+    "time_total_s", "pid", "config", "time_since_restore", "iterations_since_restore",
+    "experiment_tag", "should_checkpoint",
+}
+
+
+def _clean(value):
+    """JSON-safe scalars (NaN becomes None)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if hasattr(value, "item"):
+        return _clean(value.item())
+    return value
+
+
+def trial_record(trial, status: str, error: str | None = None) -> dict:
+    result = {k: _clean(v) for k, v in (trial.last_result or {}).items()
+              if k not in RAY_RESULT_KEYS and not isinstance(v, dict)}
+    tag = str(trial.experiment_tag).split("_", 1)[0]
+    return {
+        "trial_id": trial.trial_id,
+        "number": int(tag) if tag.isdigit() else None,
+        "status": status,
+        "error": error,
+        "params": {k: _clean(v) for k, v in dict(trial.config).items()},
+        "result": result,
+        "recorded_at": time.time(),
+    }
+
+
+def error_summary(trial) -> str:
+    """The last line of the trial's traceback (the exception and its message)."""
+    text = ""
+    path = trial.error_file
+    if path and Path(path).is_file():
+        text = Path(path).read_text(errors="replace")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "trial failed (no error text recorded)"
+
+
+def trial_status(trial) -> str:
+    """`finished` (trained to the end), or `stopped_early` (the scheduler stopped it)."""
+    return "finished" if (trial.last_result or {}).get("final") else "stopped_early"
+
+
+class TrialLedger(tune.Callback):
+    """Ray Tune callback writing `ledger/<trial_id>.json` when a trial completes or fails."""
+
+    def __init__(self, run_dir: str | Path):
+        self.folder = str(Path(run_dir).resolve() / LEDGER_DIR)
+
+    def _write(self, record: dict) -> None:
+        path = Path(self.folder) / f"{record['trial_id']}.json"
+        if path.exists() and json.loads(path.read_text()).get("status") == "finished":
+            return  # a replayed trial: keep the original record
+        atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._write(trial_record(trial, trial_status(trial)))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._write(trial_record(trial, "error", error_summary(trial)))
+
+
+def load_ledger(run_dir: str | Path) -> dict[str, dict]:
+    """Trial id -> record, for every trial that ended."""
+    folder = Path(run_dir) / LEDGER_DIR
+    records = {}
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        record = json.loads(path.read_text())
+        records[record["trial_id"]] = record
+    return records
+
+
+def finished_results(records: dict[str, dict]) -> dict[str, dict]:
+    """Trial id -> final report of the finished trials (what a resumed run replays instead of training)."""
+    return {tid: {k: v for k, v in r["result"].items() if k != "replayed"}
+            for tid, r in records.items() if r["status"] == "finished"}
+
+
+class TrialLog(tune.Callback):
+    """One line per trial start and end on the driver's console (Ray's own tables are switched off)."""
+
+    def __init__(self, metric: str, num_samples: int):
+        self.metric, self.num_samples, self.ended = metric, num_samples, 0
+
+    def _say(self, trial, text: str) -> None:
+        tag = str(trial.experiment_tag).split("_", 1)[0]
+        print(f"[tune] trial {tag}/{self.num_samples} ({trial.trial_id}) {text}", flush=True)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._say(trial, "started")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        result = trial.last_result or {}
+        value = result.get(self.metric)
+        shown = f"{self.metric}={value:.4f}" if isinstance(value, (int, float)) else f"{self.metric}=?"
+        self._say(trial, f"{trial_status(trial).replace('_', ' ')} at epoch {result.get('epoch')}: {shown}")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._say(trial, f"failed: {error_summary(trial)}")

@@ -1,0 +1,130 @@
+"""One Ray Tune trial: build the trial's config, fetch shared data and graphs, train, report.
+
+The trial knows nothing of the model: it calls `spamo.pipeline.fit_and_cluster` with a callback that, every
+`report_every` epochs, clusters the current embedding cheaply (k-means on PCA) and reports the scores through
+`ray.tune.report`, so a scheduler (ASHA) can stop poor trials early. The last report (``final = True``) carries the
+scores of the real clustering. A NaN loss or any exception propagates: Ray marks the trial failed, the search goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from ray import tune
+
+from spamo.config import SpamoConfig
+
+# At most this many spots enter the silhouette of an intermediate report (it is quadratic in the spots).
+PROBE_ASW_SPOTS = 1500
+# Test-only switch (documented in the README): a comma-separated list of 1-based trial numbers that raise on purpose.
+FAIL_SWITCH = "SPAMO_TUNE_FAIL_TRIALS"
+
+
+@dataclass
+class TrialContext:
+    """What every trial of one search shares besides the data (small: it travels with each trial)."""
+
+    base: SpamoConfig  # resolved against the data
+    fixed: dict
+    report_every: int
+    cache_name: str
+    cpus_per_trial: float
+    finished: dict = field(default_factory=dict)  # trial id -> final report, for trials finished before a resume
+    fail_trials: tuple = ()  # test switch: trial numbers (1-based, in creation order) that raise
+
+
+def trial_dirname(trial) -> str:
+    """Trial folders are named "trial_<number>_<id>" (number = creation order, 1-based)."""
+    number = str(trial.experiment_tag).split("_", 1)[0]
+    return f"trial_{int(number) if number.isdigit() else 0:05d}_{trial.trial_id}"
+
+
+def trial_number() -> int:
+    """The 1-based creation number of this trial, read from its folder name (see `trial_dirname`)."""
+    parts = os.path.basename(tune.get_context().get_trial_dir() or "").split("_")
+    return int(parts[1]) if len(parts) > 2 and parts[0] == "trial" and parts[1].isdigit() else -1
+
+
+def where_am_i() -> dict:
+    import ray
+
+    return {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address(),
+            "hostname": socket.gethostname()}
+
+
+def probe_scores(prepared, embedding: np.ndarray, labels: np.ndarray, seed: int) -> dict:
+    """Cheap scores of an intermediate clustering: truth scores, silhouette on a subsample, spatial coherence."""
+    from spamo.metrics import label_free_scores, score_against_truth, spatial_coherence
+    from spamo.pipeline import score_key
+
+    scores = {}
+    if prepared.truth is not None:
+        scores.update(score_against_truth(prepared.truth, labels))
+    n = labels.size
+    keep = np.sort(np.random.default_rng(seed).choice(n, PROBE_ASW_SPOTS, replace=False)) if n > PROBE_ASW_SPOTS \
+        else slice(None)
+    truth = prepared.truth[keep] if prepared.truth is not None else None
+    scores.update(label_free_scores(embedding[keep], labels[keep], truth=truth, seed=seed))
+    scores["Spatial coherence"] = spatial_coherence(labels, prepared.coords)
+    return {score_key(name): float(value) for name, value in scores.items()}
+
+
+class Probe:
+    """The training callback: report cheap scores every few epochs (never stops training itself)."""
+
+    def __init__(self, prepared, config: SpamoConfig, started: float, node: dict):
+        self.prepared, self.config, self.started, self.node = prepared, config, started, node
+
+    def __call__(self, epoch: int, embedding_fn, losses: dict) -> bool:
+        from spamo.clustering import cluster
+
+        if epoch >= self.config.epochs:  # the final report follows at once
+            return False
+        embedding = embedding_fn()
+        labels = np.asarray(cluster(embedding, self.config.n_clusters, method="kmeans", n_pcs=self.config.n_pcs,
+                                    seed=self.config.seed))
+        report = probe_scores(self.prepared, embedding, labels, self.config.seed)
+        report.update(epoch=int(epoch), loss=float(losses["total"]), final=False,
+                      wall_s=time.time() - self.started, **self.node)
+        tune.report(report)
+        return False
+
+
+def run_trial(sampled: dict, prepared=None, context: TrialContext | None = None) -> None:
+    """The Ray Tune function trainable (wrapped with `tune.with_parameters(prepared=..., context=...)`)."""
+    import torch
+
+    from search.graph_cache import cached_graphs
+    from search.space import trial_config
+    from spamo.graphs import build_graphs
+    from spamo.pipeline import fit_and_cluster
+
+    trial_id = tune.get_context().get_trial_id()
+    if trial_id in context.finished:  # finished before an interruption: report the recorded result, train nothing
+        tune.report(dict(context.finished[trial_id], replayed=True))
+        return
+    started = time.time()
+    torch.set_num_threads(max(1, int(round(context.cpus_per_trial))))
+    node = where_am_i()
+    config = trial_config(context.base, context.fixed, sampled, prepared.n_modalities, prepared.n_spots)
+    if trial_number() in context.fail_trials:
+        raise RuntimeError(f"forced failure of trial {trial_number()} ({FAIL_SWITCH})")
+    tick = time.perf_counter()
+    graphs = cached_graphs(context.cache_name, prepared, config, build_graphs)
+    graphs_s = time.perf_counter() - tick
+    result = fit_and_cluster(prepared, config, graphs=graphs, callback=Probe(prepared, config, started, node),
+                             callback_every=context.report_every, progress=False)
+    final = dict(result.scores)
+    final.update(
+        epoch=len(result.history), loss=float(result.history[-1]["total"]) if result.history else float("nan"),
+        final=True, graphs_s=graphs_s, train_s=result.timings.get("train_s"), epoch_s=result.timings.get("epoch_s"),
+        cluster_s=result.timings.get("cluster_s"), wall_s=time.time() - started, started_at=started,
+        finished_at=time.time(), device=result.device, seed=config.seed,
+        config_json=json.dumps(config.to_dict(), sort_keys=True), **node,
+    )
+    tune.report(final)
