@@ -39,7 +39,7 @@ def refusals_as_one_line(func):
 def _rich_progress(transient: bool = False):
     """A rich progress bar on stderr (stdout stays clean for piping)."""
     from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
                     TimeRemainingColumn(), console=Console(stderr=True), transient=transient)
