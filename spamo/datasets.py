@@ -247,6 +247,8 @@ def check_modality(adata, modality: str, source: Path | str) -> None:
     for label, matrix in matrices:
         if matrix is None:
             continue
+        if not _is_numeric(matrix):
+            raise SpamoInputError(source, f"{label} is not a numeric matrix (dtype {matrix.dtype})")
         bad = _first_nonfinite_row(matrix)
         if bad is not None:
             raise SpamoInputError(source, f"NaN or infinite value in {label} (spot '{adata.obs_names[bad]}')")
@@ -271,12 +273,14 @@ def _first_bad_row(matrix, is_bad) -> int | None:
     n = matrix.shape[0]
     for start in range(0, n, ROW_BLOCK):
         block = np.asarray(matrix[start:start + ROW_BLOCK])
-        if not np.issubdtype(block.dtype, np.number):
-            raise TypeError("not a numeric matrix")
         rows = np.flatnonzero(is_bad(block).any(axis=tuple(range(1, block.ndim))))
         if rows.size:
             return start + int(rows[0])
     return None
+
+
+def _is_numeric(matrix) -> bool:
+    return np.issubdtype(matrix.dtype, np.number) or matrix.dtype == bool
 
 
 def _first_nonfinite_row(matrix) -> int | None:

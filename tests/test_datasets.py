@@ -287,3 +287,17 @@ def test_refuses_truth_of_wrong_length(sim_dir):
     labels = (sim_dir / "GT_1.txt").read_text().split()
     (sim_dir / "GT_1.txt").write_text("\n".join(labels[:-3]) + "\n")
     _refused(["data", "info", str(sim_dir)], sim_dir, "GT_1.txt", f"{N - 3} labels", f"{N} spots")
+
+
+def test_dense_matrices_are_checked_in_row_blocks(monkeypatch):
+    monkeypatch.setattr(datasets, "ROW_BLOCK", 7)
+    x = np.ones((50, 4), dtype=np.float32)
+    adata = ad.AnnData(X=x.copy())
+    datasets.check_modality(adata, "ADT", "dense.h5ad")
+    adata.X[23, 2] = np.nan
+    with pytest.raises(SpamoInputError, match="NaN or infinite value in .X .*'23'"):
+        datasets.check_modality(adata, "ADT", "dense.h5ad")
+    adata.X[23, 2] = -2
+    with pytest.raises(SpamoInputError, match="negative counts in .X .*'23'"):
+        datasets.check_modality(adata, "ADT", "dense.h5ad")
+    datasets.check_modality(adata, "ATAC", "dense.h5ad")  # normalised peaks may be negative
