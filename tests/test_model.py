@@ -1,0 +1,133 @@
+"""Unit tests of the SPAMO network parts: blocked dropout attention, feature graph, fusion for any M."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from model_problems import planted_problem
+from spamo.config import SpamoConfig
+from spamo.model import BlockedDropoutAttention, LearnableFeatureGraph, SpamoModule, attention, attention_keep_mask
+from spamo.model.attention import effective_drop_probability
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def dense_dropout_attention(q, k, v, p, seed, block_size):
+    """softmax(q k^T / sqrt(d)) with the blocked function's own keep masks, times v, all N x N at once."""
+    n_q, n_k = q.shape[0], k.shape[0]
+    mask = torch.cat([
+        attention_keep_mask(seed, b, min(block_size, n_q - s), n_k, p) for b, s in enumerate(range(0, n_q, block_size))
+    ])
+    weights = torch.softmax(q @ k.t() / math.sqrt(q.shape[1]), dim=1)
+    return (weights * mask / (1 - effective_drop_probability(p))) @ v
+
+
+@pytest.mark.parametrize("n_q,n_k,block", [(70, 70, 16), (33, 50, 64), (40, 40, 7)])
+def test_blocked_dropout_attention_matches_dense_values_and_gradients(n_q, n_k, block):
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(n_q, 8, dtype=torch.float64, generator=gen, requires_grad=True)
+    k = torch.randn(n_k, 8, dtype=torch.float64, generator=gen, requires_grad=True)
+    v = torch.randn(n_k, 5, dtype=torch.float64, generator=gen, requires_grad=True)
+    upstream = torch.randn(n_q, 5, dtype=torch.float64, generator=gen)
+    got = BlockedDropoutAttention.apply(q, k, v, 0.3, 99, block)
+    got_grads = torch.autograd.grad(got, (q, k, v), upstream)
+    want = dense_dropout_attention(q, k, v, 0.3, 99, block)
+    want_grads = torch.autograd.grad(want, (q, k, v), upstream)
+    assert torch.allclose(got, want, atol=1e-12)
+    for a, b in zip(got_grads, want_grads):
+        assert torch.allclose(a, b, atol=1e-12)
+
+
+def test_blocked_dropout_attention_gradcheck():
+    gen = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(9, 4, dtype=torch.float64, generator=gen, requires_grad=True) for _ in range(3))
+    assert torch.autograd.gradcheck(lambda a, b, c: BlockedDropoutAttention.apply(a, b, c, 0.25, 5, 4), (q, k, v))
+
+
+def test_keep_mask_is_reproducible_and_drops_at_rate_p():
+    a = attention_keep_mask(3, 2, 200, 500, 0.1)
+    assert torch.equal(a, attention_keep_mask(3, 2, 200, 500, 0.1))
+    assert not torch.equal(a, attention_keep_mask(3, 3, 200, 500, 0.1))
+    assert abs((~a).float().mean().item() - 0.1) < 0.005
+    assert abs(effective_drop_probability(0.1) - 0.1) < 2**-16
+
+
+def test_attention_without_dropout_is_exact_softmax_attention():
+    gen = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(30, 6, generator=gen) for _ in range(3))
+    want = torch.softmax(q @ k.t() / math.sqrt(6), dim=1) @ v
+    assert torch.allclose(attention(q, k, v, 0.0), want, atol=1e-5)
+
+
+def test_attention_dropout_changes_output_and_keeps_expectation():
+    gen = torch.Generator().manual_seed(3)
+    q, k = (torch.randn(64, 6, generator=gen) for _ in range(2))
+    v = torch.ones(64, 3)
+    torch.manual_seed(0)
+    dropped = attention(q, k, v, 0.5, block_size=16)
+    assert not torch.allclose(dropped, v)  # rows of weights no longer sum to one
+    assert abs(dropped.mean().item() - 1.0) < 0.05  # inverse keep-probability scaling keeps the mean
+
+
+def _feature_graph(n=40, seed=0):
+    _, _, feature, _ = planted_problem(n, [6], seed=seed, knn_k=5)
+    return feature[0]
+
+
+def test_learnable_feature_graph_refined_values_match_dense_formula():
+    graph = _feature_graph()
+    learnable = LearnableFeatureGraph(graph.double())
+    with torch.no_grad():
+        learnable.values.add_(torch.randn_like(learnable.values) * 0.1)  # break the symmetry of P
+    dense_p = torch.sparse_coo_tensor(torch.stack([learnable.rows, learnable.cols]), learnable.values.detach(),
+                                      (40, 40)).to_dense()
+    sym = torch.relu((dense_p + dense_p.t()) / 2) + torch.eye(40, dtype=torch.float64)
+    d = sym.sum(1).rsqrt()
+    want = (d[:, None] * sym * d[None, :])[learnable.rows, learnable.cols]
+    assert torch.allclose(learnable.refined_values(), want, atol=1e-12)
+
+
+def test_learnable_feature_graph_refuses_asymmetric_support():
+    idx = torch.tensor([[0, 0, 1, 2], [0, 1, 1, 2]])
+    graph = torch.sparse_coo_tensor(idx, torch.ones(4), (3, 3)).coalesce()
+    with pytest.raises(ValueError, match="not symmetric"):
+        LearnableFeatureGraph(graph)
+
+
+def test_ema_update_timings_differ():
+    graph = _feature_graph().double()
+    after, before = LearnableFeatureGraph(graph, 0.9, "after_step"), LearnableFeatureGraph(graph, 0.9, "before_step")
+    refined_before = after.refined_values().detach()
+    for g in (after, before):
+        with torch.no_grad():
+            g.values.mul_(1.5)
+        g.update_after_step(refined_before)
+    assert torch.equal(after.current, before.current)  # F is G(P) after the step either way
+    assert not torch.allclose(after.target, before.target)
+    expected = 0.9 * graph.coalesce().values() + 0.1 * refined_before
+    assert torch.allclose(before.target, expected)
+
+
+@pytest.mark.parametrize("dims,cross", [([7], True), ([7, 5], True), ([7, 5, 6], True), ([7, 5, 6, 4], True),
+                                        ([7, 5, 6], False)])
+def test_module_outputs_for_any_number_of_modalities(dims, cross):
+    features, spatial, feature, _ = planted_problem(30, dims, seed=1, knn_k=4)
+    config = SpamoConfig(data_type="Simulation", latent_dim=8, use_cross_attn=cross).resolve(len(dims), 30)
+    model = SpamoModule(dims, config)
+    out = model(features, spatial, feature)
+    assert [e.shape for e in out["embeddings"]] == [(30, 8)] * len(dims)
+    assert out["fused"].shape == (30, 8)
+    assert [r.shape for r in out["reconstructions"]] == [(30, f) for f in dims]
+    out["fused"].sum().backward()
+    assert all(enc.weight1.grad is not None for enc in model.encoders)
+    if len(dims) >= 2 and cross:
+        assert model.fusion.cross[0].key.in_features == (len(dims) - 1) * 8
