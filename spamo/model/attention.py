@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 _BITS = 16
+CACHE_BLOCK_ELEMENTS = 2**21  # block x N buffers of about 8 MB (float32) stay cache-resident on CPU
 _LEVELS = 1 << _BITS
 
 
@@ -32,39 +33,53 @@ def _block_generator_seed(seed: int, block: int) -> int:
     return (seed * 1_000_003 + block * 7_919 + 17) % (2**63 - 1)
 
 
+def _keep_weights(seed: int, block: int, rows: int, cols: int, p: float, dtype, device) -> torch.Tensor:
+    """Float 0/1 keep mask of query block `block`: a weight is kept when its 16 uniform random bits reach p.
+
+    A float mask (made by one comparison into a float buffer) multiplies faster than boolean masking on CPU.
+    """
+    generator = torch.Generator(device=device)
+    generator.manual_seed(_block_generator_seed(seed, block))
+    n = rows * cols
+    draws = torch.empty((n + 3) // 4, dtype=torch.int64, device=device)
+    draws.random_(-(2**63), 2**63 - 1, generator=generator)
+    bits = draws.view(torch.int16)[:n].view(rows, cols)
+    threshold = -(_LEVELS // 2) + round(p * _LEVELS)  # int16 value below which a weight is dropped
+    return torch.ge(bits, threshold, out=torch.empty(rows, cols, dtype=dtype, device=device))
+
+
 def attention_keep_mask(seed: int, block: int, rows: int, cols: int, p: float, device=None) -> torch.Tensor:
     """The boolean keep mask (rows x cols) of query block `block` for a call seeded with `seed`.
 
     Deterministic in (seed, block, rows, cols, p): the backward pass and the dense test reference rebuild it.
     """
     device = torch.device("cpu") if device is None else torch.device(device)
-    generator = torch.Generator(device=device)
-    generator.manual_seed(_block_generator_seed(seed, block))
-    n = rows * cols
-    draws = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), 2**63 - 1, generator=generator)
-    bits = draws.view(torch.int16)[:n].view(rows, cols)
-    threshold = -(_LEVELS // 2) + round(p * _LEVELS)  # int16 value below which a weight is dropped
-    return bits >= threshold
+    return _keep_weights(seed, block, rows, cols, p, torch.float32, device).bool()
 
 
 class BlockedDropoutAttention(torch.autograd.Function):
-    """softmax(q k^T / sqrt(d)) with dropout, times v, block by block over the queries (exact, memory O(block N))."""
+    """softmax(q k^T / sqrt(d)) with dropout, times v, block by block over the queries (exact, memory O(block N)).
+
+    Every pass over a block x N buffer costs memory bandwidth, so constant factors (1/sqrt(d), the keep scale) are
+    folded into the small N x d or block x d operands.
+    """
 
     @staticmethod
     def forward(ctx, q, k, v, p: float, seed: int, block_size: int):  # type: ignore[override]
         scale = 1.0 / math.sqrt(q.shape[-1])
         keep_scale = 1.0 / (1.0 - effective_drop_probability(p))
         n_queries, n_keys = q.shape[0], k.shape[0]
+        q_scaled, k_t = q * scale, k.t()
         out = torch.empty(n_queries, v.shape[1], dtype=q.dtype, device=q.device)
         logsumexp = torch.empty(n_queries, 1, dtype=q.dtype, device=q.device)
         for block, start in enumerate(range(0, n_queries, block_size)):
             stop = min(start + block_size, n_queries)
-            weights = torch.mm(q[start:stop], k.t()).mul_(scale)
+            weights = torch.mm(q_scaled[start:stop], k_t)
             row_max = weights.amax(dim=1, keepdim=True)
             weights.sub_(row_max).exp_()
             row_sum = weights.sum(dim=1, keepdim=True)
             logsumexp[start:stop] = row_max + row_sum.log()
-            weights.mul_(attention_keep_mask(seed, block, stop - start, n_keys, p, q.device))
+            weights.mul_(_keep_weights(seed, block, stop - start, n_keys, p, q.dtype, q.device))
             torch.mm(weights, v, out=out[start:stop])
             out[start:stop].mul_(keep_scale / row_sum)
         ctx.save_for_backward(q, k, v, out, logsumexp)
@@ -77,32 +92,38 @@ class BlockedDropoutAttention(torch.autograd.Function):
         p, seed, block_size, scale, keep_scale = ctx.settings
         grad_out = grad_out.contiguous()
         n_queries, n_keys = q.shape[0], k.shape[0]
+        q_scaled, k_t, v_t = q * scale, k.t(), v.t()
+        grad_scaled = grad_out * keep_scale  # the keep scale moved onto the small operand
         grad_q = torch.empty_like(q)
         grad_k = torch.zeros_like(k)
         grad_v = torch.zeros_like(v)
-        # D_i = sum_j dropped_ij * dP_ij = <grad_out_i, out_i>  (the softmax-backward row term)
+        # D_i = sum_j P_ij dP_ij = <grad_out_i, out_i>  (the softmax-backward row term)
         row_dot = (grad_out * out).sum(dim=1, keepdim=True)
         for block, start in enumerate(range(0, n_queries, block_size)):
             stop = min(start + block_size, n_queries)
-            q_block, g_block = q[start:stop], grad_out[start:stop]
-            probs = torch.mm(q_block, k.t()).mul_(scale).sub_(logsumexp[start:stop]).exp_()
-            keep = attention_keep_mask(seed, block, stop - start, n_keys, p, q.device)
-            dropped = probs * keep
-            dropped.mul_(keep_scale)
-            grad_v.addmm_(dropped.t(), g_block)
-            grad_dropped = torch.mm(g_block, v.t())
-            grad_dropped.mul_(keep).mul_(keep_scale)  # gradient wrt the softmax weights
-            grad_scores = grad_dropped.sub_(row_dot[start:stop]).mul_(probs).mul_(scale)
+            probs = torch.addmm(logsumexp[start:stop], q_scaled[start:stop], k_t, beta=-1.0).exp_()
+            keep = _keep_weights(seed, block, stop - start, n_keys, p, q.dtype, q.device)
+            kept_probs = probs * keep
+            grad_v.addmm_(kept_probs.t(), grad_scaled[start:stop])
+            del kept_probs
+            grad_weights = torch.mm(grad_scaled[start:stop], v_t).mul_(keep)
+            grad_scores = grad_weights.sub_(row_dot[start:stop]).mul_(probs)  # without the 1/sqrt(d) factor
             torch.mm(grad_scores, k, out=grad_q[start:stop])
-            grad_k.addmm_(grad_scores.t(), q_block)
+            grad_k.addmm_(grad_scores.t(), q[start:stop], alpha=scale)
+        grad_q.mul_(scale)
         return grad_q, grad_k, grad_v, None, None, None
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float, block_size: int = 512) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d)) v with dropout `dropout_p` on the weights; q, k, v are (N, d) matrices."""
+    """softmax(q k^T / sqrt(d)) v with dropout `dropout_p` on the weights; q, k, v are (N, d) matrices.
+
+    On CPU `block_size` is an upper bound on the query rows per block: blocks are capped so one block x N buffer
+    holds at most `CACHE_BLOCK_ELEMENTS` (measured faster: every block op is memory-bound).
+    """
     if dropout_p <= 0.0:
         return F.scaled_dot_product_attention(q[None], k[None], v[None])[0]
     if q.device.type != "cpu":
         return F.scaled_dot_product_attention(q[None], k[None], v[None], dropout_p=dropout_p)[0]
     seed = int(torch.randint(0, 2**62, (1,)).item())  # drawn from torch's seeded generator
-    return BlockedDropoutAttention.apply(q, k, v, dropout_p, seed, block_size)
+    rows = max(64, min(block_size, CACHE_BLOCK_ELEMENTS // max(k.shape[0], 1)))
+    return BlockedDropoutAttention.apply(q, k, v, dropout_p, seed, rows)
