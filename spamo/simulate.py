@@ -88,10 +88,25 @@ def _rna_draw(rng, params, groups, nsfac, lib):
 
 def _rna_transform(counts: sp.csr_matrix) -> np.ndarray:
     """log1p of counts normalised to 1e4 per spot (what the method's simulation keeps in .X)."""
-    totals = np.asarray(counts.sum(axis=1)).ravel().astype(np.float64)
-    scale = 1e4 / np.maximum(totals, 1.0)
-    row_scale = np.repeat(scale, np.diff(counts.indptr))
-    return np.log1p(counts.data * row_scale).astype(np.float32)
+    totals = np.asarray(counts.sum(axis=1, dtype=np.int64)).ravel()
+    scale = (1e4 / np.maximum(totals, 1)).astype(np.float32)
+    return _blockwise(counts, lambda values, rows: np.log1p(values * scale[rows]))
+
+
+def _blockwise(counts: sp.csr_matrix, transform) -> np.ndarray:
+    """Apply `transform(values, row_of_each_value)` to the stored values in row blocks, into float32.
+
+    Working in blocks keeps the float64 temporaries small: at a million spots the full-size ones would be
+    several GiB each.
+    """
+    out = np.empty(counts.nnz, dtype=np.float32)
+    indptr = counts.indptr
+    for start in range(0, counts.shape[0], CHUNK_SPOTS):
+        stop = min(start + CHUNK_SPOTS, counts.shape[0])
+        lo, hi = indptr[start], indptr[stop]
+        rows = np.repeat(np.arange(start, stop), np.diff(indptr[start:stop + 1]))
+        out[lo:hi] = transform(counts.data[lo:hi].astype(np.float32), rows)
+    return out
 
 
 def _adt_params(rng, n_features, n_groups):
@@ -112,7 +127,7 @@ def _adt_draw(rng, params, groups, nsfac, lib):
 
 
 def _log1p_transform(counts: sp.csr_matrix) -> np.ndarray:
-    return np.log1p(counts.data).astype(np.float32)
+    return _blockwise(counts, lambda values, rows: np.log1p(values))
 
 
 def _atac_params(rng, n_features, n_groups):
