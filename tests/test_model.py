@@ -131,3 +131,15 @@ def test_module_outputs_for_any_number_of_modalities(dims, cross):
     assert all(enc.weight1.grad is not None for enc in model.encoders)
     if len(dims) >= 2 and cross:
         assert model.fusion.cross[0].key.in_features == (len(dims) - 1) * 8
+
+
+def test_learnable_feature_graph_accepts_csr_and_adds_a_missing_diagonal():
+    graph = _feature_graph()
+    from_csr = LearnableFeatureGraph(graph.to_sparse_csr())
+    assert torch.equal(from_csr.current, graph.values())
+    assert torch.allclose(from_csr.operator().to_dense(), graph.to_dense())
+    idx = torch.tensor([[0, 1], [1, 0]])
+    no_diagonal = torch.sparse_coo_tensor(idx, torch.ones(2), (3, 3)).coalesce()
+    learnable = LearnableFeatureGraph(no_diagonal)
+    assert int(learnable.is_diagonal.sum()) == 3
+    assert torch.allclose(learnable.refined_values().sum(), torch.tensor(3.0))  # I + [[0,1],[1,0]] blocks normalised

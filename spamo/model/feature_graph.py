@@ -28,6 +28,8 @@ def _reverse_edge_permutation(rows: torch.Tensor, cols: torch.Tensor, n: int) ->
 
 def _with_full_diagonal(graph: torch.Tensor) -> torch.Tensor:
     """The coalesced graph with every diagonal entry present in its support (value 0 where it was missing)."""
+    if graph.layout != torch.sparse_coo:
+        graph = graph.to_sparse_coo()
     graph = graph.coalesce()
     n = graph.shape[0]
     idx = graph.indices()
@@ -37,6 +39,12 @@ def _with_full_diagonal(graph: torch.Tensor) -> torch.Tensor:
     indices = torch.cat([idx, diag], dim=1)
     values = torch.cat([graph.values(), torch.zeros(n, dtype=graph.dtype, device=graph.device)])
     return torch.sparse_coo_tensor(indices, values, graph.shape).coalesce()
+
+
+def _compressed_rows(rows: torch.Tensor, n: int) -> torch.Tensor:
+    """CSR row pointers of row-sorted COO rows."""
+    counts = torch.bincount(rows, minlength=n)
+    return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
 
 
 class LearnableFeatureGraph(nn.Module):
@@ -55,7 +63,7 @@ class LearnableFeatureGraph(nn.Module):
         self.register_buffer("cols", cols.clone())
         self.register_buffer("reverse", _reverse_edge_permutation(rows, cols, self.n))
         self.register_buffer("is_diagonal", (rows == cols).to(graph.dtype))
-        self.register_buffer("crow", torch._convert_indices_from_coo_to_csr(rows, self.n))
+        self.register_buffer("crow", _compressed_rows(rows, self.n))
         values = graph.values().detach()
         self.values = nn.Parameter(values.clone())  # P on the support
         self.register_buffer("current", values.clone())  # F: what the encoder uses in the next forward
