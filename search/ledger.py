@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from pathlib import Path
 
@@ -49,14 +50,20 @@ def trial_record(trial, status: str, error: str | None = None) -> dict:
     }
 
 
-def error_summary(trial) -> str:
-    """The last line of the trial's traceback (the exception and its message)."""
+EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b")
+
+
+def error_summary(trial, limit: int = 300) -> str:
+    """The trial's exception and its message (the last exception line of its traceback and what follows)."""
     text = ""
     path = trial.error_file
     if path and Path(path).is_file():
         text = Path(path).read_text(errors="replace")
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else "trial failed (no error text recorded)"
+    if not lines:
+        return "trial failed (no error text recorded)"
+    starts = [i for i, line in enumerate(lines) if EXCEPTION_LINE.match(line)]
+    return " ".join(lines[starts[-1] if starts else -1:])[:limit]
 
 
 def trial_status(trial) -> str:

@@ -9,7 +9,6 @@ scores of the real clustering. A NaN loss or any exception propagates: Ray marks
 from __future__ import annotations
 
 import json
-import os
 import socket
 import time
 from dataclasses import dataclass, field
@@ -21,8 +20,6 @@ from spamo.config import SpamoConfig
 
 # At most this many spots enter the silhouette of an intermediate report (it is quadratic in the spots).
 PROBE_ASW_SPOTS = 1500
-# Test-only switch (documented in the README): a comma-separated list of 1-based trial numbers that raise on purpose.
-FAIL_SWITCH = "SPAMO_TUNE_FAIL_TRIALS"
 
 
 @dataclass
@@ -35,19 +32,12 @@ class TrialContext:
     cache_name: str
     cpus_per_trial: float
     finished: dict = field(default_factory=dict)  # trial id -> final report, for trials finished before a resume
-    fail_trials: tuple = ()  # test switch: trial numbers (1-based, in creation order) that raise
 
 
 def trial_dirname(trial) -> str:
     """Trial folders are named "trial_<number>_<id>" (number = creation order, 1-based)."""
     number = str(trial.experiment_tag).split("_", 1)[0]
     return f"trial_{int(number) if number.isdigit() else 0:05d}_{trial.trial_id}"
-
-
-def trial_number() -> int:
-    """The 1-based creation number of this trial, read from its folder name (see `trial_dirname`)."""
-    parts = os.path.basename(tune.get_context().get_trial_dir() or "").split("_")
-    return int(parts[1]) if len(parts) > 2 and parts[0] == "trial" and parts[1].isdigit() else -1
 
 
 def where_am_i() -> dict:
@@ -112,8 +102,6 @@ def run_trial(sampled: dict, prepared=None, context: TrialContext | None = None)
     torch.set_num_threads(max(1, int(round(context.cpus_per_trial))))
     node = where_am_i()
     config = trial_config(context.base, context.fixed, sampled, prepared.n_modalities, prepared.n_spots)
-    if trial_number() in context.fail_trials:
-        raise RuntimeError(f"forced failure of trial {trial_number()} ({FAIL_SWITCH})")
     tick = time.perf_counter()
     graphs = cached_graphs(context.cache_name, prepared, config, build_graphs)
     graphs_s = time.perf_counter() - tick

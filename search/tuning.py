@@ -181,14 +181,12 @@ def build_trainable(search: Search, finished: dict):
     from ray import tune
 
     from search.graph_cache import start_cache
-    from search.trainable import FAIL_SWITCH, TrialContext, run_trial
+    from search.trainable import TrialContext, run_trial
 
     cache_name = f"spamo-graphs-{search.request.name}"
     start_cache(cache_name)
-    fail = tuple(int(x) for x in os.environ.get(FAIL_SWITCH, "").split(",") if x.strip().isdigit())
     context = TrialContext(base=search.base, fixed=search.space.fixed, report_every=search.request.report_every,
-                           cache_name=cache_name, cpus_per_trial=search.request.cpus_per_trial, finished=finished,
-                           fail_trials=fail)
+                           cache_name=cache_name, cpus_per_trial=search.request.cpus_per_trial, finished=finished)
     return tune.with_parameters(run_trial, prepared=search.prepared, context=context)
 
 
