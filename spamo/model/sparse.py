@@ -6,7 +6,12 @@ graph itself), so no transposed copy is built and CSR operators, which are the f
 
 from __future__ import annotations
 
+import warnings
+
 import torch
+
+# CSR products are what SPAMO relies on; torch's one-time "CSR support is in beta" notice is noise to users.
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
 
 class _SymmetricGraphProduct(torch.autograd.Function):
