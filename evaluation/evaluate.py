@@ -1,0 +1,316 @@
+"""`spamo evaluate --best`: the top-K configurations of tune runs, re-trained with several seeds on Ray.
+
+1. Read the tune runs, pool them per dataset, take each dataset's top K distinct configurations by its run's metric.
+2. Load and preprocess each dataset once (as its tune run did); put the prepared data into Ray's object store once.
+3. Seed runs: every configuration x seed on its own dataset, and each dataset's best configuration on every other
+   dataset (cross-dataset). Each is one Ray task (one CPU, one torch thread). Finished seed runs are kept in
+   `<out>/seed_runs/`, so a re-run trains only what is missing.
+4. Tables (evaluation.tables), pictures and a summary; with `analyze`, `spamo.analysis.analyze` on each dataset's
+   best configuration.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from evaluation.runs import DEFAULT_RUNS_ROOT, Candidate, DatasetRuns
+from evaluation.seed_runs import SeedJob, SeedRunCache, config_json
+from spamo.errors import SpamoInputError
+
+DEFAULT_OUT = Path("results/evaluate")
+FIRST_SEED = 2025
+
+
+@dataclass
+class EvaluateRequest:
+    """Everything `spamo evaluate --best` was asked for."""
+
+    runs: list[str] | None = None
+    runs_root: str = str(DEFAULT_RUNS_ROOT)
+    top_k: int = 3
+    seeds: int = 3
+    first_seed: int = FIRST_SEED
+    out: str = str(DEFAULT_OUT)
+    address: str | None = None
+    num_cpus: int | None = None  # a local cluster's CPUs (default: all)
+    cpus_per_run: float = 1.0
+    gpus_per_run: float = 0.0
+    cross: bool = True
+    plots: bool = True
+    analyze: bool = False
+    gene_sets: list[str] = field(default_factory=list)
+
+    @property
+    def seed_list(self) -> list[int]:
+        return [self.first_seed + i for i in range(self.seeds)]
+
+
+@dataclass
+class DatasetEntry:
+    """One dataset under evaluation: its runs, chosen configurations, loaded and prepared data."""
+
+    runs: DatasetRuns
+    candidates: list[Candidate]
+    data: object  # MultiOmicsData
+    prepared: object  # PreparedData
+
+    @property
+    def name(self) -> str:
+        return self.runs.dataset
+
+
+@dataclass
+class EvaluationOutcome:
+    out_dir: Path
+    tables: dict  # name -> pandas DataFrame (as written)
+    trained: int  # seed runs trained by this call
+    reused: int  # seed runs found finished in the cache
+    files: list[Path]
+
+
+class EvaluationFailed(SpamoInputError):
+    """A seed run failed (the runs that finished are kept in the cache; no table was written)."""
+
+    exit_code = 1
+
+
+def check_request(request: EvaluateRequest) -> None:
+    if request.top_k < 1:
+        raise SpamoInputError("--top-k", f"must be at least 1, got {request.top_k}")
+    if request.seeds < 1:
+        raise SpamoInputError("--seeds", f"must be at least 1, got {request.seeds}")
+    if request.cpus_per_run <= 0:
+        raise SpamoInputError("--cpus-per-run", f"must be positive, got {request.cpus_per_run}")
+    if request.gpus_per_run < 0:
+        raise SpamoInputError("--gpus-per-run", f"must be >= 0, got {request.gpus_per_run}")
+    if request.num_cpus is not None and request.num_cpus < 1:
+        raise SpamoInputError("--num-cpus", f"must be at least 1, got {request.num_cpus}")
+    if request.analyze:
+        for path in request.gene_sets:
+            if not Path(path).is_file():
+                raise SpamoInputError(path, "gene-set file not found")
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def load_entry(group: DatasetRuns, top_k: int) -> DatasetEntry:
+    """Choose the dataset's configurations, then load and preprocess its data as its tune run did."""
+    from evaluation.runs import top_configs
+    from spamo import pipeline
+    from spamo.config import SpamoConfig
+
+    candidates = top_configs(group, top_k)
+    req = group.request
+    data = pipeline.load_data(dataset=req.get("dataset"), data_dir=req.get("data_dir"),
+                              data_type=req.get("data_type"), data_root=req.get("data_root", "Data"),
+                              n_clusters=req.get("n_clusters"))
+    base = SpamoConfig(seed=int(req.get("seed", FIRST_SEED)), n_clusters=req.get("n_clusters"),
+                       epochs=req.get("epochs"))
+    prepared, _ = pipeline.prepare(data, base)
+    expected = group.runs[0].truth_sha256
+    if expected and prepared.truth is not None and pipeline.truth_sha256(prepared.truth) != expected:
+        raise SpamoInputError(group.runs[0].path, f"the data of '{group.dataset}' no longer has the ground truth "
+                                                  "the tune run scored against")
+    return DatasetEntry(group, candidates, data, prepared)
+
+
+def truth_hash(prepared) -> str | None:
+    from spamo.pipeline import truth_sha256
+
+    return truth_sha256(prepared.truth) if prepared.truth is not None else None
+
+
+def build_jobs(entries: dict[str, DatasetEntry], seeds: list[int], cross: bool) -> list[SeedJob]:
+    """Every top-K configuration x seed on its own dataset; each best configuration x seed on every other one."""
+    from evaluation.transfer import config_for
+
+    jobs = []
+    for name, entry in entries.items():
+        for candidate in entry.candidates:
+            for seed in seeds:
+                config = config_for(candidate.config, entry.prepared, seed, same_dataset=True)
+                jobs.append(SeedJob(name, name, candidate.rank, seed, config_json(config),
+                                    truth_hash(entry.prepared)))
+    if cross:
+        for source_name, source in entries.items():
+            best = source.candidates[0]
+            for name, entry in entries.items():
+                if name == source_name:
+                    continue
+                for seed in seeds:
+                    config = config_for(best.config, entry.prepared, seed, same_dataset=False)
+                    jobs.append(SeedJob(name, source_name, best.rank, seed, config_json(config),
+                                        truth_hash(entry.prepared)))
+    return jobs
+
+
+# ------------------------------------------------------------------------------------------------ Ray
+
+
+def connect_ray(address: str | None, num_cpus: int | None, log) -> bool:
+    """Join a cluster at `address`, or start a local one; True when this call started (and must stop) Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address is None:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        return True
+    try:
+        ray.init(address=address, log_to_driver=False, configure_logging=False)
+    except Exception as exc:  # noqa: BLE001 - any connection problem is one line for the user
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SpamoInputError("--address", f"cannot join the Ray cluster at {address!r}: {first}") from None
+    return True
+
+
+def run_pending(pending: list[SeedJob], entries: dict[str, DatasetEntry], cache: SeedRunCache,
+                request: EvaluateRequest, log, progress: bool = True) -> int:
+    """Run the seed runs not in the cache as Ray tasks, storing each as it finishes; returns how many ran.
+
+    A failing run does not stop the others: they finish and are kept, then the failure is raised (no tables).
+    """
+    import ray
+
+    from evaluation.seed_runs import seed_task
+
+    unique = {job.key: job for job in pending}
+    if not unique:
+        return 0
+    started_here = connect_ray(request.address, request.num_cpus, log)
+    try:
+        gpus = request.gpus_per_run if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+        task = ray.remote(seed_task).options(num_cpus=request.cpus_per_run, num_gpus=gpus, max_retries=0)
+        refs = {name: ray.put(entries[name].prepared) for name in {job.dataset for job in unique.values()}}
+        futures = {task.remote(refs[job.dataset], job): job for job in unique.values()}
+        failures = _collect(futures, cache, log, progress)
+    finally:
+        if started_here:
+            ray.shutdown()
+    if failures:
+        job, error = failures[0]
+        raise EvaluationFailed(f"seed run {job.config_from} rank {job.config_rank} on {job.dataset}, seed {job.seed}",
+                               f"failed: {error} ({len(failures)} of {len(unique)} seed runs failed; the "
+                               f"{len(unique) - len(failures)} others are kept in {cache.folder} and reused next "
+                               "time; no table was written)")
+    return len(unique)
+
+
+def _collect(futures: dict, cache: SeedRunCache, log, progress: bool) -> list[tuple[SeedJob, str]]:
+    import ray
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    failures = []
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   console=Console(stderr=True), disable=not progress)
+    with bar:
+        task = bar.add_task("seed runs", total=len(futures))
+        while futures:
+            done, _ = ray.wait(list(futures), num_returns=1)
+            job = futures.pop(done[0])
+            try:
+                record, arrays = ray.get(done[0])
+            except Exception as exc:  # noqa: BLE001 - a failed task is reported, the others go on
+                failures.append((job, _last_line(exc)))
+                log(f"[red]failed[/]: {job.config_from} rank {job.config_rank} on {job.dataset}, seed {job.seed}: "
+                    f"{_last_line(exc)}")
+            else:
+                cache.store(job.key, record, arrays)
+            bar.advance(task)
+    return failures
+
+
+def _last_line(exc: BaseException) -> str:
+    """The innermost exception's line (Ray wraps the task's exception in a long traceback)."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        return f"{type(cause).__name__}: {cause}".splitlines()[0]
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
+# ------------------------------------------------------------------------------------------------ entry point
+
+
+def evaluate_best(request: EvaluateRequest, log=print, progress: bool = True) -> EvaluationOutcome:
+    """The whole evaluation; see the module docstring."""
+    from evaluation import report
+    from evaluation.build import build_tables
+    from evaluation.runs import find_runs, group_by_dataset, read_run
+    from evaluation.tables import write_tables
+
+    check_request(request)
+    out_dir = Path(request.out)
+    runs = [read_run(path) for path in find_runs(request.runs, request.runs_root)]
+    groups = group_by_dataset(runs)
+    entries = {group.dataset: load_entry(group, request.top_k) for group in groups}
+    jobs = build_jobs(entries, request.seed_list, request.cross)
+    cache = SeedRunCache(out_dir)
+    pending = [job for job in jobs if not cache.has(job.key)]
+    reused = len({job.key for job in jobs}) - len({job.key for job in pending})
+    log(f"[bold]spamo evaluate[/]: {len(entries)} dataset(s), top {request.top_k}, {request.seeds} seed(s): "
+        f"{len({j.key for j in jobs})} seed runs, {reused} already finished -> {out_dir}")
+    trained = run_pending(pending, entries, cache, request, log, progress)
+    records = {job.key: cache.load(job.key) for job in jobs}
+    tables = build_tables(entries, jobs, records, request.seed_list)
+    files = write_tables(tables, out_dir)
+    frames = {name: table.to_pandas() for name, table in tables.items()}
+    if request.plots:
+        files += report.draw_pictures(frames, entries, cache, out_dir)
+    report.print_summary(frames, log)
+    if request.analyze:
+        files += analyze_best(frames["best_configs"], entries, cache, request, out_dir, log)
+    return EvaluationOutcome(out_dir, frames, trained, reused, files)
+
+
+def best_choice(best_configs, dataset: str):
+    """The dataset's best configuration after the seed runs: highest mean of its metric (lowest for a loss)."""
+    from search.results import metric_mode
+
+    rows = best_configs[best_configs["dataset"] == dataset]
+    metric = rows["metric"].iloc[0]
+    column = f"{metric}_mean"
+    if column not in rows or rows[column].isna().all():
+        return rows.sort_values("rank").iloc[0]
+    ordered = rows.sort_values([column, "rank"], ascending=[metric_mode(metric) == "min", True], na_position="last")
+    return ordered.iloc[0]
+
+
+def best_run_result(entry: DatasetEntry, row, seed: int, cache: SeedRunCache):
+    """The cached seed run of a best configuration as a `RunResult` (what `write_outputs` takes)."""
+    from evaluation.seed_runs import SeedJob
+    from spamo.config import SpamoConfig
+    from spamo.pipeline import RunResult
+
+    config = SpamoConfig.from_dict(json.loads(row["config_json"])).replace(seed=int(seed))
+    config = config.resolve(entry.prepared.n_modalities, entry.prepared.n_spots)
+    job = SeedJob(entry.name, entry.name, int(row["rank"]), int(seed), config_json(config), truth_hash(entry.prepared))
+    record, arrays = cache.load(job.key), cache.arrays(job.key)
+    per_modality = [arrays[f"modality_{i}"] for i in range(entry.prepared.n_modalities) if f"modality_{i}" in arrays]
+    scores = {k: (np.nan if v is None else v) for k, v in record["scores"].items()}
+    return RunResult(prepared=entry.prepared, config=config, fused=arrays["fused"], per_modality=per_modality,
+                     labels=arrays["labels"], scores=scores, history=[], timings=record["timings"],
+                     device=record["device"])
+
+
+def analyze_best(best_configs, entries: dict[str, DatasetEntry], cache: SeedRunCache, request: EvaluateRequest,
+                 out_dir: Path, log) -> list[Path]:
+    """Write each dataset's best configuration (first seed) as a `spamo run` folder and analyse its domains."""
+    from spamo.analysis import analyze
+    from spamo.pipeline import write_outputs
+
+    written = []
+    for name, entry in entries.items():
+        row = best_choice(best_configs, name)
+        result = best_run_result(entry, row, request.first_seed, cache)
+        run_dir = write_outputs(result, entry.data, out_dir / "best_runs" / name, draw=False)
+        outcome = analyze(run_dir, gene_sets=request.gene_sets, seed=request.first_seed)
+        log(f"analysis of {name} (rank {int(row['rank'])}, seed {request.first_seed}) -> {outcome.out_dir}")
+        written.append(Path(outcome.out_dir))
+    return written
