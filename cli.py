@@ -308,6 +308,43 @@ def tune_command(
 
 # ---------------------------------------------------------------------------------------------------------- evaluate
 # (spamo evaluate is added below by the evaluation layer)
+@app.command("evaluate")
+@refusals_as_one_line
+def evaluate_command(
+    best: bool = typer.Option(False, "--best", help="Re-evaluate the best configurations of tune runs."),
+    runs: Optional[List[Path]] = typer.Option(None, "--runs", help="Tune run folder (repeatable; default: every "
+                                                                   "run under --runs-root)."),
+    runs_root: Path = typer.Option(Path("results/tune"), "--runs-root", help="Where tune runs live."),
+    top_k: int = typer.Option(3, "--top-k", help="Configurations per dataset, best first."),
+    seeds: int = typer.Option(3, "--seeds", help="Seeds per configuration (first-seed, first-seed + 1, ...)."),
+    first_seed: int = typer.Option(2025, "--first-seed", help="The first seed."),
+    out: Path = typer.Option(Path("results/evaluate"), "--out", help="Output folder (tables, pictures, cache)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Join a Ray cluster: auto or ray://host:port."),
+    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="CPUs of a local Ray (default: all)."),
+    cpus_per_run: float = typer.Option(1.0, "--cpus-per-run", help="CPUs each seed run holds."),
+    gpus_per_run: float = typer.Option(0.0, "--gpus-per-run", help="GPUs each seed run holds (0 = CPU)."),
+    cross: bool = typer.Option(True, "--cross/--no-cross", help="Train each best configuration on every dataset."),
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="Draw domains_<dataset>.png and seed_spread.png."),
+    analyze: bool = typer.Option(False, "--analyze", help="Run `spamo analyze` on each dataset's best "
+                                                          "configuration."),
+    gene_sets: Optional[List[Path]] = typer.Option(None, "--gene-sets", help="GMT file for --analyze "
+                                                                             "(repeatable)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+):
+    """Best configurations across datasets and seeds, with split-and-merge: Arrow tables, pictures, a summary."""
+    from rich.console import Console
+
+    from evaluation.evaluate import EvaluateRequest, evaluate_best
+
+    if not best:
+        raise SpamoInputError("--best", "say what to evaluate: spamo evaluate --best [--runs DIR ...]")
+    console = Console()
+    outcome = evaluate_best(EvaluateRequest(
+        runs=[str(r) for r in runs] if runs else None, runs_root=str(runs_root), top_k=top_k, seeds=seeds,
+        first_seed=first_seed, out=str(out), address=address, num_cpus=num_cpus, cpus_per_run=cpus_per_run,
+        gpus_per_run=gpus_per_run, cross=cross, plots=plots, analyze=analyze,
+        gene_sets=[str(g) for g in gene_sets or []]), log=console.print, progress=not quiet)
+    console.print(f"{outcome.trained} seed run(s) trained, {outcome.reused} reused -> {outcome.out_dir}")
 
 
 # ---------------------------------------------------------------------------------------------------------- analyze
