@@ -11,7 +11,7 @@
 - ``leiden`` / ``louvain``: community detection (igraph) on the kNN graph (k = 20) of the projection, with the
   resolution bisected until the number of communities equals n_clusters.
 - ``split-merge``: `split_merge` below, started from `init_k` components, labels at n_clusters.
-- ``auto``: ``mclust`` when R and mclust are usable, else ``gmm``.
+- ``auto``: ``mclust`` when R and mclust are usable, else ``gmm`` (also, with a warning, when mclust finds no fit).
 
 Labels are integers 0..K-1 (numbered in order of first appearance, so the same partition always gets the same
 numbers). The reference's labels.txt holds mclust's 1..K; every score is invariant to the numbering.
@@ -75,7 +75,8 @@ def cluster(embedding, n_clusters: int, method: str = "auto", *, n_pcs: int = 20
             coords=None, smooth: bool = False, init_k: int | None = None) -> np.ndarray:
     """Labels 0..K-1 for the spots of `embedding` (N x d), from the backend `method` on its PCA-`n_pcs` projection.
 
-    `smooth=True` (needs `coords`) adds the spatial majority vote of `spatial_majority_vote` afterwards.
+    `smooth=True` (needs `coords`) adds the spatial majority vote of `spatial_majority_vote` afterwards (which can
+    absorb a cluster of scattered single spots, leaving fewer than K labels).
     """
     if method not in _BACKENDS:
         raise SpamoInputError("cluster_method", f"'{method}' is not one of {', '.join(_BACKENDS)}")
