@@ -274,7 +274,7 @@ def to_torch_sparse(graph: sp.spmatrix) -> torch.Tensor:
     coo = csr.tocoo()
     indices = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
     values = torch.from_numpy(coo.data.astype(np.float32))
-    return torch.sparse_coo_tensor(indices, values, size=csr.shape, is_coalesced=True)
+    return torch.sparse_coo_tensor(indices, values, size=csr.shape, is_coalesced=True, check_invariants=False)
 
 
 def normalized_knn_graph(

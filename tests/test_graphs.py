@@ -1,0 +1,158 @@
+"""Graphs of model.md section 2: symmetric, capped, self-looped, normalised, sparse, and the right neighbours."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from spamo.config import SpamoConfig
+from spamo.data import PreparedData
+from spamo.graphs import (
+    build_graphs,
+    feature_graph,
+    feature_graphs,
+    knn_graph,
+    knn_search,
+    normalize_with_self_loops,
+    spatial_graph,
+    symmetrize_capped,
+    to_torch_sparse,
+)
+
+
+def _features(n, d=30, seed=0):
+    """PCA-like features: a few clusters, decaying variance per dimension."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(8, d)) * 3
+    return centres[rng.integers(0, 8, n)] + rng.normal(size=(n, d)) * np.linspace(2, 0.2, d)
+
+
+def _brute_correlation_distance(x):
+    c = np.corrcoef(x)
+    return 1.0 - c
+
+
+def _dense(t):
+    return t.to_dense().numpy().astype(np.float64)
+
+
+def test_spatial_graph_is_symmetric_self_looped_normalised_and_sparse():
+    rng = np.random.default_rng(1)
+    coords = rng.uniform(size=(300, 2))
+    k = 6
+    g = spatial_graph(coords, k)
+    assert g.is_sparse and g.is_coalesced() and g.dtype == torch.float32 and g.shape == (300, 300)
+    assert g._nnz() <= 300 * (2 * k + 1)
+    a = _dense(g)
+    assert np.allclose(a, a.T)
+    assert (np.diag(a) > 0).all()
+    support = a > 0
+    degree = support.sum(1)  # connectivity: every stored entry of A + I is 1
+    expected = 1.0 / np.sqrt(np.outer(degree, degree))
+    assert np.allclose(a[support], expected[support], rtol=1e-6)
+    # each spot's k nearest neighbours (brute force) are linked
+    d = np.linalg.norm(coords[:, None] - coords[None], axis=-1)
+    np.fill_diagonal(d, np.inf)
+    nearest = np.argsort(d, axis=1)[:, :k]
+    assert support[np.arange(300)[:, None], nearest].all()
+
+
+def test_symmetrize_caps_mutual_edges_at_one_and_normalize_matches_formula():
+    a = sp.csr_matrix(np.array([[0, 1, 0.4], [1, 0, 0], [0.7, 0, 0]], dtype=float))
+    s = symmetrize_capped(a).toarray()
+    assert np.allclose(s, [[0, 1, 1], [1, 0, 0], [1, 0, 0]])
+    n = normalize_with_self_loops(s).toarray()
+    m = s + np.eye(3)
+    d = m.sum(1)
+    assert np.allclose(n, m / np.sqrt(np.outer(d, d)))
+
+
+def test_feature_graph_correlation_neighbours_match_brute_force():
+    x = _features(250, d=12, seed=2)
+    k = 10
+    idx, dist = knn_search(x, k, metric="correlation", method="exact")
+    ref = _brute_correlation_distance(x)
+    np.fill_diagonal(ref, np.inf)
+    ref_idx = np.argsort(ref, axis=1, kind="stable")[:, :k]
+    assert (np.sort(idx, 1) == np.sort(ref_idx, 1)).mean() > 0.999
+    assert np.allclose(dist, np.take_along_axis(ref, idx, 1), atol=1e-9)
+    g = _dense(feature_graph(x, k))
+    assert (g[np.arange(250)[:, None], ref_idx] > 0).all()
+
+
+def test_distance_weighted_variant_stores_capped_distances_before_normalising():
+    x = _features(120, d=10, seed=3)
+    k = 5
+    directed = knn_graph(x, k, metric="correlation", weight="distance").toarray()
+    ref = _brute_correlation_distance(x)
+    assert np.allclose(directed[directed > 0], ref[directed > 0])
+    expected = np.minimum(directed + directed.T, 1.0) + np.eye(120)
+    d = expected.sum(1)
+    expected = expected / np.sqrt(np.outer(d, d))
+    got = _dense(feature_graph(x, k, weight="distance"))
+    assert np.allclose(got, expected, atol=1e-6)
+    assert not np.allclose(got, _dense(feature_graph(x, k)))
+
+
+def test_ties_are_broken_by_index_and_results_repeat():
+    # square grid: 4 neighbours at the same distance; k=3 keeps the three with the smallest index
+    xs, ys = np.meshgrid(np.arange(10.0), np.arange(10.0))
+    coords = np.column_stack([xs.ravel(), ys.ravel()])
+    idx, dist = knn_search(coords, 3)
+    centre = 55
+    assert list(idx[centre]) == [45, 54, 56]
+    assert np.allclose(dist[centre], 1.0)
+    again, _ = knn_search(coords, 3)
+    assert np.array_equal(idx, again)
+
+
+def test_approximate_search_recall_and_determinism():
+    x = _features(6000, seed=4)
+    k = 20
+    exact, _ = knn_search(x, k, metric="correlation", method="exact")
+    approx, _ = knn_search(x, k, metric="correlation", method="approximate", seed=7)
+    recall = (approx[:, :, None] == exact[:, None, :]).any(2).mean()
+    assert recall >= 0.95
+    again, _ = knn_search(x, k, metric="correlation", method="approximate", seed=7)
+    assert np.array_equal(approx, again)
+
+
+def test_to_torch_sparse_round_trip():
+    m = sp.random(50, 50, density=0.1, random_state=0, format="csr")
+    t = to_torch_sparse(m)
+    assert t.is_coalesced() and t.dtype == torch.float32
+    assert np.allclose(t.to_dense().numpy(), m.toarray(), atol=1e-7)
+
+
+def test_build_graphs_shares_spatial_graph_and_uses_config():
+    rng = np.random.default_rng(5)
+    n = 200
+    prepared = PreparedData(
+        name="t",
+        data_type="Simulation",
+        modality_names=["RNA", "ADT", "ATAC"],
+        features=[rng.normal(size=(n, 8)).astype(np.float32) for _ in range(3)],
+        coords=rng.uniform(size=(n, 2)),
+        spot_names=np.array([f"s{i}" for i in range(n)]),
+        kept_index=np.arange(n),
+        n_spots_original=n,
+    )
+    config = SpamoConfig(data_type="Simulation", knn_k=7).resolve(3, n)
+    graphs = build_graphs(prepared, config)
+    assert len(graphs.spatial) == len(graphs.feature) == 3
+    assert graphs.spatial[0] is graphs.spatial[1] is graphs.spatial[2]
+    assert graphs.spatial[0]._nnz() <= n * (2 * config.spatial_k + 1)
+    for g in graphs.feature:
+        assert g._nnz() <= n * (2 * 7 + 1)
+        assert (_dense(g) > 0).sum(1).min() >= 8  # k neighbours + self
+    alone = feature_graphs(prepared, 7)
+    assert all(torch.equal(a.to_dense(), b.to_dense()) for a, b in zip(alone, graphs.feature))
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError):
+        knn_search(np.zeros((5, 2)), 5)
+    with pytest.raises(ValueError):
+        knn_search(np.zeros((5, 2)), 2, metric="cosine")
+    with pytest.raises(ValueError):
+        knn_search(np.array([[0.0, np.nan], [1, 1], [2, 2]]), 1)
