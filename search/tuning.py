@@ -287,12 +287,17 @@ def finish(search: Search, tuner, log) -> TuneOutcome:
     import ray
 
     started = time.time()
-    grid = tuner.fit()
+    try:
+        grid = tuner.fit()
+    except Exception as exc:  # noqa: BLE001 - Ray's controller itself failed (e.g. workers killed for memory)
+        grid = None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        log(f"[red]the search stopped[/]: {first[:300]}")
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
     log(f"search ran {time.time() - started:.0f} s")
-    outcome = write_outputs(search, grid, log)
-    if ray.is_initialized():
-        ray.shutdown()
-    return outcome
+    return write_outputs(search, grid, log)
 
 
 def _ray_trials(grid) -> list[tuple[str, int | None, dict]]:
@@ -315,8 +320,10 @@ def write_outputs(search: Search, grid, log) -> TuneOutcome:
     from spamo.pipeline import package_versions, truth_sha256
 
     run_dir, request, metric = search.run_dir, search.request, search.metric
-    known = _ray_trials(grid)
-    records = {tid: rec for tid, rec in load_ledger(run_dir).items() if tid in {k[0] for k in known}}
+    known = _ray_trials(grid) if grid is not None else []
+    records = load_ledger(run_dir)
+    if grid is not None:  # trials recorded but unknown to Ray's snapshot were lost with it: leave them out
+        records = {tid: rec for tid, rec in records.items() if tid in {k[0] for k in known}}
     pending = [{"trial_id": tid, "number": number, "status": "unfinished", "params": config, "result": {}}
                for tid, number, config in known if tid not in records]
     truth = search.prepared.truth
@@ -330,7 +337,7 @@ def write_outputs(search: Search, grid, log) -> TuneOutcome:
         write_best_config(best, metric, run_dir / "best_config.toml")
     plot_history(frame, metric, run_dir / "optimization_history.png")
     study = optuna.load_study(study_name=request.name, storage=f"sqlite:///{run_dir / STUDY_FILE}")
-    complete = len(frame) == request.num_samples and not pending
+    complete = grid is not None and len(frame) == request.num_samples and not pending
     if complete:
         _close_orphans(study)
     plot_importances(study, run_dir / "param_importances.png")
