@@ -107,7 +107,7 @@ def test_ties_are_broken_by_index_and_results_repeat():
 
 
 def test_approximate_search_recall_and_determinism():
-    x = _features(6000, seed=4)
+    x = _features(5000, seed=4)
     k = 20
     exact, _ = knn_search(x, k, metric="correlation", method="exact")
     approx, _ = knn_search(x, k, metric="correlation", method="approximate", seed=7)
