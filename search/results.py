@@ -85,8 +85,10 @@ def plot_history(frame: pd.DataFrame, metric: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if frame.empty or metric not in frame:  # no trial ended yet (an early interruption): an empty history
+        frame = pd.DataFrame({"number": [], "status": [], metric: []})
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    done = frame[frame["status"].isin(["finished", "stopped_early"])] if metric in frame else frame.iloc[:0]
+    done = frame[frame["status"].isin(["finished", "stopped_early"])]
     for status, marker in (("finished", "o"), ("stopped_early", "x")):
         part = done[done["status"] == status]
         ax.scatter(part["number"], part[metric], marker=marker, label=status.replace("_", " "))
