@@ -23,6 +23,8 @@ from spamo.errors import SpamoInputError
 
 DEFAULT_OUT = Path("results/evaluate")
 FIRST_SEED = 2025
+SYSTEM_RETRIES = 3
+ERROR_CHARS = 300  # a failure is reported in one line; Ray's explanations can run to a page
 
 
 @dataclass
@@ -185,7 +187,9 @@ def run_pending(pending: list[SeedJob], entries: dict[str, DatasetEntry], cache:
     started_here = connect_ray(request.address, request.num_cpus, log)
     try:
         gpus = request.gpus_per_run if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-        task = ray.remote(seed_task).options(num_cpus=request.cpus_per_run, num_gpus=gpus, max_retries=0)
+        # a worker lost to the node's memory monitor or a crash is retried; an exception raised by the run is not
+        task = ray.remote(seed_task).options(num_cpus=request.cpus_per_run, num_gpus=gpus, max_retries=SYSTEM_RETRIES,
+                                             retry_exceptions=False)
         refs = {name: ray.put(entries[name].prepared) for name in {job.dataset for job in unique.values()}}
         futures = {task.remote(refs[job.dataset], job): job for job in unique.values()}
         failures = _collect(futures, cache, log, progress)
@@ -196,7 +200,7 @@ def run_pending(pending: list[SeedJob], entries: dict[str, DatasetEntry], cache:
         job, error = failures[0]
         raise EvaluationFailed(f"seed run {job.config_from} rank {job.config_rank} on {job.dataset}, seed {job.seed}",
                                f"failed: {error} ({len(failures)} of {len(unique)} seed runs failed; the "
-                               f"{len(unique) - len(failures)} others are kept in {cache.folder} and reused next "
+                               f"{len(unique) - len(failures)} other(s) are kept in {cache.folder} and reused next "
                                "time; no table was written)")
     return len(unique)
 
@@ -230,9 +234,11 @@ def _last_line(exc: BaseException) -> str:
     """The innermost exception's line (Ray wraps the task's exception in a long traceback)."""
     cause = getattr(exc, "cause", None)
     if isinstance(cause, BaseException):
-        return f"{type(cause).__name__}: {cause}".splitlines()[0]
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[-1] if lines else type(exc).__name__
+        text = f"{type(cause).__name__}: {cause}".splitlines()[0]
+    else:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return text if len(text) <= ERROR_CHARS else text[:ERROR_CHARS - 3] + "..."
 
 
 # ------------------------------------------------------------------------------------------------ entry point

@@ -63,14 +63,20 @@ def split_merge_init_k(config: SpamoConfig, n_spots: int) -> int:
 
 
 @contextlib.contextmanager
-def torch_threads(n: int):
-    """Run with `n` torch threads (one per seed run keeps parallel runs from oversubscribing, and results exact)."""
+def limited_threads(n: int):
+    """Run with `n` torch, BLAS and OpenMP threads.
+
+    One per seed run keeps parallel runs from oversubscribing the cores, and makes a run's numbers the same in a Ray
+    worker and in any other process (reductions split over a different number of threads round differently).
+    """
     import torch
+    from threadpoolctl import threadpool_limits
 
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
-        yield
+        with threadpool_limits(limits=n):
+            yield
     finally:
         torch.set_num_threads(before)
 
@@ -127,12 +133,12 @@ def run_seed(prepared, config: SpamoConfig, threads: int = 1) -> tuple[dict, dic
     from spamo.pipeline import fit_and_cluster, package_versions
 
     started = time.perf_counter()
-    with torch_threads(threads):
+    with limited_threads(threads):
         result = fit_and_cluster(prepared, config, progress=False)
-    tick = time.perf_counter()
-    path, sm_labels = split_merge_record(prepared, result.fused, config)
-    sm_seconds = time.perf_counter() - tick
-    sm_scores = _scores(prepared, result.fused, sm_labels, config.seed)
+        tick = time.perf_counter()
+        path, sm_labels = split_merge_record(prepared, result.fused, config)
+        sm_seconds = time.perf_counter() - tick
+        sm_scores = _scores(prepared, result.fused, sm_labels, config.seed)
     record = {
         "scores": {k: float(v) for k, v in result.scores.items()},
         "split_merge_scores": sm_scores,
