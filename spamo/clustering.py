@@ -88,7 +88,7 @@ def cluster(embedding, n_clusters: int, method: str = "auto", *, n_pcs: int = 20
             raise SpamoInputError("coords", f"{coords.shape[0]} coordinates for {points.shape[0]} spots")
     if smooth and coords is None:
         raise SpamoInputError("smooth", "spatial smoothing needs the spot coordinates")
-    with one_blas_thread():
+    with one_thread():
         labels = _BACKENDS[method](points, int(n_clusters), ClusterRequest(seed=seed, coords=coords, init_k=init_k))
     labels = relabel_by_appearance(labels)
     if smooth:
@@ -96,16 +96,17 @@ def cluster(embedding, n_clusters: int, method: str = "auto", *, n_pcs: int = 20
     return labels
 
 
-def one_blas_thread():
-    """Limit BLAS to one thread while clustering.
+def one_thread():
+    """Limit BLAS and OpenMP to one thread while clustering.
 
-    The work is thousands of small d x d operations (d = 20), for which multi-threaded OpenBLAS spends far more
-    time waking threads than computing: on the shared 2-core machine the `gmm` backend took 12.8 s with two BLAS
-    threads and 0.7 s with one at 3,500 spots. (Ray trials hold one CPU each anyway.)
+    The work is many small operations (d x d matrices with d = 20, k-means passes), for which thread pools spend far
+    more time waking and spinning than computing on a busy machine: on the shared 2-core machine `gmm` took 12.8 s
+    with two BLAS threads and 0.7 s with one at 3,500 spots, and a k-means fit at 10,000 spots 1.1-2.1 s with two
+    OpenMP threads and 0.1 s with one. (Ray trials hold one CPU each anyway.)
     """
     from threadpoolctl import threadpool_limits
 
-    return threadpool_limits(limits=1, user_api="blas")
+    return threadpool_limits(limits=1)
 
 
 def _check_k(n_clusters, n_spots: int) -> None:
@@ -165,8 +166,8 @@ def _quiet_r():
         callbacks.consolewrite_warnerror, callbacks.consolewrite_print = saved
 
 
-class ClusteringFailed(RuntimeError):
-    """A backend ran but found no clustering (for example mclust returning no EEE fit)."""
+class ClusteringFailed(SpamoInputError):
+    """A backend ran but found no clustering for this input and K (for example mclust returning no EEE fit)."""
 
 
 @register_backend("mclust")
@@ -192,9 +193,9 @@ def mclust_labels(points: np.ndarray, n_clusters: int, request: ClusterRequest) 
             fit = mclust_fit(matrix, G=n_clusters, modelNames="EEE", verbose=False)
         except RRuntimeError as exc:
             reason = str(exc).strip().splitlines()[-1].strip()  # the first lines repeat the call, data included
-            raise ClusteringFailed(f"mclust failed: {reason[:160]}") from None
+            raise ClusteringFailed("mclust", f"no fit: {reason[:160]}") from None
         if fit is ro.NULL:
-            raise ClusteringFailed(f"mclust found no EEE fit with G={n_clusters}")
+            raise ClusteringFailed("mclust", f"no EEE fit with G={n_clusters}")
         labels = np.asarray(fit.rx2("classification"), dtype=np.int64)
     return labels
 
@@ -327,7 +328,8 @@ def resolution_search(partition_at: Callable[[float], np.ndarray], n_clusters: i
             high = middle
     above = [r for r in tried if count(r) > n_clusters]
     if not above:
-        raise ClusteringFailed(f"no resolution gave {n_clusters} communities (at most {max(map(count, tried))})")
+        raise ClusteringFailed("n_clusters", f"no resolution gave {n_clusters} communities "
+                                             f"(at most {max(map(count, tried))})")
     best = min(above, key=lambda r: (count(r), r))
     log.info("resolution search: no exact K; merging %d communities down to %d", count(best), n_clusters)
     return merge_smallest(tried[best], points, n_clusters), best
@@ -495,7 +497,7 @@ def split_merge(embedding, n_clusters: int | None, init_k: int, coords=None, *, 
        (skipped when n_clusters is None), so `labels_at(n_clusters)` always exists.
     Every clustering visited is recorded with its K, labels, criterion and the pair merged or split.
     """
-    with one_blas_thread():
+    with one_thread():
         return _split_merge(embedding, n_clusters, init_k, coords, n_pcs=n_pcs, seed=seed, min_size=min_size,
                             max_moves=max_moves)
 

@@ -126,3 +126,16 @@ def test_refusals_and_label_numbering():
         cluster(embedding, 3, "gmm", smooth=True)
     assert set(available_methods()) >= {"auto", "mclust", "gmm", "kmeans", "leiden", "louvain", "split-merge"}
     assert list(relabel_by_appearance([7, 7, 2, 9, 2])) == [0, 0, 1, 2, 1]
+
+
+@pytest.mark.r
+@needs_r
+def test_mclust_without_a_fit_is_one_clear_refusal_and_auto_moves_on():
+    from spamo.clustering import ClusteringFailed
+
+    points = np.random.default_rng(0).normal(size=(30, 3))
+    with pytest.raises(ClusteringFailed, match="no EEE fit with G=29"):
+        cluster(points, 29, "mclust")
+    with pytest.warns(RuntimeWarning, match="using gmm instead"):
+        labels = cluster(points, 29, "auto")
+    assert np.array_equal(labels, cluster(points, 29, "gmm"))
