@@ -21,16 +21,18 @@ def summary_tables(frames: dict[str, pd.DataFrame]) -> list:
     from rich.table import Table
 
     best = frames["best_configs"]
-    table = Table(title="best configurations (mean ± sd over seeds; sm_ = split-and-merge at K)")
-    for column in ("dataset", "rank", "metric", "tune", "metric over seeds", "ARI", "NMI", "sm_ARI", "est. K",
-                   "seeds", "selection"):
-        table.add_column(column, justify="left" if column in ("dataset", "metric", "selection") else "right")
+    notes = sorted({f"{m}: {sel}" for m, sel in zip(best["metric"], best["selection"])})
+    table = Table(title="best configurations (mean ± sd over seeds; sm = split-and-merge at K)",
+                  caption="; ".join(notes))
+    for column in ("dataset", "rank", "metric: tune -> seeds", "ARI", "NMI", "sm ARI", "est. K", "seeds"):
+        table.add_column(column, justify="left" if column in ("dataset", "metric: tune -> seeds") else "right")
     for _, row in best.sort_values(["dataset", "rank"]).iterrows():
         metric = row["metric"]
-        table.add_row(row["dataset"], str(row["rank"]), metric, f"{row['tune_value']:.3f}",
-                      _pm(row.get(f"{metric}_mean"), row.get(f"{metric}_sd")), _pm(row["ari_mean"], row["ari_sd"]),
-                      _pm(row["nmi_mean"], row["nmi_sd"]), _pm(row["sm_ari_mean"], row["sm_ari_sd"]),
-                      f"{row['sm_estimated_k_mean']:.1f}", str(row["n_seeds"]), row["selection"])
+        table.add_row(row["dataset"], str(row["rank"]),
+                      f"{metric}: {row['tune_value']:.3f} -> {_pm(row.get(f'{metric}_mean'), row.get(f'{metric}_sd'))}",
+                      _pm(row["ari_mean"], row["ari_sd"]), _pm(row["nmi_mean"], row["nmi_sd"]),
+                      _pm(row["sm_ari_mean"], row["sm_ari_sd"]), f"{row['sm_estimated_k_mean']:.1f}",
+                      str(row["n_seeds"]))
     out = [table]
     cross = frames["cross_dataset"]
     if not cross.empty:
@@ -47,13 +49,14 @@ def summary_tables(frames: dict[str, pd.DataFrame]) -> list:
         out.append(grid)
     published = frames["published"]
     if not published.empty:
-        ref = Table(title="published (reference release) vs ours")
-        for column in ("dataset", "published ARI", "our ARI", "published NMI", "our NMI", "same data", "note"):
+        ref = Table(title="published (reference release) vs ours", caption="; ".join(
+            f"{row['dataset']}: {row['data_note']}" for _, row in published.iterrows()))
+        for column in ("dataset", "published ARI", "our ARI", "published NMI", "our NMI", "same data"):
             ref.add_column(column)
         for _, row in published.iterrows():
             ref.add_row(row["dataset"], f"{row['published_ari']:.3f}", _pm(row["ari_mean"], row["ari_sd"]),
                         f"{row['published_nmi']:.3f}", _pm(row["nmi_mean"], row["nmi_sd"]),
-                        "yes" if row["same_data"] else "no", row["data_note"])
+                        "yes" if row["same_data"] else "no")
         out.append(ref)
     return out
 
@@ -124,7 +127,9 @@ def plot_seed_spread(seed_runs: pd.DataFrame, best: pd.DataFrame, path: Path) ->
                 if values.size:
                     sd = values.std(ddof=1) if values.size > 1 else 0.0
                     ax.errorbar(x, values.mean(), yerr=sd, fmt="_", color="k", capsize=4)
-        ax.set_xticks(sorted(own["config_rank"].unique()))
+        ranks = sorted(own["config_rank"].unique())
+        ax.set_xticks(ranks)
+        ax.set_xlim(0.5, max(ranks, default=1) + 0.5)
         ax.set_xlabel("configuration rank")
         ax.set_ylabel(metric)
         ax.set_title(f"{name}: spread over seeds", fontsize=10)
