@@ -10,6 +10,7 @@ process, and a failing seed run that leaves no table behind.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -27,11 +28,14 @@ from evaluation.tables import SCHEMAS, TABLE_NAMES
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.ray
 SEEDS = [2025, 2026]
+# The environment before anything in this process starts R: rpy2 prepends R's library folders to LD_LIBRARY_PATH,
+# after which a child `python` can load the system's libpython and lose its site-packages.
+CLEAN_ENV = dict(os.environ)
 
 
 def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], cwd=ROOT, env=CLEAN_ENV, capture_output=True,
+                          text=True, timeout=timeout)
 
 
 def tune_args(data: Path, data_type: str, storage: Path, name: str) -> list[str]:
@@ -49,10 +53,9 @@ def evaluated(tmp_path_factory):
     write_simulation(base / "data" / "sim", n_spots=300, seed=1, layout="sim")
     write_simulation(base / "data" / "hln", n_spots=300, seed=2, layout="hln")
     runs = base / "runs"
-    tunes = [subprocess.Popen(tune_args(base / "data" / "sim", "Simulation", runs, "sim_run"), cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True),
-             subprocess.Popen(tune_args(base / "data" / "hln", "10x", runs, "hln_run"), cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)]
+    tunes = [subprocess.Popen(tune_args(base / "data" / name, data_type, runs, f"{name}_run"), cwd=ROOT,
+                              env=CLEAN_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for name, data_type in (("sim", "Simulation"), ("hln", "10x"))]
     for tune in tunes:
         output, _ = tune.communicate(timeout=300)
         assert tune.returncode == 0, output[-3000:]
@@ -281,3 +284,17 @@ def test_modality_weights_map_by_position_with_defaults():
     assert map_modality_weights((5.0, 7.0), 3) == (5.0, 7.0, 3.0)
     assert map_modality_weights((1.0, 3.0, 2.0), 2) == (1.0, 3.0)
     assert map_modality_weights(None, 2) == (5.0, 5.0)
+
+
+def test_without_named_runs_every_run_under_the_root_is_read(tmp_path):
+    from evaluation.runs import find_runs
+    from spamo.errors import SpamoInputError
+
+    for name in ("b_run", "a_run"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "tune_run.toml").write_text(f'[tune]\nname = "{name}"\n')
+    (tmp_path / "not_a_run").mkdir()
+    assert find_runs(None, tmp_path) == [tmp_path / "a_run", tmp_path / "b_run"]
+    assert find_runs([tmp_path / "b_run"], tmp_path) == [tmp_path / "b_run"]
+    with pytest.raises(SpamoInputError, match="no tune runs under"):
+        find_runs(None, tmp_path / "not_a_run")
