@@ -7,8 +7,9 @@ A space file has three tables (see `configs/search/*.toml`):
   ``step``, ``choice`` with ``values``). Names are `SpamoConfig` names (or the reference's flag names);
   per-modality reconstruction weights are ``modality_weight_0``, ``modality_weight_1``, ...
 - ``[fixed]`` (optional): settings every trial shares.
-- ``[published]`` (optional): the published configuration, evaluated as the first trial. Values outside a searched
-  range are allowed (Optuna evaluates them as given).
+- ``[published]`` (optional): the published configuration, evaluated as the first trial; a searched setting it
+  leaves out takes the data type's default (so the generic space starts from the published defaults). Values
+  outside a searched range are allowed (Optuna evaluates them as given).
 
 The space becomes a dict of Optuna distributions, which Ray Tune's `OptunaSearch` samples from.
 """

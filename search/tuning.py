@@ -150,20 +150,46 @@ def connect_ray(address: str | None, log) -> None:
     import ray
 
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", SNAPSHOT_SECONDS)
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
     if ray.is_initialized():
         return
     if address is None:
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
         return
-    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
-        log("[yellow]note[/]: RAY_AUTH_MODE is not 'token' in this shell; a cluster with token authentication "
-            "(the default for spamo's cluster files) will refuse the connection. See the README, 'Cluster runs'.")
+    reachable(address)
+    if not token_available():
+        log("[yellow]note[/]: no Ray token in this shell (RAY_AUTH_MODE=token with RAY_AUTH_TOKEN, "
+            "RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token); a cluster with token authentication (as spamo's cluster "
+            "files start it) will refuse the connection. See the README, 'Cluster runs'.")
     try:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
     except Exception as exc:  # noqa: BLE001 - any connection problem is one line for the user
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SpamoInputError("--address", f"cannot join the Ray cluster at {address!r}: {first}") from None
+
+
+def reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Refuse at once an address nothing listens on (Ray itself retries for minutes before giving up)."""
+    import socket
+
+    if address == "auto":
+        return
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        raise SpamoInputError("--address", f"expected auto, HOST:PORT or ray://HOST:PORT, got {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise SpamoInputError("--address", f"nothing answers at {host}:{port} ({exc.strerror or exc})") from None
+
+
+def token_available() -> bool:
+    """Whether this driver would present a Ray token (the token itself is never read here)."""
+    mode = os.environ.get("RAY_AUTH_MODE", "").lower()
+    if mode == "disabled":
+        return False
+    has_token = bool(os.environ.get("RAY_AUTH_TOKEN")) or bool(os.environ.get("RAY_AUTH_TOKEN_PATH")) \
+        or (Path.home() / ".ray" / "auth_token").is_file()
+    return has_token and mode in ("token", "")
 
 
 def trial_resources(request: TuneRequest, log) -> dict:
@@ -239,14 +265,16 @@ def start_tune(request: TuneRequest, log=print) -> TuneOutcome:
     from spamo.io import atomic_write_text, dump_toml
 
     _check_request(request)
+    if request.address:
+        reachable(request.address)
     run_dir = run_folder(request.name, request.storage, request.results_root)
     if (run_dir / RUN_FILE).exists():
         raise SpamoInputError("--name", f"a run named '{request.name}' exists in {run_dir}: "
                                         f"continue it with --resume {request.name} or pick another --name")
     search = load_search(request, run_dir)
+    connect_ray(request.address, log)  # before anything is written: a refused connection leaves nothing behind
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / RUN_FILE, dump_toml(request.to_toml()))
-    connect_ray(request.address, log)
     resources = trial_resources(request, log)
     log(f"[bold]spamo tune[/] {request.name}: {search.prepared.name}, {search.prepared.n_spots} spots, "
         f"{request.num_samples} trials of {resources['cpu']:g} CPU + {resources['gpu']:g} GPU, metric "

@@ -96,6 +96,7 @@ def test_cli_refuses_bad_options_in_one_line_and_writes_nothing(tmp_path):
         (["--dataset", "sim", "--num-samples", "0"], "--num-samples"),
         (["--dataset", "sim", "--num-samples", "2", "--scheduler", "hyperband"], "--scheduler"),
         (["--resume", "nothing-here"], "--resume"),
+        (["--dataset", "sim", "--num-samples", "2", "--address", "127.0.0.1:1"], "--address"),
         (["--dataset", "sim", "--num-samples", "2", "--space", str(tmp_path / "missing.toml")], "missing.toml"),
     ]
     for args, where in cases:
