@@ -127,11 +127,31 @@ def relabel_by_appearance(labels) -> np.ndarray:
 _R_LOCK = threading.Lock()
 
 
+@contextlib.contextmanager
+def _environment_kept():
+    """Undo the environment changes rpy2 makes when it starts R.
+
+    rpy2 prepends R's library folders to LD_LIBRARY_PATH; R, already loaded, no longer needs them, but every Python
+    subprocess started afterwards (Ray workers, `spamo` children) would then load the wrong libpython.
+    """
+    before = dict(os.environ)
+    try:
+        yield
+    finally:
+        for key in set(os.environ) - set(before):
+            if key.startswith("LD_"):
+                del os.environ[key]
+        for key, value in before.items():
+            if key.startswith("LD_") and os.environ.get(key) != value:
+                os.environ[key] = value
+
+
 @functools.lru_cache(maxsize=1)
 def _r_problem() -> str | None:
     """Why R's mclust cannot be used here (None when it can). Probed once: starting R costs about a second."""
     try:
-        import rpy2.robjects as ro
+        with _environment_kept():
+            import rpy2.robjects as ro
     except Exception as exc:  # ImportError, or R itself failing to start
         return f"rpy2 cannot start R ({exc.__class__.__name__}: {str(exc).strip()[:120]})"
     try:
