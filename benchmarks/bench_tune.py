@@ -90,8 +90,10 @@ def main() -> None:
     asha_wall, asha = tune(data, work, "asha", "asha", args)
     proc_wall = None if args.skip_processes else one_process_each(data, work, fifo)
 
-    same_configs = fifo["config_json"].tolist()[: len(asha)] == asha["config_json"].tolist() \
-        if asha["config_json"].notna().all() else None
+    from search.space import SPACE_DIR, load_space
+
+    searched = [c for c in load_space(SPACE_DIR / "default.toml").distributions if c in fifo and c in asha]
+    same_configs = fifo[searched].reset_index(drop=True).equals(asha[searched].reset_index(drop=True))
     rows = [
         ("spamo tune, no scheduler", fifo_wall, len(fifo), int(fifo["epoch"].sum()), fifo["ari"].max()),
         ("spamo tune, ASHA", asha_wall, len(asha), int(asha["epoch"].sum()),

@@ -84,6 +84,7 @@ def plot_history(frame: pd.DataFrame, metric: str, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     if frame.empty or metric not in frame:  # no trial ended yet (an early interruption): an empty history
         frame = pd.DataFrame({"number": [], "status": [], metric: []})
@@ -96,6 +97,7 @@ def plot_history(frame: pd.DataFrame, metric: str, path: Path) -> None:
     if not finished.empty:
         best = (finished[metric].cummin() if metric_mode(metric) == "min" else finished[metric].cummax())
         ax.step(finished["number"], best, where="post", color="k", label="best so far")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial")
     ax.set_ylabel(metric)
     ax.set_title(f"optimisation history ({selection_note(metric)})", fontsize=9)
