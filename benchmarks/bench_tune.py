@@ -103,7 +103,7 @@ def main() -> None:
         rows.insert(1, ("one `spamo run` process per configuration", proc_wall, len(fifo),
                         int(fifo["epoch"].sum()), fifo["ari"].max()))
     lines = [
-        f"## spamo tune throughput ({args.n_spots}-spot simulation, {args.epochs} epochs, {args.trials} trials)",
+        f"### spamo tune throughput ({args.n_spots}-spot simulation, {args.epochs} epochs, {args.trials} trials)",
         "",
         f"Machine: {machine()}. Trials hold {args.cpus_per_trial:g} CPU each; intermediate reports every "
         f"{args.report_every} epochs.",
