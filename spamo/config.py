@@ -124,9 +124,13 @@ class SpamoConfig:
         if n_modalities < 1:
             raise SpamoInputError("modalities", "no modality selected")
         defaults = default_modality_weights(n_modalities)
-        weights = tuple(float(w) for w in (self.modality_weights or defaults))
-        if len(weights) == n_modalities:  # a weight not given (NaN placeholder) takes its default
-            weights = tuple(d if w != w else w for w, d in zip(weights, defaults))
+        weights = [float(w) for w in (self.modality_weights or defaults)]
+        if any(w != w for w in weights):  # NaN = "not given" (per-modality flags): those take their defaults
+            weights = (weights + [float("nan")] * n_modalities)[: max(n_modalities, len(weights))]
+            while len(weights) > n_modalities and weights[-1] != weights[-1]:
+                weights.pop()
+            weights = [d if w != w else w for w, d in zip(weights, defaults)] + weights[len(defaults):]
+        weights = tuple(weights)
         if len(weights) != n_modalities or any(not (w >= 0) for w in weights):
             raise SpamoInputError("modality_weights", f"need {n_modalities} non-negative weights, got {list(weights)}")
         if self.knn_k < 1:
@@ -196,12 +200,15 @@ def build_config(config_file: str | Path | None = None, **overrides: Any) -> Spa
     given = {k: v for k, v in overrides.items() if v is not None}
     weights = {k: given.pop(k) for k in list(given) if k.startswith("modality_weight_")}
     if weights:
-        base = list(given.get("modality_weights") or config.modality_weights or [])
+        explicit = given.get("modality_weights") or config.modality_weights
+        base = list(explicit or [])
         for key, value in sorted(weights.items()):
             i = int(key.rsplit("_", 1)[1])
             while len(base) <= i:
                 base.append(float("nan"))
             base[i] = float(value)
+        if not explicit:
+            base.append(float("nan"))  # more modalities than flags given: the rest take their defaults
         given["modality_weights"] = tuple(base)
     if "epochs" in given and not given["epochs"]:
         given["epochs"] = None  # the reference's epochs_override = 0 means "data-type default"

@@ -1,0 +1,123 @@
+"""`spamo run` end to end: the published method on the built-in simulation, its outputs, its refusals."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pytest
+import torch
+
+from spamo import pipeline
+from spamo.config import SpamoConfig
+from spamo.metrics import score_against_truth
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small problems run fastest (and deterministically) on one thread, and CI has two cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def default_simulation(tmp_path_factory):
+    """The default simulation (1296 spots, 3 modalities, 5 domains), prepared once with the default settings."""
+    root = tmp_path_factory.mktemp("data")
+    data = pipeline.load_data(dataset="sim", data_root=root)
+    prepared, config = pipeline.prepare(data, SpamoConfig(cluster_method="gmm"))
+    return data, prepared, config
+
+
+def test_default_run_recovers_the_simulated_domains_and_beats_every_single_modality(default_simulation):
+    _, prepared, config = default_simulation
+    full = pipeline.fit_and_cluster(prepared, config, progress=False)
+    assert full.scores["ari"] >= 0.95, full.scores
+    again = pipeline.fit_and_cluster(prepared, config, progress=False)
+    np.testing.assert_array_equal(full.labels, again.labels)  # fixed seed on CPU: the same labels twice
+    np.testing.assert_array_equal(full.fused, again.fused)
+    for name in prepared.modality_names:
+        alone = prepared.subset_modalities([name])
+        single = config.replace(modality_weights=None).resolve(1, alone.n_spots)
+        result = pipeline.fit_and_cluster(alone, single, progress=False)
+        assert result.scores["ari"] <= full.scores["ari"] - 0.15, (name, result.scores["ari"], full.scores["ari"])
+
+
+def spamo(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "cli.py"), *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def small_simulation(tmp_path_factory):
+    from spamo.simulate import write_simulation
+
+    folder = tmp_path_factory.mktemp("small") / "sim"
+    write_simulation(folder, n_spots=400, seed=3, layout="hln")
+    return folder
+
+
+def test_run_writes_every_output_in_the_reference_formats(small_simulation, tmp_path):
+    out = tmp_path / "run"
+    done = spamo("run", "--data-dir", small_simulation, "--data-type", "10x", "--n-clusters", "5", "--epochs", "15",
+                 "--KNN_k", "10", "--RNA_weight", "2", "--cluster-method", "gmm", "--seed", "7", "--out", out,
+                 "--quiet", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["domains.png", "embedding.h5ad", "labels.txt", "metrics.json",
+                                                      "metrics.txt", "run.toml"]
+    labels = np.loadtxt(out / "labels.txt", dtype=int)
+    assert labels.shape == (400,) and len(np.unique(labels)) == 5
+    truth = np.loadtxt(small_simulation / "GT_labels.txt", dtype=int)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["scores"]["ari"] == pytest.approx(score_against_truth(truth, labels)["ARI"])
+    assert metrics["ground_truth"]["sha256"] and metrics["scored_against_truth"] is True
+    text = (out / "metrics.txt").read_text().splitlines()
+    assert text[0].startswith("Jaccard: ") and any(line.startswith("ARI: ") for line in text)
+    assert all(len(line.split(": ")[1].split(".")[1]) == 6 for line in text)
+    emb = ad.read_h5ad(out / "embedding.h5ad")
+    assert emb.obsm["X_spamo"].shape == (400, 64) and emb.obsm["X_spamo_RNA"].shape == (400, 64)
+    assert np.allclose(np.linalg.norm(emb.obsm["X_spamo"], axis=1), 1.0, atol=1e-4)
+    assert (emb.obs["domain"].astype(int).to_numpy() == labels).all()
+    assert emb.obsm["spatial"].shape == (400, 2) and list(emb.uns["spamo"]["modalities"]) == ["RNA", "ADT"]
+    record = tomllib.loads((out / "run.toml").read_text())
+    assert record["config"]["knn_k"] == 10 and record["config"]["modality_weights"] == [2.0, 5.0]
+    assert record["config"]["epochs"] == 15 and record["config"]["seed"] == 7
+    assert record["versions"]["torch"].startswith("2.13") and set(record["inputs"]) == {"RNA", "ADT"}
+    assert record["ground_truth"]["sha256"] == metrics["ground_truth"]["sha256"]
+    assert record["timings"]["train_s"] > 0
+
+
+def test_a_config_file_is_read_and_flags_win(small_simulation, tmp_path):
+    (tmp_path / "cfg.toml").write_text("[spamo]\nKNN_k = 8\nepochs_override = 12\ndgi_weight = 0.3\n")
+    out = tmp_path / "run"
+    done = spamo("run", "--data-dir", small_simulation, "--data-type", "10x", "--n-clusters", "5",
+                 "--config", tmp_path / "cfg.toml", "--epochs", "5", "--no-plot", "--cluster-method", "kmeans",
+                 "--out", out, "--quiet", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    config = tomllib.loads((out / "run.toml").read_text())["config"]
+    assert (config["knn_k"], config["epochs"], config["dgi_weight"]) == (8, 5, 0.3)
+
+
+@pytest.mark.parametrize("args, where", [
+    (["--n-clusters", "1"], "n_clusters"),
+    (["--n-clusters", "5", "--KNN_k", "400"], "knn_k"),
+    (["--n-clusters", "5", "--optimizer", "lbfgs"], "optimizer"),
+    (["--n-clusters", "5", "--modalities", "ATAC"], "--modalities"),
+])
+def test_bad_settings_exit_2_with_one_line_and_write_nothing(small_simulation, tmp_path, args, where):
+    out = tmp_path / "run"
+    done = spamo("run", "--data-dir", small_simulation, "--data-type", "10x", "--epochs", "2", *args,
+                 "--out", out, "--quiet", cwd=tmp_path)
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and where in lines[0], done.stderr
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == []
