@@ -1,9 +1,10 @@
 """Graphs shared between trials: built once per distinct graph setting (KNN_k, ...) for the whole search.
 
-A small named actor holds one ObjectRef per graph key. The first trial that needs a key builds the graphs and puts
-them into the object store *owned by the actor* (`ray.put(..., _owner=actor)`), so they outlive that trial's worker
-and any trial on any node can fetch them. Two trials asking for a new key at the same moment may both build it; the
-last one registered stays (the graphs are deterministic, so either is right).
+A small named actor holds one ObjectRef per graph key. The first trial that needs a key builds the graphs (with its
+own CPUs) and hands them to the actor, which puts them into the object store itself: the actor owns them, so they
+outlive that trial's worker, and any trial on any node can fetch them. Two trials asking for a new key at the same
+moment may both build it; the last one registered stays (the graphs are deterministic, so either is right). The
+driver must keep the actor's handle: a named actor without handles is gone.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ class GraphCache:
     def get(self, key: tuple):
         return self._refs.get(key)
 
-    def put(self, key: tuple, wrapped_ref: list):
+    def put(self, key: tuple, graphs) -> None:
         self.builds += 1
-        self._refs[key] = wrapped_ref
+        self._refs[key] = [ray.put(graphs)]  # owned by this actor
 
     def stats(self) -> dict:
         return {"keys": len(self._refs), "builds": self.builds}
@@ -44,20 +45,20 @@ def start_cache(name: str):
     return GraphCache.options(name=name, get_if_exists=True).remote()
 
 
-def cached_graphs(cache_name: str, prepared, config: SpamoConfig, build):
-    """The graphs for `config`: from the cache when some trial built them, else built here and registered."""
+def cached_graphs(cache_name: str, prepared, config: SpamoConfig, build) -> tuple[object, bool]:
+    """The graphs for `config` and whether they came from the cache (some trial built them), else built here and
+    registered."""
     key = graph_key(config)
     try:
         cache = ray.get_actor(cache_name)
     except ValueError:  # no cache (a trainable run outside a tune run): build locally
-        return build(prepared, config)
+        return build(prepared, config), False
     wrapped = ray.get(cache.get.remote(key))
     if wrapped is not None:
         try:
-            return ray.get(wrapped[0])
+            return ray.get(wrapped[0]), True
         except ray.exceptions.ObjectLostError:  # the node holding them went away: build again
             pass
     graphs = build(prepared, config)
-    ref = ray.put(graphs, _owner=cache)
-    ray.get(cache.put.remote(key, [ref]))
-    return graphs
+    ray.get(cache.put.remote(key, graphs))
+    return graphs, False

@@ -18,9 +18,6 @@ LABEL_FREE_SCORES = ("asw", "spatial_coherence")
 LOWER_IS_BETTER = ("loss",)
 METRICS = TRUTH_SCORES + LABEL_FREE_SCORES + LOWER_IS_BETTER
 ANNOTATION_NOTE = "selected against the annotation"
-# Result fields that describe the run rather than score it (kept as columns, never shown as scores).
-RUN_FIELDS = ("epoch", "loss", "final", "replayed", "graphs_s", "train_s", "epoch_s", "cluster_s", "wall_s",
-              "started_at", "finished_at", "device", "seed", "config_json", "node_id", "node_ip", "hostname")
 
 
 def metric_mode(metric: str) -> str:

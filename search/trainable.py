@@ -103,14 +103,14 @@ def run_trial(sampled: dict, prepared=None, context: TrialContext | None = None)
     node = where_am_i()
     config = trial_config(context.base, context.fixed, sampled, prepared.n_modalities, prepared.n_spots)
     tick = time.perf_counter()
-    graphs = cached_graphs(context.cache_name, prepared, config, build_graphs)
+    graphs, graphs_cached = cached_graphs(context.cache_name, prepared, config, build_graphs)
     graphs_s = time.perf_counter() - tick
     result = fit_and_cluster(prepared, config, graphs=graphs, callback=Probe(prepared, config, started, node),
                              callback_every=context.report_every, progress=False)
     final = dict(result.scores)
     final.update(
         epoch=len(result.history), loss=float(result.history[-1]["total"]) if result.history else float("nan"),
-        final=True, graphs_s=graphs_s, train_s=result.timings.get("train_s"), epoch_s=result.timings.get("epoch_s"),
+        final=True, graphs_s=graphs_s, graphs_cached=graphs_cached, train_s=result.timings.get("train_s"), epoch_s=result.timings.get("epoch_s"),
         cluster_s=result.timings.get("cluster_s"), wall_s=time.time() - started, started_at=started,
         finished_at=time.time(), device=result.device, seed=config.seed,
         config_json=json.dumps(config.to_dict(), sort_keys=True), **node,

@@ -127,6 +127,7 @@ class Search:
     base: object
     space: object
     metric: str
+    graph_cache: object = None  # handle of the graph cache actor: the actor lives as long as the driver holds it
 
 
 def load_search(request: TuneRequest, run_dir: Path) -> Search:
@@ -210,7 +211,7 @@ def build_trainable(search: Search, finished: dict):
     from search.trainable import TrialContext, run_trial
 
     cache_name = f"spamo-graphs-{search.request.name}"
-    start_cache(cache_name)
+    search.graph_cache = start_cache(cache_name)
     context = TrialContext(base=search.base, fixed=search.space.fixed, report_every=search.request.report_every,
                            cache_name=cache_name, cpus_per_trial=search.request.cpus_per_trial, finished=finished)
     return tune.with_parameters(run_trial, prepared=search.prepared, context=context)
@@ -355,7 +356,7 @@ def write_outputs(search: Search, grid, log) -> TuneOutcome:
     pending = [{"trial_id": tid, "number": number, "status": "unfinished", "params": config, "result": {}}
                for tid, number, config in known if tid not in records]
     truth = search.prepared.truth
-    meta = {"dataset": search.prepared.name, "data_type": search.prepared.data_type, "metric": metric,
+    meta = {**search.space.fixed, "dataset": search.prepared.name, "data_type": search.prepared.data_type, "metric": metric,
             "ground_truth_sha256": truth_sha256(truth) if truth is not None else None,
             **{f"version_{k}": v for k, v in package_versions().items()}}
     frame = trials_frame(records, pending, meta)
