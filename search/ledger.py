@@ -53,17 +53,20 @@ def trial_record(trial, status: str, error: str | None = None) -> dict:
 EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b")
 
 
-def error_summary(trial, limit: int = 300) -> str:
-    """The trial's exception and its message (the last exception line of its traceback and what follows)."""
-    text = ""
-    path = trial.error_file
-    if path and Path(path).is_file():
-        text = Path(path).read_text(errors="replace")
+def exception_summary(text: str, limit: int = 300) -> str:
+    """The last exception of a traceback text and its message (its last exception line and what follows)."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
-        return "trial failed (no error text recorded)"
+        return ""
     starts = [i for i, line in enumerate(lines) if EXCEPTION_LINE.match(line)]
     return " ".join(lines[starts[-1] if starts else -1:])[:limit]
+
+
+def error_summary(trial) -> str:
+    """The trial's exception and its message, from the error file Ray wrote."""
+    path = trial.error_file
+    text = Path(path).read_text(errors="replace") if path and Path(path).is_file() else ""
+    return exception_summary(text) or "trial failed (no error text recorded)"
 
 
 def trial_status(trial) -> str:

@@ -227,15 +227,14 @@ def build_tuner(search: Search, trainable, resources: dict):
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search.optuna import OptunaSearch
-
     from search.ledger import TrialLedger, TrialLog
+    from search.searcher import ResumableOptunaSearch
     from search.results import metric_mode
     from search.trainable import trial_dirname
 
     request, mode = search.request, metric_mode(search.metric)
     sampler = optuna.samplers.TPESampler(seed=request.seed, multivariate=True)
-    searcher = OptunaSearch(space=search.space.distributions, metric=search.metric, mode=mode,
+    searcher = ResumableOptunaSearch(space=search.space.distributions, metric=search.metric, mode=mode,
                             points_to_evaluate=search.space.first_points(search.base), sampler=sampler,
                             study_name=request.name, storage=study_storage(search.run_dir))
     epochs = search.space.max_epochs(search.base.epochs)
@@ -320,8 +319,9 @@ def finish(search: Search, tuner, log) -> TuneOutcome:
         grid = tuner.fit()
     except Exception as exc:  # noqa: BLE001 - Ray's controller itself failed (e.g. workers killed for memory)
         grid = None
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        log(f"[red]the search stopped[/]: {first[:300]}")
+        from search.ledger import exception_summary
+
+        log(f"[red]the search stopped[/]: {exception_summary(str(exc)) or type(exc).__name__}")
     finally:
         if ray.is_initialized():
             ray.shutdown()
