@@ -122,7 +122,6 @@ class Search:
 
     request: TuneRequest
     run_dir: Path
-    data: object
     prepared: object
     base: object
     space: object
@@ -143,7 +142,7 @@ def load_search(request: TuneRequest, run_dir: Path) -> Search:
     prepared, base = pipeline.prepare(data, base)
     metric = choose_metric(request.metric, prepared.truth is not None)
     space = space.for_data(prepared.n_modalities, request.epochs)
-    return Search(request, run_dir, data, prepared, base, space, metric)
+    return Search(request, run_dir, prepared, base, space, metric)
 
 
 def connect_ray(address: str | None, log) -> None:
