@@ -511,7 +511,8 @@ def split_merge(embedding, n_clusters: int | None, init_k: int, coords=None, *, 
        covariance, started from the sign of the first principal direction; both halves >= `min_size` spots), and for
        every pair of clusters that touch in space (a spatial 6-nearest-neighbour edge joins them; every pair when no
        coords are given) their merge. The proposal raising the criterion most is applied, followed by CEM. When no
-       proposal raises it, the clustering has settled: `estimated_k` is its K. Each accepted step raises the
+       proposal raises it before refinement, the few most promising are refined by CEM and the best that raises it
+       then is taken; when none does, the clustering has settled: `estimated_k` is its K. Each accepted step raises the
        criterion strictly, so this ends.
     3. Forced path: from there, the best (least bad) merge or split is applied step by step until K = n_clusters
        (skipped when n_clusters is None), so `labels_at(n_clusters)` always exists.
@@ -540,9 +541,17 @@ def _split_merge(embedding, n_clusters, init_k, coords, *, n_pcs, seed, min_size
 
     for _ in range(max_moves):
         move = _best_move(points, labels, criterion, edges, min_size)
-        if move is None or move.gain <= 1e-6:
+        if move is None:
             break
-        labels = _cem(points, move.labels, criterion)
+        if move.gain > 1e-6:
+            labels = _cem(points, move.labels, criterion)
+        else:
+            # No move raises the criterion before refinement; one may still raise it after CEM (a merge whose
+            # reassigned boundary spots fit better): accept the best of the few most promising, else settle.
+            refined = _best_refined_move(points, labels, criterion, edges, min_size)
+            if refined is None:
+                break
+            move, labels = refined
         _record(result, points, labels, criterion, move.action, move.pair)
     result.estimated_k = int(labels.max()) + 1
 
@@ -575,8 +584,8 @@ def _record(result: SplitMergeResult, points, labels, criterion, action: str, pa
     log.info("split-merge: %s -> K=%d, criterion %.1f", action, int(labels.max()) + 1, value)
 
 
-def _best_move(points, labels, criterion, edges, min_size: int, only: str | None = None) -> _Move | None:
-    """The split or merge that raises the criterion most (or lowers it least), None when there is no candidate."""
+def _candidate_moves(points, labels, criterion, edges, min_size: int, only: str | None = None) -> list[_Move]:
+    """Every split and merge on offer, best first by the criterion's change before refinement."""
     stats = _Stats.of(points, labels)
     total = stats.scatters.sum(axis=0)
     current = criterion(stats.counts, total)
@@ -585,7 +594,33 @@ def _best_move(points, labels, criterion, edges, min_size: int, only: str | None
         moves += _split_moves(points, labels, stats, total, current, criterion, min_size)
     if only in (None, "merge"):
         moves += _merge_moves(labels, stats, total, current, criterion, edges)
-    return max(moves, key=lambda move: move.gain) if moves else None
+    return sorted(moves, key=lambda move: -move.gain)
+
+
+def _best_move(points, labels, criterion, edges, min_size: int, only: str | None = None) -> _Move | None:
+    """The split or merge that raises the criterion most (or lowers it least), None when there is no candidate."""
+    moves = _candidate_moves(points, labels, criterion, edges, min_size, only)
+    return moves[0] if moves else None
+
+
+REFINED_CANDIDATES = 4  # moves re-scored after CEM when none raises the criterion before it
+
+
+def _best_refined_move(points, labels, criterion, edges, min_size: int) -> tuple[_Move, np.ndarray] | None:
+    """Among the most promising moves, the one whose CEM-refined clustering raises the criterion most."""
+    current = _criterion_of(points, labels, criterion)
+    best = None
+    for move in _candidate_moves(points, labels, criterion, edges, min_size)[:REFINED_CANDIDATES]:
+        refined = _cem(points, move.labels, criterion)
+        gain = _criterion_of(points, refined, criterion) - current
+        if gain > 1e-6 and (best is None or gain > best[0]):
+            best = (gain, move, refined)
+    return None if best is None else (best[1], best[2])
+
+
+def _criterion_of(points, labels, criterion) -> float:
+    stats = _Stats.of(points, labels)
+    return float(criterion(stats.counts, stats.scatters.sum(axis=0)))
 
 
 def _merge_moves(labels, stats: _Stats, total, current, criterion, edges) -> list[_Move]:
