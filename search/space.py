@@ -16,7 +16,6 @@ The space becomes a dict of Optuna distributions, which Ray Tune's `OptunaSearch
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -25,6 +24,7 @@ import optuna.distributions as od
 
 from spamo.config import REFERENCE_FLAGS, SpamoConfig
 from spamo.errors import SpamoInputError
+from spamo.io import read_toml
 
 SPACE_DIR = Path(__file__).resolve().parent.parent / "configs" / "search"
 DEFAULT_SPACE = "default"
@@ -142,13 +142,7 @@ def _check_names(names, where: Path, table: str) -> None:
 def load_space(path: str | Path) -> SearchSpace:
     """Read and check a space file; every problem is one `SpamoInputError` naming the file."""
     path = Path(path)
-    try:
-        with open(path, "rb") as fh:
-            raw = tomllib.load(fh)
-    except FileNotFoundError:
-        raise SpamoInputError(path, "search space file not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise SpamoInputError(path, f"not valid TOML ({exc})") from None
+    raw = read_toml(path, "search space file")
     unknown_tables = set(raw) - {"space", "fixed", "published"}
     if unknown_tables:
         raise SpamoInputError(path, f"unknown table [{sorted(unknown_tables)[0]}] (use [space], [fixed], [published])")

@@ -8,7 +8,6 @@ the data-type registry). Everything downstream receives the resolved config and 
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -98,14 +97,9 @@ class SpamoConfig:
 
     @classmethod
     def from_toml(cls, path: str | Path) -> "SpamoConfig":
-        path = Path(path)
-        try:
-            with open(path, "rb") as fh:
-                values = tomllib.load(fh)
-        except FileNotFoundError:
-            raise SpamoInputError(path, "file not found") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise SpamoInputError(path, f"not valid TOML ({exc})") from None
+        from spamo.io import read_toml
+
+        values = read_toml(path)
         values = values.get("spamo", values)
         return cls.from_dict(values, where=str(path))
 

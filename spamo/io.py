@@ -72,6 +72,22 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def read_toml(path: str | Path, what: str = "file") -> dict:
+    """A TOML file as a dict; a missing or malformed file is a one-line `SpamoInputError` naming it."""
+    import tomllib
+
+    from spamo.errors import SpamoInputError
+
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise SpamoInputError(path, f"{what} not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SpamoInputError(path, f"not valid TOML ({exc})") from None
+
+
 def dump_toml(record: dict) -> str:
     """Serialise a nested dict of scalars and lists to TOML (the standard library only reads TOML).
 

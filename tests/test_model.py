@@ -13,12 +13,7 @@ from spamo.model import BlockedDropoutAttention, LearnableFeatureGraph, SpamoMod
 from spamo.model.attention import effective_drop_probability
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def dense_dropout_attention(q, k, v, p, seed, block_size):

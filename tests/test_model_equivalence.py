@@ -18,13 +18,7 @@ from spamo.training import Trainer
 STEPS = 22
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny problems: one thread avoids OpenMP contention on the shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _config(n_mod: int, optimizer: str, **extra) -> SpamoConfig:

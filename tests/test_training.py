@@ -15,12 +15,7 @@ from spamo.errors import SpamoInputError
 from spamo.training import train
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _problem(n=120, dims=(10, 6), seed=0):
