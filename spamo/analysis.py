@@ -622,6 +622,26 @@ def plot_top_markers_spatial(coords: np.ndarray, labels: pd.Categorical,
     plt.close(fig)
 
 
+def paga_layout(embedding) -> np.ndarray:
+    """A deterministic force-directed layout of the PAGA graph (Fruchterman-Reingold from a circle).
+
+    Computed here rather than by scanpy, whose own layout step fails on scipy's current sparse indexing.
+    """
+    import igraph
+    import scipy.sparse as sparse
+
+    connectivities = sparse.coo_matrix(embedding.uns["paga"]["connectivities"])
+    n = connectivities.shape[0]
+    upper = connectivities.row < connectivities.col
+    graph = igraph.Graph(n=n, edges=list(zip(connectivities.row[upper].tolist(), connectivities.col[upper].tolist())))
+    angles = 2 * np.pi * np.arange(n) / max(n, 1)
+    start = np.column_stack([np.cos(angles), np.sin(angles)]).tolist()
+    if graph.ecount() == 0:
+        return np.asarray(start)
+    layout = graph.layout_fruchterman_reingold(weights=connectivities.data[upper].tolist(), seed=start, niter=500)
+    return np.asarray(layout.coords)
+
+
 def plot_paga(embedding, groupby: str, path: Path, seed: int) -> None:
     """PAGA graph of the domains: abstract layout, and drawn at the domains' spatial centroids over the tissue."""
     import scanpy as sc
@@ -634,7 +654,7 @@ def plot_paga(embedding, groupby: str, path: Path, seed: int) -> None:
     codes = np.asarray(labels.codes)
     centroids = np.stack([coords[codes == i].mean(axis=0) for i in range(len(labels.categories))])
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 4.2))
-    sc.pl.paga(embedding, ax=left, show=False, random_state=seed, threshold=0.02, fontsize=8,
+    sc.pl.paga(embedding, ax=left, show=False, pos=paga_layout(embedding), threshold=0.02, fontsize=8,
                title="PAGA of the domains (fused embedding)", add_pos=False, frameon=False)
     right.scatter(coords[:, 0], coords[:, 1], s=_point_size(len(coords)), c=[colors[c] for c in codes],
                   alpha=0.25, rasterized=True, linewidths=0)
