@@ -273,10 +273,10 @@ def normalise_log(adata) -> None:
 
 
 def normalise_clr(adata) -> None:
-    """Centred log ratio per spot, Seurat style: log1p(x / exp(mean over features of log1p(x)))."""
-    dense = adata.X.toarray() if sp.issparse(adata.X) else np.asarray(adata.X)
-    geometric = np.exp(np.log1p(dense).mean(axis=1, keepdims=True))
-    adata.X = np.log1p(dense / np.maximum(geometric, 1e-12)).astype(np.float32)
+    """Centred log ratio per spot, Seurat style: the same transform as the model's ADT preprocessing."""
+    from spamo.preprocessing import clr
+
+    adata.X = clr(adata.X).astype(np.float32)
 
 
 # modality kind -> normaliser; modality names map to kinds through MODALITY_KINDS (unknown names are "rna")
