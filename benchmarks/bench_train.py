@@ -1,12 +1,14 @@
 """Seconds per training epoch and peak memory of SPAMO, sparse vs the dense N x N formulation.
 
 HLN-like simulated problem: 2 modalities, 30-dim features with planted spatial domains, KNN_k 20 (correlation),
-spatial k 3, latent 64, dropout 0.1, training mode, CPU, 2 threads. Every (implementation, N) runs in a fresh
-subprocess so `resource.getrusage(RUSAGE_SELF).ru_maxrss` is that run's own high-water mark; the inputs are built
-by the parent and handed over as an .npz file, so graph building does not count.
+spatial k 3, latent 64, dropout 0.1, training mode, CPU with 2 threads or one CUDA GPU. Every (implementation, N)
+runs in a fresh subprocess so `resource.getrusage(RUSAGE_SELF).ru_maxrss` (and on CUDA
+`torch.cuda.max_memory_allocated`) is that run's own high-water mark; the inputs are built by the parent and handed
+over as an .npz file, so graph building does not count.
 
-    python benchmarks/bench_train.py                       # N = 1,000 3,500 10,000 30,000 100,000
+    python benchmarks/bench_train.py                       # CPU, N = 1,000 3,500 10,000 30,000 100,000
     python benchmarks/bench_train.py --sizes 1000 3500 --out /tmp/train.md
+    python benchmarks/bench_train.py --device cuda         # GPU, N = 1,000 ... 1,000,000 -> results/train_gpu.md
 """
 
 from __future__ import annotations
@@ -29,11 +31,14 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 DEFAULT_SIZES = [1000, 3500, 10000, 30000, 100000]
+GPU_SIZES = [1000, 3500, 10000, 30000, 100000, 300000, 1000000]
 DIM, KNN_K, SPATIAL_K, DOMAINS = 30, 20, 3, 10
 
 
-def timed_epochs(n: int) -> tuple[int, int]:
+def timed_epochs(n: int, device: str = "cpu") -> tuple[int, int]:
     """(warm-up epochs, timed epochs) for N spots: fewer at large N where one epoch takes minutes."""
+    if device != "cpu":
+        return (2, 10) if n <= 100000 else (1, 2) if n <= 300000 else (1, 1)
     if n <= 1000:
         return 1, 10
     if n <= 3500:
@@ -45,9 +50,29 @@ def timed_epochs(n: int) -> tuple[int, int]:
     return 0, 1
 
 
-def make_inputs(n: int, path: Path, seed: int = 0) -> None:
-    """Planted-domain features and their normalised graphs, saved as COO arrays."""
-    from model_problems import normalised_knn_graph
+def gpu_neighbours(points: np.ndarray, k: int, device: str, block: int = 1024) -> np.ndarray:
+    """Exact k nearest other points (euclidean) by blocked distance products on the GPU: (N, k) indices."""
+    import torch
+
+    x = torch.as_tensor(points, dtype=torch.float32, device=device)
+    sq = (x * x).sum(1)
+    out = np.empty((x.shape[0], k), dtype=np.int64)
+    for start in range(0, x.shape[0], block):
+        stop = min(start + block, x.shape[0])
+        dist = sq[start:stop, None] - 2.0 * (x[start:stop] @ x.t()) + sq[None, :]
+        dist[torch.arange(stop - start), torch.arange(start, stop)] = -1.0  # the point itself ranks first
+        out[start:stop] = dist.topk(k + 1, dim=1, largest=False).indices[:, 1:].cpu().numpy()
+    return out
+
+
+def make_inputs(n: int, path: Path, seed: int = 0, device: str = "cpu") -> None:
+    """Planted-domain features and their normalised graphs, saved as COO arrays (kNN on the GPU for CUDA runs)."""
+    from model_problems import normalised_graph, normalised_knn_graph
+
+    def knn_graph(points, k):
+        if device == "cpu":
+            return normalised_knn_graph(points, k)
+        return normalised_graph(gpu_neighbours(points, k, device))
 
     rng = np.random.default_rng(seed)
     coords = rng.uniform(0, np.sqrt(n), size=(n, 2))
@@ -59,16 +84,15 @@ def make_inputs(n: int, path: Path, seed: int = 0) -> None:
         # correlation distance ranks neighbours like euclidean distance between centred, unit-length rows
         unit = x - x.mean(1, keepdims=True)
         unit /= np.linalg.norm(unit, axis=1, keepdims=True)
-        for kind, graph in (("spatial", normalised_knn_graph(coords, SPATIAL_K)),
-                            ("feature", normalised_knn_graph(unit, KNN_K))):
+        for kind, graph in (("spatial", knn_graph(coords, SPATIAL_K)), ("feature", knn_graph(unit, KNN_K))):
             arrays[f"{kind}{m}_indices"] = graph.indices().numpy()
             arrays[f"{kind}{m}_values"] = graph.values().numpy()
         arrays[f"features{m}"] = x
     np.savez(path, **arrays)
 
 
-def worker(impl: str, path: str, warmup: int, epochs: int) -> dict:
-    """Train in this (fresh) process and report time per epoch and the process's peak RSS."""
+def worker(impl: str, path: str, warmup: int, epochs: int, device: str = "cpu") -> dict:
+    """Train in this (fresh) process and report time per epoch and the process's peak RSS (and GPU memory)."""
     import torch
 
     torch.set_num_threads(int(os.environ.get("SPAMO_BENCH_THREADS", "2")))
@@ -85,34 +109,64 @@ def worker(impl: str, path: str, warmup: int, epochs: int) -> dict:
     features = [torch.as_tensor(data[f"features{m}"]) for m in range(2)]
     spatial, feature = [graph(f"spatial{m}") for m in range(2)], [graph(f"feature{m}") for m in range(2)]
     config = SpamoConfig(data_type="10x", knn_k=KNN_K, spatial_k=SPATIAL_K, epochs=warmup + epochs,
-                         device="cpu").resolve(2, n)
-    trainer = Trainer(features, spatial, feature, config)
+                         device=device).resolve(2, n)
+    trainer = Trainer(features, spatial, feature, config, device)
     if impl == "dense":
         from dense_reference import DenseSpamo
 
-        trainer = DenseSpamo(trainer.model, features, spatial, feature, config)
+        on_device = [x.to(device) for x in features]
+        trainer = DenseSpamo(trainer.model, on_device, [g.to(device) for g in spatial],
+                             [g.to(device) for g in feature], config)
+    cuda = device != "cpu"
     for _ in range(warmup):
         trainer.step()
+    if cuda:
+        torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(epochs):
         trainer.step()
+    if cuda:
+        torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / epochs
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"impl": impl, "n": n, "epochs": epochs, "epoch_seconds": seconds, "peak_gib": peak_kib / 2**20}
+    row = {"impl": impl, "n": n, "epochs": epochs, "epoch_seconds": seconds, "peak_gib": peak_kib / 2**20}
+    if cuda:
+        row["gpu_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        row["gpu"] = torch.cuda.get_device_name()
+    return row
 
 
-def run_one(impl: str, n: int, path: Path) -> dict:
-    warmup, epochs = timed_epochs(n)
-    cmd = [sys.executable, __file__, "--worker", impl, str(path), str(warmup), str(epochs)]
+def run_one(impl: str, n: int, path: Path, device: str = "cpu") -> dict:
+    warmup, epochs = timed_epochs(n, device)
+    cmd = [sys.executable, __file__, "--worker", impl, str(path), str(warmup), str(epochs), device]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         return {"impl": impl, "n": n, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def markdown(rows: list[dict]) -> str:
+def markdown(rows: list[dict], device: str = "cpu") -> str:
     import torch
 
+    if device != "cpu":
+        gpu = next((r["gpu"] for r in rows if "gpu" in r), "CUDA GPU")
+        lines = [
+            "# Training speed and memory on a GPU (bench_train.py --device cuda)",
+            "",
+            f"Machine: one {gpu}, torch {torch.__version__}, float32. Same HLN-like problem as the CPU table: "
+            "2 modalities x 30 features, KNN_k 20, spatial k 3, latent 64, dropout 0.1, training mode (fused "
+            "dropout attention). GPU peak = `torch.cuda.max_memory_allocated` of a fresh process per row.",
+            "",
+            "| spots | implementation | s / epoch | peak GPU memory (GiB) | peak host RSS (GiB) | timed epochs |",
+            "|---:|---|---:|---:|---:|---:|",
+        ]
+        for r in rows:
+            if "error" in r:
+                lines.append(f"| {r['n']:,} | {r['impl']} | failed: {r['error']} | | | |")
+            else:
+                lines.append(f"| {r['n']:,} | {r['impl']} | {r['epoch_seconds']:.3g} | {r['gpu_peak_gib']:.2f} "
+                             f"| {r['peak_gib']:.2f} | {r['epochs']} |")
+        return "\n".join(lines) + "\n"
     lines = [
         "# Training speed and memory (bench_train.py)",
         "",
@@ -134,30 +188,39 @@ def markdown(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=DEFAULT_SIZES)
-    parser.add_argument("--dense-max", type=int, default=10000, help="largest N run with the dense formulation")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "train.md")
-    parser.add_argument("--worker", nargs=4, metavar=("IMPL", "NPZ", "WARMUP", "EPOCHS"), help=argparse.SUPPRESS)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    parser.add_argument("--sizes", type=int, nargs="+", help="spot counts (default: CPU or GPU list above)")
+    parser.add_argument("--dense-max", type=int, help="largest N run with the dense formulation "
+                        "(default 10,000; at 30,000 it needs more than 80 GiB of GPU memory)")
+    parser.add_argument("--out", type=Path, help="markdown table (default results/train.md or train_gpu.md)")
+    parser.add_argument("--worker", nargs=5, metavar=("IMPL", "NPZ", "WARMUP", "EPOCHS", "DEVICE"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        impl, path, warmup, epochs = args.worker
-        print(json.dumps(worker(impl, path, int(warmup), int(epochs))))
+        impl, path, warmup, epochs, device = args.worker
+        print(json.dumps(worker(impl, path, int(warmup), int(epochs), device)))
         return
+    cpu = args.device == "cpu"
+    sizes = args.sizes or (DEFAULT_SIZES if cpu else GPU_SIZES)
+    dense_max = args.dense_max if args.dense_max is not None else 10000
+    out = args.out or ROOT / "benchmarks" / "results" / ("train.md" if cpu else "train_gpu.md")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for n in args.sizes:
+        for n in sizes:
             path = Path(tmp) / f"inputs_{n}.npz"
-            make_inputs(n, path)
-            for impl in ["sparse"] + (["dense"] if n <= args.dense_max else []):
-                row = run_one(impl, n, path)
+            tick = time.perf_counter()
+            make_inputs(n, path, device=args.device)
+            print(f"inputs for {n:,} spots: {time.perf_counter() - tick:.1f} s", flush=True)
+            for impl in ["sparse"] + (["dense"] if n <= dense_max else []):
+                row = run_one(impl, n, path, args.device)
                 print(json.dumps(row), flush=True)
                 rows.append(row)
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                args.out.write_text(markdown(rows))  # partial results survive an interrupted run
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_text(markdown(rows, args.device))  # partial results survive an interrupted run
             os.remove(path)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(markdown(rows))
-    print(markdown(rows))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(markdown(rows, args.device))
+    print(markdown(rows, args.device))
 
 
 if __name__ == "__main__":

@@ -96,7 +96,7 @@ class DenseSpamo:
         unit = F.normalize(fused, dim=1)
         s = self.spatial[0]
         terms["spatial"] = 1 - (unit * ((s @ unit) / s.sum(1, keepdim=True))).sum(1).mean()
-        perm = torch.randperm(fused.shape[0])
+        perm = torch.randperm(fused.shape[0], device=fused.device)
         summary = torch.sigmoid(self._linear(fused.mean(0, keepdim=True), "dgi.summary"))
         bil = p["dgi.discriminator.weight"][0]
 
@@ -104,7 +104,7 @@ class DenseSpamo:
             return (rows @ bil * summary).sum(1) + p["dgi.discriminator.bias"]
 
         logits = torch.cat([score(fused), score(fused[perm])])
-        labels = torch.cat([torch.ones(fused.shape[0]), torch.zeros(fused.shape[0])]).to(fused.dtype)
+        labels = torch.cat([torch.ones(fused.shape[0]), torch.zeros(fused.shape[0])]).to(fused)
         terms["dgi"] = F.binary_cross_entropy_with_logits(logits, labels)
         terms["total"] = weighted + cfg.graph_weight * terms["graph"] + cfg.spatial_weight * terms["spatial"] \
             + cfg.dgi_weight * terms["dgi"]

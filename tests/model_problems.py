@@ -14,9 +14,13 @@ from sklearn.neighbors import NearestNeighbors
 
 def normalised_knn_graph(points: np.ndarray, k: int, metric: str = "euclidean") -> torch.Tensor:
     """kNN graph, symmetrised and capped at 1, with self loops, D^-1/2 (A + I) D^-1/2, as coalesced COO float32."""
-    n = points.shape[0]
     nn_index = NearestNeighbors(n_neighbors=k + 1, metric=metric).fit(points)
-    neighbours = nn_index.kneighbors(points, return_distance=False)[:, 1:]
+    return normalised_graph(nn_index.kneighbors(points, return_distance=False)[:, 1:])
+
+
+def normalised_graph(neighbours: np.ndarray) -> torch.Tensor:
+    """The normalised graph of an (N, k) table of each spot's k nearest other spots (model.md section 2)."""
+    n, k = neighbours.shape
     rows = np.repeat(np.arange(n), k)
     adj = sp.coo_matrix((np.ones(n * k), (rows, neighbours.ravel())), shape=(n, n)).tocsr()
     adj = adj + adj.T
