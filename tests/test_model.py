@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import pytest
@@ -54,6 +55,32 @@ def test_keep_mask_is_reproducible_and_drops_at_rate_p():
     assert not torch.equal(a, attention_keep_mask(3, 3, 200, 500, 0.1))
     assert abs((~a).float().mean().item() - 0.1) < 0.005
     assert abs(effective_drop_probability(0.1) - 0.1) < 2**-16
+
+
+def test_keep_mask_drops_at_rate_p_in_every_bit_lane_and_independently():
+    """Each 64-bit draw feeds four neighbouring weights: every lane must drop at rate p, neighbours independently.
+
+    (A sign-extending shift in the integer mixer, say, leaves the top lane's sign bit at 0: never dropped.)
+    """
+    dropped = (~attention_keep_mask(11, 0, 500, 1000, 0.2)).float().view(-1)
+    for lane, rate in enumerate(dropped.view(-1, 4).mean(0).tolist()):
+        assert abs(rate - 0.2) < 0.005, f"lane {lane} drops at {rate:.3f}"
+    neighbours = torch.corrcoef(torch.stack([dropped[:-1], dropped[1:]]))[0, 1].item()
+    assert abs(neighbours) < 0.01
+    blocks = torch.corrcoef(torch.stack([dropped, (~attention_keep_mask(11, 1, 500, 1000, 0.2)).float().view(-1)]))
+    assert abs(blocks[0, 1].item()) < 0.01
+
+
+def test_keep_mask_words_are_splitmix64_outputs():
+    """The tensor arithmetic (wrapping int64 products, masked shifts) equals SplitMix64 written on Python ints."""
+    module = importlib.import_module("spamo.model.attention")  # the package re-exports the function of that name
+    u64 = (1 << 64) - 1
+    masks = module._KeepMasks(2024, 0.1, 4000)
+    masks.fill(5, torch.empty(4000))
+    key = module._mix64((module._mix64(2024) + 5 * module._GAMMA) & u64)
+    for j in (0, 1, 2, 517, 999):
+        want = module._mix64((key + (j + 1) * module._GAMMA) & u64)
+        assert int(masks.words[j]) & u64 == want, f"word {j}"
 
 
 def test_attention_without_dropout_is_exact_softmax_attention():

@@ -5,11 +5,13 @@
 * dropout on CPU: the CPU kernel would fall back to a path that builds N x N, so `BlockedDropoutAttention`
   processes blocks of queries and recomputes each block's softmax-dropout-product in the backward pass. The dropout
   mask of a block is regenerated from a per-block seed (`attention_keep_mask`), so forward and backward see the same
-  mask and no mask is ever stored whole. Memory: a few block x N buffers.
+  mask and no mask is ever stored whole. Memory: a few block x N buffers, reused from block to block.
 
-Keep masks draw 16 random bits per weight (four per 64-bit draw, the cheapest exact-enough source on CPU): a weight
-is dropped with probability round(p * 65536) / 65536, within 2^-17 of p, and kept weights are scaled by the inverse
-of the realised keep probability so the expectation is exact.
+Keep masks use 16 random bits per weight: a weight is dropped with probability round(p * 65536) / 65536, within
+2^-17 of p, and kept weights are scaled by the inverse of the realised keep probability so the expectation is exact.
+The bits are SplitMix64 outputs (Steele, Lea and Flood 2014) of a counter keyed per (call, block), computed with
+whole-tensor integer operations: every draw depends only on (seed, block, position), so the mask is the same on any
+thread count, and it costs about half of torch's single-threaded Mersenne Twister, which dominated the blocked kernel.
 """
 
 from __future__ import annotations
@@ -20,8 +22,26 @@ import torch
 import torch.nn.functional as F
 
 _BITS = 16
-CACHE_BLOCK_ELEMENTS = 2**21  # block x N buffers of about 8 MB (float32) stay cache-resident on CPU
 _LEVELS = 1 << _BITS
+_LOG2_E = 1.0 / math.log(2.0)
+CACHE_BLOCK_ELEMENTS = 2**21  # block x N buffers of about 8 MB (float32) stay cache-resident on CPU
+
+_U64 = (1 << 64) - 1
+_GAMMA = 0x9E3779B97F4A7C15  # SplitMix64's increment and its two output multipliers
+_MIX1, _MIX2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+
+
+def _signed(x: int) -> int:
+    """A 64-bit pattern as the int64 value torch stores (two's complement)."""
+    x &= _U64
+    return x - (1 << 64) if x >> 63 else x
+
+
+def _mix64(z: int) -> int:
+    """SplitMix64's output function on a Python int (used to derive per-block keys)."""
+    z = ((z ^ (z >> 30)) * _MIX1) & _U64
+    z = ((z ^ (z >> 27)) * _MIX2) & _U64
+    return z ^ (z >> 31)
 
 
 def effective_drop_probability(p: float) -> float:
@@ -29,39 +49,61 @@ def effective_drop_probability(p: float) -> float:
     return round(p * _LEVELS) / _LEVELS
 
 
-def _block_generator_seed(seed: int, block: int) -> int:
-    return (seed * 1_000_003 + block * 7_919 + 17) % (2**63 - 1)
+class _KeepMasks:
+    """Keep masks of one attention call: uniform 16-bit draws compared with a threshold, block by block.
 
-
-def _keep_weights(seed: int, block: int, rows: int, cols: int, p: float, dtype, device) -> torch.Tensor:
-    """Float 0/1 keep mask of query block `block`: a weight is kept when its 16 uniform random bits reach p.
-
-    A float mask (made by one comparison into a float buffer) multiplies faster than boolean masking on CPU.
+    Block b's 64-bit words are mix64(key_b + (j + 1) * gamma), j = 0, 1, ... with key_b = mix64(mix64(seed) + b);
+    each word gives four 16-bit draws. The integer work runs on int64 tensors, whose right shift is arithmetic, so
+    every shift is followed by a mask to make it logical.
     """
-    generator = torch.Generator(device=device)
-    generator.manual_seed(_block_generator_seed(seed, block))
-    n = rows * cols
-    draws = torch.empty((n + 3) // 4, dtype=torch.int64, device=device)
-    draws.random_(-(2**63), 2**63 - 1, generator=generator)
-    bits = draws.view(torch.int16)[:n].view(rows, cols)
-    threshold = -(_LEVELS // 2) + round(p * _LEVELS)  # int16 value below which a weight is dropped
-    return torch.ge(bits, threshold, out=torch.empty(rows, cols, dtype=dtype, device=device))
+
+    def __init__(self, seed: int, p: float, max_elements: int):
+        self.key = _mix64(seed & _U64)
+        self.threshold = -(_LEVELS // 2) + round(p * _LEVELS)  # int16 value below which a weight is dropped
+        words = (max_elements + 3) // 4
+        self.counter = torch.arange(1, words + 1, dtype=torch.int64).mul_(_signed(_GAMMA))
+        self.words = torch.empty(words, dtype=torch.int64)
+        self.scratch = torch.empty(words, dtype=torch.int64)
+
+    def _xorshift(self, z: torch.Tensor, scratch: torch.Tensor, shift: int) -> None:
+        torch.bitwise_right_shift(z, shift, out=scratch)
+        scratch.bitwise_and_((1 << (64 - shift)) - 1)
+        z.bitwise_xor_(scratch)
+
+    def fill(self, block: int, out: torch.Tensor) -> torch.Tensor:
+        """Write block `block`'s 0/1 keep weights into the float buffer `out` (any shape) and return it.
+
+        A float mask (one comparison into a float buffer) multiplies faster than boolean masking on CPU.
+        """
+        n = out.numel()
+        count = (n + 3) // 4
+        z, scratch = self.words[:count], self.scratch[:count]
+        block_key = _mix64((self.key + block * _GAMMA) & _U64)
+        torch.add(self.counter[:count], _signed(block_key), out=z)
+        self._xorshift(z, scratch, 30)
+        z.mul_(_signed(_MIX1))
+        self._xorshift(z, scratch, 27)
+        z.mul_(_signed(_MIX2))
+        self._xorshift(z, scratch, 31)
+        bits = z.view(torch.int16)[:n].view(out.shape)
+        return torch.ge(bits, self.threshold, out=out)
 
 
-def attention_keep_mask(seed: int, block: int, rows: int, cols: int, p: float, device=None) -> torch.Tensor:
+def attention_keep_mask(seed: int, block: int, rows: int, cols: int, p: float) -> torch.Tensor:
     """The boolean keep mask (rows x cols) of query block `block` for a call seeded with `seed`.
 
     Deterministic in (seed, block, rows, cols, p): the backward pass and the dense test reference rebuild it.
     """
-    device = torch.device("cpu") if device is None else torch.device(device)
-    return _keep_weights(seed, block, rows, cols, p, torch.float32, device).bool()
+    return _KeepMasks(seed, p, rows * cols).fill(block, torch.empty(rows, cols)).bool()
 
 
 class BlockedDropoutAttention(torch.autograd.Function):
     """softmax(q k^T / sqrt(d)) with dropout, times v, block by block over the queries (exact, memory O(block N)).
 
-    Every pass over a block x N buffer costs memory bandwidth, so constant factors (1/sqrt(d), the keep scale) are
-    folded into the small N x d or block x d operands.
+    Every pass over a block x N buffer costs time, so constant factors (1/sqrt(d), the keep scale, log2(e)) are
+    folded into the small N x d or block x d operands, block x N buffers are allocated once per call, scores are
+    kept in base 2 (exp2 runs at less than half the cost of exp on CPU: softmax is the same function), and the
+    backward pass uses dS = (P o M) o dP' - P o D (dP' = keep-scaled dO V^T, D the row term) to save a pass.
     """
 
     @staticmethod
@@ -69,17 +111,21 @@ class BlockedDropoutAttention(torch.autograd.Function):
         scale = 1.0 / math.sqrt(q.shape[-1])
         keep_scale = 1.0 / (1.0 - effective_drop_probability(p))
         n_queries, n_keys = q.shape[0], k.shape[0]
-        q_scaled, k_t = q * scale, k.t()
+        q_scaled, k_t = q * (scale * _LOG2_E), k.t()  # scores in base 2: s * log2(e)
         out = torch.empty(n_queries, v.shape[1], dtype=q.dtype, device=q.device)
         logsumexp = torch.empty(n_queries, 1, dtype=q.dtype, device=q.device)
+        rows = min(block_size, n_queries)
+        weights_buffer, keep_buffer = (torch.empty(rows, n_keys, dtype=q.dtype) for _ in range(2))
+        masks = _KeepMasks(seed, p, rows * n_keys)
         for block, start in enumerate(range(0, n_queries, block_size)):
             stop = min(start + block_size, n_queries)
-            weights = torch.mm(q_scaled[start:stop], k_t)
+            weights, keep = weights_buffer[: stop - start], keep_buffer[: stop - start]
+            torch.mm(q_scaled[start:stop], k_t, out=weights)
             row_max = weights.amax(dim=1, keepdim=True)
-            weights.sub_(row_max).exp_()
+            weights.sub_(row_max).exp2_()
             row_sum = weights.sum(dim=1, keepdim=True)
-            logsumexp[start:stop] = row_max + row_sum.log()
-            weights.mul_(_keep_weights(seed, block, stop - start, n_keys, p, q.dtype, q.device))
+            logsumexp[start:stop] = row_max + row_sum.log2()  # base 2
+            weights.mul_(masks.fill(block, keep))
             torch.mm(weights, v, out=out[start:stop])
             out[start:stop].mul_(keep_scale / row_sum)
         ctx.save_for_backward(q, k, v, out, logsumexp)
@@ -92,22 +138,25 @@ class BlockedDropoutAttention(torch.autograd.Function):
         p, seed, block_size, scale, keep_scale = ctx.settings
         grad_out = grad_out.contiguous()
         n_queries, n_keys = q.shape[0], k.shape[0]
-        q_scaled, k_t, v_t = q * scale, k.t(), v.t()
+        q_scaled, k_t, v_t = q * (scale * _LOG2_E), k.t(), v.t()
         grad_scaled = grad_out * keep_scale  # the keep scale moved onto the small operand
         grad_q = torch.empty_like(q)
         grad_k = torch.zeros_like(k)
         grad_v = torch.zeros_like(v)
         # D_i = sum_j P_ij dP_ij = <grad_out_i, out_i>  (the softmax-backward row term)
         row_dot = (grad_out * out).sum(dim=1, keepdim=True)
+        rows = min(block_size, n_queries)
+        buffers = [torch.empty(rows, n_keys, dtype=q.dtype) for _ in range(3)]
+        masks = _KeepMasks(seed, p, rows * n_keys)
         for block, start in enumerate(range(0, n_queries, block_size)):
             stop = min(start + block_size, n_queries)
-            probs = torch.addmm(logsumexp[start:stop], q_scaled[start:stop], k_t, beta=-1.0).exp_()
-            keep = _keep_weights(seed, block, stop - start, n_keys, p, q.dtype, q.device)
-            kept_probs = probs * keep
+            probs, kept_probs, grad_scores = (b[: stop - start] for b in buffers)
+            torch.addmm(logsumexp[start:stop], q_scaled[start:stop], k_t, beta=-1.0, out=probs).exp2_()
+            masks.fill(block, kept_probs).mul_(probs)
             grad_v.addmm_(kept_probs.t(), grad_scaled[start:stop])
-            del kept_probs
-            grad_weights = torch.mm(grad_scaled[start:stop], v_t).mul_(keep)
-            grad_scores = grad_weights.sub_(row_dot[start:stop]).mul_(probs)  # without the 1/sqrt(d) factor
+            torch.mm(grad_scaled[start:stop], v_t, out=grad_scores)
+            # dS = P o (M o dP' - D) = (P o M) o dP' - P o D, without the 1/sqrt(d) factor
+            grad_scores.mul_(kept_probs).addcmul_(probs, row_dot[start:stop], value=-1.0)
             torch.mm(grad_scores, k, out=grad_q[start:stop])
             grad_k.addmm_(grad_scores.t(), q[start:stop], alpha=scale)
         grad_q.mul_(scale)

@@ -44,7 +44,13 @@ class DGIHead(nn.Module):
         nn.init.zeros_(self.discriminator.bias)
 
     def logits(self, rows: torch.Tensor, summary: torch.Tensor) -> torch.Tensor:
-        return self.discriminator(rows, summary.expand_as(rows)).squeeze(1)
+        """rows_i^T W s + b: the bilinear discriminator's output, computed as a matrix-vector product.
+
+        `nn.Bilinear` on (N, d) rows against an expanded summary goes through a generic trilinear kernel that cost
+        about 0.1 s per epoch at 10,000 spots; rows @ (W s) is the same value in O(N d).
+        """
+        weight_times_summary = self.discriminator.weight[0] @ summary.reshape(-1)
+        return rows @ weight_times_summary + self.discriminator.bias
 
 
 def dgi_loss(fused: torch.Tensor, head: DGIHead, permutation: torch.Tensor | None = None) -> torch.Tensor:
