@@ -142,3 +142,19 @@ def _toml_value(value) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value if v is not None) + "]"
     return _toml_string(str(value))
+
+
+def write_h5ad(adata, path: str | Path) -> None:
+    """`adata.write_h5ad(path)`, also under pandas 3, whose string columns and index are nullable string arrays.
+
+    anndata writes those only when `allow_write_nullable_strings` is on (off by default for readers older than
+    anndata 0.11); spamo's own readers are new enough, so it is switched on for the write.
+    """
+    import anndata
+
+    settings = anndata.settings
+    if hasattr(settings, "allow_write_nullable_strings"):
+        with settings.override(allow_write_nullable_strings=True):
+            adata.write_h5ad(path)
+    else:
+        adata.write_h5ad(path)

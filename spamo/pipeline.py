@@ -18,7 +18,7 @@ import numpy as np
 from spamo.config import SpamoConfig
 from spamo.data import MultiOmicsData, PreparedData
 from spamo.errors import SpamoInputError
-from spamo.io import atomic_dir, file_sha256
+from spamo.io import atomic_dir, file_sha256, write_h5ad
 
 VERSIONED_PACKAGES = ("spamo", "torch", "numpy", "scipy", "scikit-learn", "scanpy", "anndata", "ray", "optuna")
 
@@ -245,4 +245,4 @@ def _write_embedding(result: RunResult, data: MultiOmicsData, path: Path) -> Non
         "n_clusters": int(result.config.n_clusters),
         "seed": int(result.config.seed),
     }
-    adata.write_h5ad(path)
+    write_h5ad(adata, path)

@@ -21,6 +21,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from spamo.errors import SpamoInputError
+from spamo.io import write_h5ad
 
 CHUNK_SPOTS = 16384
 MIN_SPOTS, MAX_SPOTS = 300, 1_000_000
@@ -374,7 +375,7 @@ def write_simulation(out_dir: str | Path, n_spots: int = 1296, seed: int = 0, la
             size = (n_features or {}).get(name)
             adata = simulate_modality(MODALITY_MODELS[name], tissue, seed, n_domains, size, progress)
             adata.uns["spamo_simulation"].update({"layout": layout, "grid": grid})
-            adata.write_h5ad(tmp / spec.modality_files[name])
+            write_h5ad(adata, tmp / spec.modality_files[name])
             del adata
         (tmp / spec.truth_file).write_text("\n".join(str(int(v)) for v in tissue.labels) + "\n")
     return out_dir
