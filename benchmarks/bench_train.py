@@ -136,13 +136,25 @@ def worker(impl: str, path: str, warmup: int, epochs: int, device: str = "cpu") 
     return row
 
 
-def run_one(impl: str, n: int, path: Path, device: str = "cpu") -> dict:
+def run_one(impl: str, n: int, path: Path, device: str = "cpu", repeats: int = 1) -> dict:
+    """One row: `repeats` fresh processes; the median run's figures, plus the range of s / epoch over the runs.
+
+    Repeats are there because the project machine is a VM whose speed drifts with its neighbours (the same run has
+    measured 1.9 and 2.4 s / epoch at 10,000 spots within half an hour).
+    """
     warmup, epochs = timed_epochs(n, device)
     cmd = [sys.executable, __file__, "--worker", impl, str(path), str(warmup), str(epochs), device]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        return {"impl": impl, "n": n, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    runs = []
+    for _ in range(repeats):
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            return {"impl": impl, "n": n, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
+        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    runs.sort(key=lambda r: r["epoch_seconds"])
+    row = dict(runs[len(runs) // 2])
+    row["repeats"] = repeats
+    row["range"] = (runs[0]["epoch_seconds"], runs[-1]["epoch_seconds"])
+    return row
 
 
 def markdown(rows: list[dict], device: str = "cpu") -> str:
@@ -173,16 +185,19 @@ def markdown(rows: list[dict], device: str = "cpu") -> str:
         f"Machine: {platform.machine()} 2-core CPU (shared), 24 GiB, torch {torch.__version__}, "
         f"{os.environ.get('SPAMO_BENCH_THREADS', '2')} torch threads. "
         "HLN-like simulation: 2 modalities x 30 features, KNN_k 20, spatial k 3, latent 64, dropout 0.1, "
-        "training mode (blocked dropout attention). Peak = RSS high-water mark of a fresh process per row.",
+        "training mode (blocked dropout attention). Peak = RSS high-water mark of a fresh process per run; "
+        "with several runs per row, the median run is shown.",
         "",
-        "| spots | implementation | s / epoch | peak RSS (GiB) | timed epochs |",
-        "|---:|---|---:|---:|---:|",
+        "| spots | implementation | s / epoch | peak RSS (GiB) | timed epochs | runs (s / epoch range) |",
+        "|---:|---|---:|---:|---:|---|",
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['n']:,} | {r['impl']} | failed: {r['error']} | | |")
+            lines.append(f"| {r['n']:,} | {r['impl']} | failed: {r['error']} | | | |")
         else:
-            lines.append(f"| {r['n']:,} | {r['impl']} | {r['epoch_seconds']:.3g} | {r['peak_gib']:.2f} | {r['epochs']} |")
+            spread = f"{r['repeats']} ({r['range'][0]:.3g}-{r['range'][1]:.3g})" if r["repeats"] > 1 else "1"
+            lines.append(f"| {r['n']:,} | {r['impl']} | {r['epoch_seconds']:.3g} | {r['peak_gib']:.2f} | {r['epochs']} "
+                         f"| {spread} |")
     return "\n".join(lines) + "\n"
 
 
@@ -193,6 +208,7 @@ def main() -> None:
     parser.add_argument("--dense-max", type=int, help="largest N run with the dense formulation "
                         "(default 10,000; at 30,000 it needs more than 80 GiB of GPU memory)")
     parser.add_argument("--out", type=Path, help="markdown table (default results/train.md or train_gpu.md)")
+    parser.add_argument("--repeats", type=int, default=1, help="fresh runs per row; the median is reported")
     parser.add_argument("--worker", nargs=5, metavar=("IMPL", "NPZ", "WARMUP", "EPOCHS", "DEVICE"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -212,7 +228,7 @@ def main() -> None:
             make_inputs(n, path, device=args.device)
             print(f"inputs for {n:,} spots: {time.perf_counter() - tick:.1f} s", flush=True)
             for impl in ["sparse"] + (["dense"] if n <= dense_max else []):
-                row = run_one(impl, n, path, args.device)
+                row = run_one(impl, n, path, args.device, args.repeats)
                 print(json.dumps(row), flush=True)
                 rows.append(row)
                 out.parent.mkdir(parents=True, exist_ok=True)

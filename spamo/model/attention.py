@@ -24,7 +24,7 @@ import torch.nn.functional as F
 _BITS = 16
 _LEVELS = 1 << _BITS
 _LOG2_E = 1.0 / math.log(2.0)
-CACHE_BLOCK_ELEMENTS = 2**21  # block x N buffers of about 8 MB (float32) stay cache-resident on CPU
+CACHE_BLOCK_ELEMENTS = 2**22  # block x N buffers of 16 MB (float32): measured best on 2 cores (per-op overhead vs cache)
 
 _U64 = (1 << 64) - 1
 _GAMMA = 0x9E3779B97F4A7C15  # SplitMix64's increment and its two output multipliers
