@@ -37,6 +37,9 @@ EXACT_MAX_SPOTS = 20_000
 METRICS = ("euclidean", "correlation")
 WEIGHTS = ("connectivity", "distance")
 METHODS = ("auto", "exact", "approximate")
+KNN_TIES = ("sklearn", "index")
+"""Spatial kNN tie order: "sklearn" = scikit-learn NearestNeighbors(k + 1) minus self (the reference), "index" =
+the smaller spot index first (old spamo)."""
 
 _TIE_SLACK = 8  # extra candidates fetched so that ties at the k-th distance are broken by index, not by chance
 _BLOCK_ELEMENTS = 1 << 24  # entries of one distance block (64 MiB in float32)

@@ -14,6 +14,9 @@ from torch import nn
 
 from spamo.model.sparse import graph_matmul, row_sums
 
+DGI_INITS = ("torch", "xavier")
+"""How the DGI discriminator starts: "torch" = nn.Bilinear's own default (the reference), "xavier" = old spamo."""
+
 
 def reconstruction_loss(features: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
     """Mean squared error over all entries."""
