@@ -1,4 +1,4 @@
-"""Cluster an embedding into spatial domains: one function, a registry of backends (model.md section 6).
+"""Cluster an embedding into spatial domains: one function, a registry of backends (docs/method.md section 6).
 
 `cluster(embedding, n_clusters, method)` projects the embedding to its first `n_pcs` principal components
 (`spamo.metrics.pca_embedding`, deterministic) and hands the projection to the backend registered under `method`:

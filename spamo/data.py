@@ -27,7 +27,7 @@ class MultiOmicsData:
     truth_path: Path | None = None
     # The input matrix every modality was read from: None = `.X` (as the reference reads), else a layer's name.
     layer: str | None = None
-    # Spot id of each row when the layout orders spots by id (the Simulation layout, data.md section 1): the truth
+    # Spot id of each row when the layout orders spots by id (the Simulation layout, docs/data.md section 1): the truth
     # file's line i and labels.txt's line i belong to the spot whose id is i. None = row order.
     spot_ids: np.ndarray | None = None
 

@@ -1,12 +1,13 @@
-"""Loading datasets: the benchmark layouts (data.md section 1), a user's own folder of .h5ad files, or a MuData file.
+"""Loading datasets: the benchmark layouts (docs/data.md section 1), a user's own folder of .h5ad files, or a MuData
+file.
 
 `load(source, ...)` is the one entry point every command uses: it decides between a dataset key, a folder (in a
 known layout or the user's own) and a `.h5mu` file. Every loader returns a `MultiOmicsData` whose modalities hold
-the same spots in the same order, and refuses bad input (data.md section 4) with a `SpamoInputError` naming the
+the same spots in the same order, and refuses bad input (docs/data.md section 4) with a `SpamoInputError` naming the
 file and the problem, before anything is written. The checks run in O(nnz) on sparse matrices (dense matrices in
 row blocks), so they never densify a big matrix.
 
-Two conventions follow the reference release (model.md section 8), because its published numbers depend on them:
+Two conventions follow the reference release (docs/method.md section 8), because its published numbers depend on them:
 
 - The input matrix is `.X` for every modality and data type; `layer="NAME"` (`--layer NAME`) reads
   `layers['NAME']` instead. In the authors' Simulation files `.X` and `layers['counts']` are different matrices.

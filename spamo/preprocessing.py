@@ -1,4 +1,4 @@
-"""Per-data-type preprocessing into model-ready features (model.md section 1). Recipes register on the data types.
+"""Per-data-type preprocessing into model-ready features (docs/method.md section 1). Recipes register on the data types.
 
 A recipe maps each modality (by its conventional name, or its position) to a `ModalityRecipe`: feature and spot
 filters on raw counts, then a chain of small steps (`normalize_total`, `keep_hvg`, `log1p`, `scale`, `clr`, `pca`,
@@ -37,7 +37,7 @@ SCALE_MAX_VALUE = None  # scanpy's `sc.pp.scale` default: z-score without clippi
 
 def raw_counts(adata, layer: str | None = None) -> np.ndarray | sp.csr_matrix:
     """The input matrix of a modality, CSR if sparse, float64: `.X` as the reference reads it for every modality
-    and data type (model.md section 8), or `layers[layer]` when the user names a layer."""
+    and data type (docs/method.md section 8), or `layers[layer]` when the user names a layer."""
     from spamo.datasets import input_matrix
 
     matrix = input_matrix(adata, layer)
@@ -412,7 +412,7 @@ def preprocess(data: MultiOmicsData, seed: int = 2025) -> PreparedData:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# the published recipes (model.md section 1)
+# the published recipes (docs/method.md section 1)
 
 
 def _rna(min_spots: int, min_genes: int, scaled: bool, components: ComponentCount) -> ModalityRecipe:
