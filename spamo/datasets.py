@@ -401,7 +401,7 @@ def check_modality(adata, modality: str, source: Path | str, layer: str | None =
         if layer is None and "counts" in adata.layers and not np.issubdtype(matrix.dtype, np.integer):
             fractional = _first_bad_row(matrix, lambda v: v != np.round(v))
             if fractional is not None:
-                log.warning("%s: .X holds non-integer values (spot '%s') and is read as the input, as the "
+                log.info("%s: .X holds non-integer values (spot '%s') and is read as the input, as the "
                             "reference does; pass --layer counts to read layers['counts'] instead", source,
                             adata.obs_names[fractional])
 
