@@ -1,8 +1,8 @@
 """Scores of a clustering, with the reference's names, and the text format the reference prints them in.
 
 Against a ground truth (`score_against_truth`): Jaccard and F-measure by pair counting, mutual information, NMI, AMI,
-V-measure, homogeneity, completeness, ARI, FMI, and "Avg." = mean(NMI, AMI, ARI, F_measure, Jaccard) (model.md
-section 6). Pair counts come from the contingency table (a sum over its cells), never from the N x N pairs.
+V-measure, homogeneity, completeness, ARI, FMI, and "Avg." = mean(NMI, AMI, ARI, F_measure, Jaccard)
+(docs/method.md section 6). Pair counts come from the contingency table (a sum over its cells), never from the N x N pairs.
 
 Without a ground truth (`label_free_scores`), on the PCA-20 embedding (the embedding the clustering saw):
 
