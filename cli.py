@@ -245,7 +245,6 @@ def run_command(
 
 
 # ---------------------------------------------------------------------------------------------------------- score
-# (spamo score is added below by the clustering/metrics layer)
 @app.command("score")
 @refusals_as_one_line
 def score_command(
@@ -264,7 +263,6 @@ def score_command(
 
 
 # ---------------------------------------------------------------------------------------------------------- tune
-# (spamo tune is added below by the search layer)
 @app.command("tune")
 @refusals_as_one_line
 def tune_command(
@@ -320,7 +318,6 @@ def tune_command(
 
 
 # ---------------------------------------------------------------------------------------------------------- evaluate
-# (spamo evaluate is added below by the evaluation layer)
 @app.command("evaluate")
 @refusals_as_one_line
 def evaluate_command(
@@ -361,7 +358,6 @@ def evaluate_command(
 
 
 # ---------------------------------------------------------------------------------------------------------- analyze
-# (spamo analyze is added below by the downstream-analysis layer)
 @app.command("analyze")
 @refusals_as_one_line
 def analyze_command(

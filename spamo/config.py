@@ -30,19 +30,19 @@ class SpamoConfig:
     # data
     data_type: str | None = None
     n_clusters: int | None = None
-    # graphs (model.md section 2)
+    # graphs (docs/method.md section 2)
     knn_k: int = 20
     spatial_k: int | None = None
     feature_graph_weight: str = "connectivity"
-    knn_ties: str = "sklearn"  # spatial kNN tie order (model.md section 8): "sklearn" as the reference, or "index"
-    # network (model.md section 3)
+    knn_ties: str = "sklearn"  # spatial kNN tie order (docs/method.md section 8): "sklearn" as the reference, or "index"
+    # network (docs/method.md section 3)
     latent_dim: int = 64
     dropout: float = 0.1
     use_cross_attn: bool = True
     attention_block_size: int = 2048
     detach_feature_graph: bool = False  # True: encoders see G(P) detached (old spamo); the reference does not detach
     dgi_init: str = "torch"  # DGI discriminator start: "torch" (nn.Bilinear default, the reference) or "xavier"
-    # loss (model.md section 5)
+    # loss (docs/method.md section 5)
     modality_weights: tuple[float, ...] | None = None
     dgi_weight: float = 0.1
     spatial_weight: float = 0.01
@@ -56,7 +56,7 @@ class SpamoConfig:
     weight_decay: float | None = None
     epochs: int | None = None
     scheduler: str = "none"
-    # clustering (model.md section 6)
+    # clustering (docs/method.md section 6)
     cluster_method: str = "auto"
     init_k: int | None = None
     smooth: bool = False

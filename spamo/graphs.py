@@ -1,4 +1,4 @@
-"""Sparse spatial and feature graphs (model.md section 2), built in O(N k) memory.
+"""Sparse spatial and feature graphs (docs/method.md section 2), built in O(N k) memory.
 
 Every graph is a k-nearest-neighbour graph made symmetric (A + A^T, entries capped at 1) and normalised with self
 loops, D^-1/2 (A + I) D^-1/2, handed to the model as a coalesced float32 `torch.sparse_coo_tensor`.
@@ -8,8 +8,8 @@ Neighbour search (`knn_search`):
 - higher dimension (features), N <= `EXACT_MAX_SPOTS`: exact, blocked brute force (matrix products in torch);
 - above it: approximate, an inverted-file search (seeded k-means cells, each cell searched against its nearest
   cells) followed by neighbour-of-neighbour refinement rounds; recall is well above 95% on PCA-like features.
-  A pure numpy/torch search was chosen over pynndescent because pynndescent's numba JIT compile costs 20-90 s in
-  every fresh process (longer than the search itself below a few hundred thousand spots).
+  A pure numpy/torch search was chosen over pynndescent because pynndescent's numba JIT compile runs in every
+  fresh process and costs longer than the search itself below a few hundred thousand spots.
 `method="exact" | "approximate"` forces either path.
 
 Correlation distance is turned into euclidean geometry first: rows are centred and L2-normalised, after which
@@ -302,7 +302,7 @@ def normalized_knn_graph(
     method: str = "auto",
     seed: int = 0,
 ) -> torch.Tensor:
-    """kNN graph -> symmetric, capped -> self loops, normalised -> torch sparse: the recipe of model.md section 2."""
+    """kNN graph -> symmetric, capped -> self loops, normalised -> torch sparse: docs/method.md section 2."""
     directed = knn_graph(points, k, metric=metric, weight=weight, method=method, seed=seed)
     return to_torch_sparse(normalize_with_self_loops(symmetrize_capped(directed)))
 

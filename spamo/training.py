@@ -1,4 +1,4 @@
-"""The training plan of SPAMO (model.md section 5), separate from the network.
+"""The training plan of SPAMO (docs/method.md section 5), separate from the network.
 
 `train(prepared, graphs, config)` seeds everything, builds `SpamoModule` and one `LearnableFeatureGraph` per
 modality, runs full-batch epochs (one forward, one optimiser step each), then one forward in evaluation mode and

@@ -1,6 +1,6 @@
 """Small generated inputs for the model tests and benchmark: planted spatial domains and their graphs.
 
-The graphs follow model.md section 2 (kNN, symmetric, capped at 1, D^-1/2 (A + I) D^-1/2) and are built here with
+The graphs follow docs/method.md section 2 (kNN, symmetric, capped at 1, D^-1/2 (A + I) D^-1/2) and are built here with
 scikit-learn and SciPy so the model tests do not depend on the preprocessing code.
 """
 
@@ -19,7 +19,7 @@ def normalised_knn_graph(points: np.ndarray, k: int, metric: str = "euclidean") 
 
 
 def normalised_graph(neighbours: np.ndarray) -> torch.Tensor:
-    """The normalised graph of an (N, k) table of each spot's k nearest other spots (model.md section 2)."""
+    """The normalised graph of an (N, k) table of each spot's k nearest other spots (docs/method.md section 2)."""
     n, k = neighbours.shape
     rows = np.repeat(np.arange(n), k)
     adj = sp.coo_matrix((np.ones(n * k), (rows, neighbours.ravel())), shape=(n, n)).tocsr()

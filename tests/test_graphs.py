@@ -1,4 +1,4 @@
-"""Graphs of model.md section 2: symmetric, capped, self-looped, normalised, sparse, and the right neighbours."""
+"""Graphs of docs/method.md section 2: symmetric, capped, self-looped, normalised, sparse, and the right neighbours."""
 
 import numpy as np
 import pytest

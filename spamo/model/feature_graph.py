@@ -1,4 +1,4 @@
-"""The learnable feature graph with an EMA target (model.md section 4), on the support of F_m.
+"""The learnable feature graph with an EMA target (docs/method.md section 4), on the support of F_m.
 
 The reference keeps a dense N x N parameter P_m. Every entry of P outside the support of F_m (its edges plus the
 diagonal) starts at 0 and stays 0 under SGD, Adam and AdamW (relu has zero gradient at 0, weight decay of 0 is 0),
@@ -84,7 +84,7 @@ class LearnableFeatureGraph(nn.Module):
         """G(P) on the support: D^-1/2 (relu((P + P^T)/2) + I) D^-1/2 (differentiable in P).
 
         Gathers use `index_select`, whose backward is an `index_add_`; `tensor[index]` would backpropagate through
-        the much slower accumulating `index_put_` (about 25 ms per epoch at 10,000 spots).
+        the much slower accumulating `index_put_` (benchmarks/results/train.md).
         """
         sym = torch.relu(0.5 * (self.values + self.values.index_select(0, self.reverse))) + self.is_diagonal
         degree = torch.zeros(self.n, dtype=sym.dtype, device=sym.device).index_add_(0, self.rows, sym)

@@ -1,4 +1,4 @@
-"""The loss terms of SPAMO, one function per term (model.md sections 3-5).
+"""The loss terms of SPAMO, one function per term (docs/method.md sections 3-5).
 
 * `reconstruction_loss`  - MSE between a modality's features and its reconstruction;
 * `feature_graph_loss`   - mean over modalities of ||G(P_m) - T_m||_F (not squared), see feature_graph.py;
@@ -63,8 +63,8 @@ class DGIHead(nn.Module):
     def logits(self, rows: torch.Tensor, summary: torch.Tensor) -> torch.Tensor:
         """rows_i^T W s + b: the bilinear discriminator's output, computed as a matrix-vector product.
 
-        `nn.Bilinear` on (N, d) rows against an expanded summary goes through a generic trilinear kernel that cost
-        about 0.1 s per epoch at 10,000 spots; rows @ (W s) is the same value in O(N d).
+        `nn.Bilinear` on (N, d) rows against an expanded summary goes through a generic trilinear kernel, a large
+        share of an epoch; rows @ (W s) is the same value in O(N d).
         """
         weight_times_summary = self.discriminator.weight[0] @ summary.reshape(-1)
         return rows @ weight_times_summary + self.discriminator.bias
