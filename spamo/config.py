@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from spamo.clustering import available_methods
+from spamo.datasets import check_n_clusters
 from spamo.datatypes import data_type_names, get_data_type
 from spamo.errors import SpamoInputError
 from spamo.graphs import KNN_TIES, WEIGHTS as FEATURE_GRAPH_WEIGHTS
@@ -217,11 +218,10 @@ class SpamoConfig:
             weights[i] = w
         if len(weights) != n_modalities:
             raise SpamoInputError("modality_weights", f"need {n_modalities} non-negative weights, got {weights}")
-        if n_spots is not None:
-            if self.knn_k >= n_spots:
-                raise SpamoInputError("knn_k", f"KNN_k={self.knn_k} must be smaller than the number of spots ({n_spots})")
-            if self.n_clusters is not None and not (2 <= self.n_clusters <= n_spots):
-                raise SpamoInputError("n_clusters", f"n_clusters={self.n_clusters} must be between 2 and {n_spots}")
+        if n_spots is not None and self.knn_k >= n_spots:
+            raise SpamoInputError("knn_k", f"KNN_k={self.knn_k} must be smaller than the number of spots ({n_spots})")
+        if self.n_clusters is not None:
+            check_n_clusters(self.n_clusters, n_spots)  # the one rule for K (the loaders use it too)
         epochs = self.epochs if self.epochs else dtype.epochs
         return self.replace(
             data_type=dtype.name,
