@@ -194,6 +194,17 @@ def run_command(
                                                        help="connectivity (default) or distance (reference quirk)."),
     ema_update: Optional[str] = typer.Option(None, "--ema-update", help="after_step (default) or before_step."),
     ema_beta: Optional[float] = typer.Option(None, "--ema-beta", "--alpha", help="EMA factor of the graph target."),
+    detach_feature_graph: Optional[bool] = typer.Option(
+        None, "--detach-feature-graph/--no-detach-feature-graph",
+        help="Encoders see the learnable feature graph detached (old spamo); default: not detached, as the reference."),
+    smooth_degree_clamp: Optional[bool] = typer.Option(
+        None, "--smooth-degree-clamp/--no-smooth-degree-clamp",
+        help="Spatial-smoothness neighbour mean divides by max(row sum, 1) (default, as the reference)."),
+    dgi_init: Optional[str] = typer.Option(None, "--dgi-init",
+                                           help="DGI discriminator initialisation: torch (default, as the reference) "
+                                                "or xavier."),
+    knn_ties: Optional[str] = typer.Option(None, "--knn-ties",
+                                           help="Spatial kNN tie order: sklearn (default, as the reference) or index."),
     cluster_method: Optional[str] = typer.Option(None, "--cluster-method",
                                                  help="auto, mclust, gmm, kmeans, leiden, louvain, split-merge."),
     init_k: Optional[int] = typer.Option(None, "--init-k", "--init_k", help="Initial K for split-merge."),
@@ -217,6 +228,8 @@ def run_command(
         spatial_weight=spatial_weight, latent_dim=latent_dim, dropout=dropout, optimizer=optimizer,
         scheduler=scheduler, lr=lr, weight_decay=weight_decay, use_cross_attn=cross_attn,
         feature_graph_weight=feature_graph_weight, ema_update=ema_update, ema_beta=ema_beta,
+        detach_feature_graph=detach_feature_graph, smooth_degree_clamp=smooth_degree_clamp, dgi_init=dgi_init,
+        knn_ties=knn_ties,
         cluster_method=cluster_method, init_k=init_k, smooth=smooth, seed=seed, device=device)
     data = pipeline.load_data(dataset=dataset, data_dir=data_dir, data_type=data_type, data_root=data_root,
                               modality_files=parse_mapping(modality_files, "--modality-files"),
@@ -232,7 +245,6 @@ def run_command(
 
 
 # ---------------------------------------------------------------------------------------------------------- score
-# (spamo score is added below by the clustering/metrics layer)
 @app.command("score")
 @refusals_as_one_line
 def score_command(
@@ -251,7 +263,6 @@ def score_command(
 
 
 # ---------------------------------------------------------------------------------------------------------- tune
-# (spamo tune is added below by the search layer)
 @app.command("tune")
 @refusals_as_one_line
 def tune_command(
@@ -307,7 +318,6 @@ def tune_command(
 
 
 # ---------------------------------------------------------------------------------------------------------- evaluate
-# (spamo evaluate is added below by the evaluation layer)
 @app.command("evaluate")
 @refusals_as_one_line
 def evaluate_command(
@@ -348,7 +358,6 @@ def evaluate_command(
 
 
 # ---------------------------------------------------------------------------------------------------------- analyze
-# (spamo analyze is added below by the downstream-analysis layer)
 @app.command("analyze")
 @refusals_as_one_line
 def analyze_command(

@@ -1,7 +1,8 @@
-"""Loading datasets: the benchmark layouts (data.md section 1), a user's own folder of .h5ad files, or a MuData file.
+"""Loading datasets: the benchmark layouts (docs/data.md section 1), a user's own folder of .h5ad files, or a MuData
+file.
 
 Every loader returns a `MultiOmicsData` whose modalities hold the same spots in the same order, and refuses bad
-input (data.md section 4) with a `SpamoInputError` naming the file and the problem, before anything is written.
+input (docs/data.md section 4) with a `SpamoInputError` naming the file and the problem, before anything is written.
 The checks run in O(nnz) on sparse matrices (dense matrices in row blocks), so they never densify a big matrix.
 """
 

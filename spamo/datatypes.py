@@ -15,9 +15,9 @@ from spamo.errors import SpamoInputError
 class DataType:
     name: str
     modalities: tuple[str, ...]  # conventional modality names, in order (RNA first)
-    spatial_k: int  # k of the spatial kNN graph (model.md section 2)
-    weight_decay: float  # model.md section 5
-    epochs: int  # model.md section 5
+    spatial_k: int  # k of the spatial kNN graph (docs/method.md section 2)
+    weight_decay: float  # docs/method.md section 5
+    epochs: int  # docs/method.md section 5
     # preprocessing recipe: filled by spamo.preprocessing when it registers its recipes
     preprocess: Callable | None = None
 

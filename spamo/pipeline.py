@@ -6,7 +6,6 @@ graphs cached per KNN_k) and call only `fit_and_cluster` per trial.
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from dataclasses import dataclass, field
@@ -18,7 +17,9 @@ import numpy as np
 from spamo.config import SpamoConfig
 from spamo.data import MultiOmicsData, PreparedData
 from spamo.errors import SpamoInputError
-from spamo.io import atomic_dir, file_sha256, write_h5ad
+from spamo import run_folder
+from spamo.io import atomic_dir, file_sha256
+from spamo.metrics import clustering_scores
 
 VERSIONED_PACKAGES = ("spamo", "torch", "numpy", "scipy", "scikit-learn", "scanpy", "anndata", "ray", "optuna")
 
@@ -91,26 +92,14 @@ def prepare(data: MultiOmicsData, config: SpamoConfig, modalities: list[str] | N
 
 def cluster_and_score(prepared: PreparedData, fused: np.ndarray, config: SpamoConfig,
                       method: str | None = None) -> tuple[np.ndarray, dict]:
-    """Cluster the fused embedding into n_clusters domains and score them (truth scores only with truth)."""
+    """Cluster the fused embedding into n_clusters domains and score them (machine names, `metrics.SCORES`)."""
     from spamo.clustering import cluster
-    from spamo.metrics import label_free_scores, score_against_truth
 
     labels = cluster(fused, config.n_clusters, method=method or config.cluster_method, n_pcs=config.n_pcs,
                      coords=prepared.coords, smooth=config.smooth, init_k=config.init_k)
     labels = np.asarray(labels)
-    scores: dict = {}
-    if prepared.truth is not None:
-        scores.update(score_against_truth(prepared.truth, labels))
-    scores.update(label_free_scores(fused, labels, coords=prepared.coords, truth=prepared.truth, seed=config.seed))
-    return labels, {score_key(name): float(value) for name, value in scores.items()}
-
-
-def score_key(name: str) -> str:
-    """The machine name of a score ('Mutual Information' -> 'mutual_information', 'Avg.' -> 'avg', 'ARI' -> 'ari').
-
-    Results tables, Ray Tune metrics and metrics.json use these; metrics.txt keeps the reference's names.
-    """
-    return "_".join(name.replace(".", " ").replace("-", " ").lower().split())
+    scores = clustering_scores(labels, fused, coords=prepared.coords, truth=prepared.truth, seed=config.seed)
+    return labels, scores
 
 
 def fit_and_cluster(prepared: PreparedData, config: SpamoConfig, graphs=None, callback=None, callback_every: int = 10,
@@ -176,37 +165,35 @@ def truth_sha256(labels: np.ndarray) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def reference_named(scores: dict) -> dict:
-    """Ground-truth scores under the reference's names, in the reference's order (for metrics.txt)."""
-    from spamo.metrics import TEXT_ORDER
-
-    return {name: scores[score_key(name)] for name in TEXT_ORDER if score_key(name) in scores}
+def run_embedding(result: RunResult, data: MultiOmicsData) -> run_folder.RunEmbedding:
+    """The run's embedding.h5ad content (`spamo.run_folder` owns the keys)."""
+    prep = result.prepared
+    return run_folder.RunEmbedding(
+        spot_names=np.asarray(prep.spot_names).astype(str), coords=prep.coords, fused=result.fused,
+        per_modality=dict(zip(prep.modality_names, result.per_modality)), labels=result.labels, truth=prep.truth,
+        data_type=prep.data_type, dataset=prep.name,
+        sources={name: str(Path(p).resolve()) for name, p in data.sources.items()
+                 if p is not None and name in prep.modality_names},
+        n_clusters=int(result.config.n_clusters), seed=int(result.config.seed))
 
 
 def write_outputs(result: RunResult, data: MultiOmicsData, out_dir: str | Path, draw: bool = True) -> Path:
-    """Write labels.txt, metrics.json/.txt, embedding.h5ad, domains.png and run.toml into out_dir, atomically."""
-    from spamo.io import dump_toml
-    from spamo.metrics import format_metrics_text
-
+    """Write the run folder (`spamo.run_folder`: labels, metrics, embedding, picture, run.toml), atomically."""
     out_dir = Path(out_dir)
     prep = result.prepared
     with atomic_dir(out_dir) as tmp:
         # labels of the kept spots, in the original spot order (kept_index is increasing)
         order = np.argsort(prep.kept_index, kind="stable")
-        (tmp / "labels.txt").write_text("".join(f"{int(v)}\n" for v in result.labels[order]))
-        has_truth = prep.truth is not None
+        run_folder.write_labels(result.labels[order], tmp / run_folder.LABELS_FILE)
         metrics = {k: float(v) for k, v in result.scores.items()}
         meta = provenance(data)
-        (tmp / "metrics.json").write_text(json.dumps(
-            {"scores": metrics, "ground_truth": meta["ground_truth"], "n_clusters": result.config.n_clusters,
-             "scored_against_truth": has_truth}, indent=2))
-        if has_truth:
-            (tmp / "metrics.txt").write_text(format_metrics_text(reference_named(result.scores)))
-        _write_embedding(result, data, tmp / "embedding.h5ad")
+        run_folder.write_metrics(tmp, metrics, ground_truth=meta["ground_truth"], n_clusters=result.config.n_clusters,
+                                 scored_against_truth=prep.truth is not None)
+        run_folder.write_embedding(run_embedding(result, data), tmp / run_folder.EMBEDDING_FILE)
         if draw:
             from spamo.plots import plot_domains
 
-            plot_domains(prep.coords, result.fused, result.labels, tmp / "domains.png",
+            plot_domains(prep.coords, result.fused, result.labels, tmp / run_folder.PLOT_FILE,
                          title=f"{prep.name}: {result.config.n_clusters} domains", seed=result.config.seed)
         record = {
             "config": {k: v for k, v in result.config.to_dict().items() if v is not None},
@@ -218,31 +205,5 @@ def write_outputs(result: RunResult, data: MultiOmicsData, out_dir: str | Path, 
             "versions": package_versions(),
             **meta,
         }
-        (tmp / "run.toml").write_text(dump_toml(record))
+        run_folder.write_record(tmp, record)
     return out_dir
-
-
-def _write_embedding(result: RunResult, data: MultiOmicsData, path: Path) -> None:
-    import anndata as ad
-    import pandas as pd
-
-    prep = result.prepared
-    obs = pd.DataFrame(index=pd.Index(np.asarray(prep.spot_names).astype(str), name="spot"))
-    obs["domain"] = pd.Categorical([str(int(v)) for v in result.labels])
-    if prep.truth is not None:
-        obs["truth"] = pd.Categorical([str(int(v)) for v in prep.truth])
-    adata = ad.AnnData(obs=obs)
-    adata.obsm["spatial"] = np.asarray(prep.coords, dtype=np.float64)
-    adata.obsm["X_spamo"] = np.asarray(result.fused, dtype=np.float32)
-    for name, emb in zip(prep.modality_names, result.per_modality):
-        adata.obsm[f"X_spamo_{name}"] = np.asarray(emb, dtype=np.float32)
-    adata.uns["spamo"] = {
-        "data_type": prep.data_type,
-        "dataset": prep.name,
-        "modalities": list(prep.modality_names),
-        "sources": {name: str(Path(p).resolve()) for name, p in data.sources.items()
-                    if p is not None and name in prep.modality_names},
-        "n_clusters": int(result.config.n_clusters),
-        "seed": int(result.config.seed),
-    }
-    write_h5ad(adata, path)

@@ -1,4 +1,4 @@
-"""Per-data-type preprocessing into model-ready features (model.md section 1). Recipes register on the data types.
+"""Per-data-type preprocessing into model-ready features (docs/method.md section 1). Recipes register on the data types.
 
 A recipe maps each modality (by its conventional name, or its position) to a `ModalityRecipe`: feature and spot
 filters on raw counts, then a chain of small steps (`normalize_total`, `keep_hvg`, `log1p`, `scale`, `clr`, `pca`,
@@ -402,7 +402,7 @@ def preprocess(data: MultiOmicsData, seed: int = 2025) -> PreparedData:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# the published recipes (model.md section 1)
+# the published recipes (docs/method.md section 1)
 
 
 def _rna(min_spots: int, min_genes: int, scaled: bool, components: ComponentCount) -> ModalityRecipe:
