@@ -184,10 +184,12 @@ def machine_line() -> str:
 def summarise(path: Path, out_md: Path) -> str:
     import pandas as pd
 
-    frame = pd.read_csv(path)
+    files = sorted(path.parent.glob(path.stem + "*.csv"))
+    frame = pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
     table = selection_table(frame)
+    shown = ", ".join(f"`{f.relative_to(ROOT) if f.is_relative_to(ROOT) else f}`" for f in files)
     lines = ["# Label-free selection: does the criterion track ARI?", "",
-             f"Trials: `{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}` "
+             f"Trials: {shown} "
              f"({len(frame)} rows, {frame['dataset'].nunique()} datasets, "
              f"{int((frame['status'] == 'finished').sum())} finished). Written by `benchmarks/bench_selection.py "
              "--summary`.", "", f"Machine: {machine_line()}", ""]
