@@ -431,11 +431,27 @@ def check_simulation_args(n_spots: int, n_domains: int, layout: str, grid: str) 
         raise SpamoInputError("--grid", f"'{grid}' is not one of {', '.join(GRIDS)}")
 
 
+def check_difficulty(difficulty: Difficulty, layout: str, n_domains: int) -> None:
+    """Refuse a confusable pair that no modality of the layout can see (one line, before anything is drawn)."""
+    if difficulty.confusable is None:
+        return
+    weak = difficulty.confusable_modality
+    if weak not in LAYOUT_MODALITIES[layout]:
+        raise SpamoInputError("confusable_modality", f"'{weak}' is not a modality of layout {layout} "
+                                                     f"({', '.join(LAYOUT_MODALITIES[layout])})")
+    a, b = (int(v) for v in difficulty.confusable)
+    groups = domain_groups(MODALITY_MODELS[weak], n_domains, difficulty)
+    if groups[a] == groups[b]:
+        raise SpamoInputError("confusable", f"{weak} itself merges domains {a} and {b}: the pair would be "
+                                            "invisible to every modality")
+
+
 def simulate(n_spots: int = 1296, seed: int = 0, n_domains: int = 5, layout: str = "sim", grid: str = "square",
              n_features: dict | None = None, progress: Callable[[int], None] | None = None,
              difficulty: Difficulty = DEFAULT_DIFFICULTY) -> Simulation:
     """Simulate the modalities of `layout` in memory (`progress` is called with the spots done per step)."""
     check_simulation_args(n_spots, n_domains, layout, grid)
+    check_difficulty(difficulty, layout, n_domains)
     tissue = make_tissue(n_spots, seed, n_domains, grid, difficulty)
     modalities = {}
     for name in LAYOUT_MODALITIES[layout]:
@@ -460,6 +476,7 @@ def write_simulation(out_dir: str | Path, n_spots: int = 1296, seed: int = 0, la
     from spamo.io import atomic_dir
 
     check_simulation_args(n_spots, n_domains, layout, grid)
+    check_difficulty(difficulty, layout, n_domains)
     spec = get_dataset_spec(layout)
     out_dir = Path(out_dir)
     tissue = make_tissue(n_spots, seed, n_domains, grid, difficulty)
@@ -521,6 +538,7 @@ def _preset_from_table(name: str, table: dict, where: Path) -> Preset:
                     description=table.get("description", ""), difficulty=Difficulty(**hard))
     try:
         check_simulation_args(preset.n_spots, preset.n_domains, preset.layout, preset.grid)
+        check_difficulty(preset.difficulty, preset.layout, preset.n_domains)
     except SpamoInputError as exc:
         raise SpamoInputError(where, f"[{name}] {exc}") from None
     return preset
