@@ -345,7 +345,8 @@ def apply_difficulty(model: ModalityModel, params: dict, group_of_domain: np.nda
 def simulate_modality(model: ModalityModel, tissue: Tissue, seed: int, n_domains: int,
                       n_features: int | None = None, progress: Callable[[int], None] | None = None,
                       difficulty: Difficulty = DEFAULT_DIFFICULTY):
-    """One modality as an AnnData: integer counts in `layers['counts']`, transformed values in `.X` (both CSR)."""
+    """One modality as an AnnData: counts in `.X` (float32) and `layers['counts']` (int32), the transformed values
+    (log-normalised RNA, log1p ADT/ATAC) in `layers['lognorm']`; all CSR."""
     import anndata as ad
     import pandas as pd
 
@@ -383,7 +384,10 @@ def simulate_modality(model: ModalityModel, tissue: Tissue, seed: int, n_domains
     x = sp.csr_matrix((model.transform(counts), indices, indptr), shape=shape)
 
     var_names = [f"{model.feature_prefix}{j:04d}" for j in range(n_features)]
-    adata = ad.AnnData(X=x, layers={"counts": counts},
+    # .X holds the counts (as float32, like the authors' files; the loaders read .X), layers['counts'] the same
+    # integers, layers['lognorm'] the log-normalised values
+    as_float = sp.csr_matrix((counts_data.astype(np.float32), indices, indptr), shape=shape)
+    adata = ad.AnnData(X=as_float, layers={"counts": counts, "lognorm": x},
                        obs=pd.DataFrame(index=pd.Index(tissue.spot_names, name=None)),
                        var=pd.DataFrame(index=pd.Index(var_names)))
     adata.obsm["spatial"] = tissue.coords.copy()

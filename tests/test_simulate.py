@@ -63,6 +63,8 @@ def test_simulation_follows_the_method_layout():
     for adata in sim.modalities.values():
         assert sp.issparse(adata.layers["counts"]) and adata.layers["counts"].dtype == np.int32
         assert sp.issparse(adata.X) and adata.X.dtype == np.float32
+        assert (adata.X != adata.layers["counts"]).nnz == 0  # .X is the counts, as the loaders read it
+        assert adata.layers["lognorm"].dtype == np.float32 and adata.layers["lognorm"].nnz == adata.X.nnz
         assert adata.layers["counts"].min() >= 0
     atac = sim.modalities["ATAC"].layers["counts"]
     assert atac.nnz / np.prod(atac.shape) < 0.2 and atac.max() <= 4  # sparse, binary-like
