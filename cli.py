@@ -50,7 +50,10 @@ def _rich_progress(transient: bool = False):
 @data_app.command("simulate")
 @refusals_as_one_line
 def data_simulate_command(
-    out: Path = typer.Option(..., "--out", help="Dataset folder to write (e.g. Data/Simulation)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Dataset folder to write (e.g. Data/Simulation; with "
+                                                           "--preset default Data/NAME)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="A graded benchmark dataset of "
+                                                                "configs/benchmarks/selection.toml (h6)."),
     n_spots: int = typer.Option(1296, "--n-spots", help="Number of spots (300 to 1,000,000)."),
     seed: int = typer.Option(0, "--seed", help="Random seed: same seed, same files."),
     layout: str = typer.Option("sim", "--layout", help="Folder layout: sim (RNA+ADT+ATAC), hln (RNA+ADT), mb "
@@ -61,6 +64,16 @@ def data_simulate_command(
     """Write a simulated dataset (spatial domains, RNA/ADT/ATAC counts, ground truth) in a dataset layout."""
     from spamo import simulate
 
+    if preset is not None:  # a named benchmark dataset: its table fixes size, seed, layout and difficulty
+        chosen = simulate.get_preset(preset)
+        out = out or Path("Data") / preset
+        with _rich_progress() as bar:
+            task = bar.add_task(f"simulating {preset}", total=simulate.total_steps(chosen.n_spots, chosen.layout))
+            chosen.write(out, progress=lambda k: bar.advance(task, k))
+        typer.echo(f"wrote {out}")
+        return
+    if out is None:
+        raise SpamoInputError("--out", "say where to write the dataset folder (or give --preset NAME)")
     simulate.check_simulation_args(n_spots, n_domains, layout, grid)
     with _rich_progress() as bar:
         task = bar.add_task(f"simulating {n_spots} spots", total=simulate.total_steps(n_spots, layout))
