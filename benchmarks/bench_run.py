@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -38,16 +39,21 @@ def make_input(root: Path) -> None:
 
 def one_run(tree: Path, data_root: Path, out: Path, epochs: int, plot: bool, threads: int | None) -> dict:
     cmd = [sys.executable, str(tree / "cli.py"), "run", "--dataset", "hln", "--data-root", str(data_root),
-           "--out", str(out), "--epochs", str(epochs), "--n-clusters", str(DOMAINS), "--quiet"] + ([] if plot else ["--no-plot"])
+           "--out", str(out), "--epochs", str(epochs), "--n-clusters", str(DOMAINS), "--quiet"]
+    cmd += [] if plot else ["--no-plot"]
     env = dict(os.environ, PYTHONPATH=str(tree))
     if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tree)
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
-    row = {"wall": wall}
+    # CPU seconds (user + system) of the run: on a shared machine, what the run itself cost
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    row = {"wall": wall, "cpu": cpu}
     run_toml = out / "run.toml"
     if run_toml.exists():
         meta = tomllib.loads(run_toml.read_text())
@@ -65,20 +71,21 @@ def markdown(results: dict, rounds: int, trees: list[Path], loads: list) -> str:
         f"{rounds} round(s), median (range). Load average (1 min) at the rounds: "
         + ", ".join(f"{x:.1f}" for x in loads) + ".",
         "",
-        "| tree | epochs | picture | wall s, median (range) | stage timings of the median run (run.toml) |",
-        "|---|---:|---|---|---|",
+        "| tree | epochs | picture | wall s, median (range) | CPU s (user + system) | stage timings of the median "
+        "run (run.toml, wall s) |",
+        "|---|---:|---|---|---:|---|",
     ]
     for (tree, epochs, plot), rows in results.items():
         ok = [r for r in rows if "wall" in r]
         if not ok:
-            lines.append(f"| {tree} | {epochs} | {'yes' if plot else 'no'} | failed: {rows[0].get('error')} | |")
+            lines.append(f"| {tree} | {epochs} | {'yes' if plot else 'no'} | failed: {rows[0].get('error')} | | |")
             continue
         ok.sort(key=lambda r: r["wall"])
         mid = ok[len(ok) // 2]
         walls = [r["wall"] for r in ok]
         stages = ", ".join(f"{k} {v:.1f}" for k, v in mid.get("timings", {}).items())
         lines.append(f"| {tree} | {epochs} | {'yes' if plot else 'no'} | {statistics.median(walls):.1f} "
-                     f"({min(walls):.1f}-{max(walls):.1f}) | {stages} |")
+                     f"({min(walls):.1f}-{max(walls):.1f}) | {mid['cpu']:.1f} | {stages} |")
     return "\n".join(lines) + "\n"
 
 
