@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import sys
 import typing
 from pathlib import Path
@@ -224,19 +225,19 @@ def run_command(
     """
     from rich.console import Console
 
-    from spamo import pipeline
+    from spamo import api
     from spamo.config import build_config, parse_weights
     from spamo.run_folder import check_output
 
     settings["modality_weights"] = parse_weights(settings.get("modality_weights"))
     config = build_config(config_file, **settings)
     check_output(out, folder=True, where="--out")
-    data = pipeline.load_data(dataset=dataset, data_dir=data_dir, data_type=config.data_type, data_root=data_root,
-                              modality_files=parse_mapping(modality_files, "--modality-files"),
-                              truth_file=truth_file, n_clusters=config.n_clusters, layer=layer)
+    data = api.load(dataset=dataset, data_dir=data_dir, data_type=config.data_type, data_root=data_root,
+                    modality_files=parse_mapping(modality_files, "--modality-files"), truth_file=truth_file,
+                    n_clusters=config.n_clusters, layer=layer)
     chosen = [m.strip() for m in modalities.split(",")] if modalities else None
-    result = pipeline.run(data, config, modalities=chosen, progress=not quiet)
-    pipeline.write_outputs(result, data, out, draw=not no_plot)
+    result = api.fit(data, config=config, modalities=chosen, progress=not quiet)
+    result.write(out, draw=not no_plot)
     console = Console()
     shown = {k: round(v, 4) for k, v in result.scores.items() if k in ("ari", "nmi", "ami", "avg", "asw")}
     console.print(f"[bold]{result.prepared.name}[/]: {result.prepared.n_spots} spots, "
@@ -398,7 +399,14 @@ def analyze_command(
 
 
 
+# Rich wraps and truncates at the terminal width, or at 80 columns when stdout is not a terminal (a pipe, a log
+# file): tables lose columns to ellipses and paths split over lines. Off a terminal, print as wide as it takes.
+UNTERMINATED_WIDTH = 1000
+
+
 def main() -> None:
+    if not sys.stdout.isatty() and "COLUMNS" not in os.environ:
+        os.environ["COLUMNS"] = str(UNTERMINATED_WIDTH)
     app()
 
 
