@@ -204,6 +204,10 @@ def run_command(
     seed: Optional[int] = typer.Option(None, "--seed", "--random_seed", help="Random seed (default 2025)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda."),
     config_file: Optional[Path] = typer.Option(None, "--config", help="A TOML file of settings (flags win)."),
+    reproduce: Optional[str] = typer.Option(None, "--reproduce",
+                                            help="published: the settings the reference's run.sh really trained "
+                                                 "this dataset with (configs/search/<key>.toml [published]; flags "
+                                                 "given as well still win)."),
     out: Path = typer.Option(Path("results/run"), "--out", help="Output folder."),
     no_plot: bool = typer.Option(False, "--no-plot", help="Skip domains.png."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
@@ -214,8 +218,13 @@ def run_command(
     from spamo import pipeline
     from spamo.config import build_config, parse_weights
 
+    base = None
+    if reproduce is not None:
+        from spamo.reproduce import profile_key, published_config
+
+        base = published_config(profile_key(dataset, data_dir, data_type), reproduce)
     config = build_config(
-        config_file, n_clusters=n_clusters, epochs=epochs, knn_k=knn_k, modality_weights=parse_weights(modality_weights),
+        config_file, base=base, n_clusters=n_clusters, epochs=epochs, knn_k=knn_k, modality_weights=parse_weights(modality_weights),
         modality_weight_0=rna_weight, modality_weight_1=adt_weight, dgi_weight=dgi_weight,
         spatial_weight=spatial_weight, latent_dim=latent_dim, dropout=dropout, optimizer=optimizer,
         scheduler=scheduler, lr=lr, weight_decay=weight_decay, use_cross_attn=cross_attn,
@@ -384,6 +393,32 @@ def analyze_command(
     Console().print(f"{result.markers['domain'].nunique()} domains, {len(result.markers)} marker rows, "
                     f"{len(result.enrichment)} enrichment rows, {len(result.paga)} PAGA edges -> {result.out_dir}")
 
+
+
+# ---------------------------------------------------------------------------------------------------------- reproduce
+@app.command("reproduce")
+@refusals_as_one_line
+def reproduce_command(
+    which: str = typer.Argument("all", help="hln, mb, sim or all."),
+    data_root: Path = typer.Option(Path("Data"), "--data-root", help="Folder holding HLN/, Mouse_Brain/, "
+                                                                     "Simulation/."),
+    out: Path = typer.Option(Path("results/reproduce"), "--out", help="One run folder per dataset goes here."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Depart from the profile's epochs (quick checks)."),
+    cluster_method: Optional[str] = typer.Option(None, "--cluster-method",
+                                                 help="Depart from the published mclust (e.g. gmm without R)."),
+    no_plot: bool = typer.Option(False, "--no-plot", help="Skip domains.png."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+):
+    """Replay the reference's run.sh (its published profiles) and print our scores beside the published ones."""
+    from rich.console import Console
+
+    from spamo import reproduce as rep
+
+    console = Console(stderr=True)
+    done = rep.reproduce(rep.selected_keys(which), data_root=data_root, out=out, epochs=epochs,
+                         cluster_method=cluster_method, draw=not no_plot, progress=not quiet,
+                         log=None if quiet else console.print)
+    typer.echo(rep.comparison_text(done), nl=False)
 
 
 def main() -> None:

@@ -195,9 +195,13 @@ REFERENCE_FLAGS: dict[str, str] = {
 }
 
 
-def build_config(config_file: str | Path | None = None, **overrides: Any) -> SpamoConfig:
-    """Defaults, then a TOML file, then the options given on the command line (`None` = not given)."""
-    config = SpamoConfig.from_toml(config_file) if config_file else SpamoConfig()
+def build_config(config_file: str | Path | None = None, base: SpamoConfig | None = None,
+                 **overrides: Any) -> SpamoConfig:
+    """Defaults (or `base`, e.g. a published profile), then a TOML file, then the options given on the command line
+    (`None` = not given)."""
+    if config_file and base is not None:
+        raise SpamoInputError("--config", "give either --config or --reproduce, not both")
+    config = SpamoConfig.from_toml(config_file) if config_file else (base or SpamoConfig())
     given = {k: v for k, v in overrides.items() if v is not None}
     weights = {k: given.pop(k) for k in list(given) if k.startswith("modality_weight_")}
     if weights:
