@@ -134,7 +134,8 @@ def test_the_published_trial_of_each_search_space_is_the_profile(key):
 
 
 def test_profiles_replay_what_run_sh_really_ran():
-    sim, hln, mb = (reproduce.published_config(k) for k in ("sim", "hln", "mb"))
+    sim, hln, mb = (reproduce.published_config(k).replace(data_type=datasets.get_dataset_spec(k).data_type)
+                    .resolve(3 if k == "sim" else 2, 2000) for k in ("sim", "hln", "mb"))
     # the 3-modality trainer ignores --RNA_weight/--ADT_weight: 1/3/3, and updates the EMA target before the step
     assert (sim.modality_weights, sim.knn_k, sim.ema_beta, sim.seed) == ((1.0, 3.0, 3.0), 20, 0.9, 2025)
     assert (sim.optimizer, sim.lr, sim.weight_decay, sim.scheduler, sim.epochs) == ("adam", 1e-3, 2e-2, "none", 200)
@@ -150,9 +151,10 @@ def test_profiles_replay_what_run_sh_really_ran():
             False, True, "torch", "sklearn")
         assert (config.cluster_method, config.n_pcs) == ("mclust", 20)
     # --reproduce published is the base; flags given as well still win
-    assert build_config(None, base=sim, epochs=3).replace(epochs=200) == sim
+    profile = reproduce.published_config("sim")
+    assert build_config(None, base=profile, epochs=3).replace(epochs=200) == profile
     with pytest.raises(SpamoInputError, match="not both"):
-        build_config("x.toml", base=sim)
+        build_config("x.toml", base=profile)
 
 
 def test_profile_key_and_unknown_profile():
