@@ -415,7 +415,10 @@ def analyze_command(
     from rich.console import Console
 
     from spamo.analysis import analyze
+    from spamo.io import check_output_folder
 
+    check_output_folder(out if out is not None else run_dir / "analysis",
+                        expect=("markers.parquet", "enrichment.parquet", "paga.parquet"))
     console = Console(stderr=True)
     status = nullcontext() if quiet else console.status("analysis: starting")
     with status as shown:
