@@ -109,7 +109,7 @@ def _a_file(tmp: Path) -> Path:
 
 REFUSED = {
     # name: (command before --out, how to make the --out path, extra options, text of the one line)
-    "run --out is a file": ("run", _a_file, [], "is not a folder"),
+    "run --out is a file": ("run", _a_file, [], "not a folder"),
     "run --out under a file": ("run", lambda t: _a_file(t) / "run", [], "which is a file"),
     "run --out a folder spamo did not write": ("run", _mine, [], "does not look like"),
     "run --keep-existing": ("run", _previous_run, ["--keep-existing"], "--keep-existing"),
