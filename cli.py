@@ -96,6 +96,8 @@ def data_info_command(
     modalities: Optional[str] = typer.Option(None, "--modalities", help="NAME=FILE,... for a folder of your own."),
     truth: Optional[Path] = typer.Option(None, "--truth", help="Ground-truth file (one label per line)."),
     n_clusters: Optional[int] = typer.Option(None, "--n-clusters", help="Number of clusters to check."),
+    layer: Optional[str] = typer.Option(None, "--layer", help="Read layers[NAME] instead of .X (the reference "
+                                                              "reads .X)."),
 ):
     """Check a dataset and print its spots, modalities, features, coordinate ranges and label counts."""
     from rich.console import Console
@@ -106,23 +108,10 @@ def data_info_command(
     if (folder is None) == (dataset is None):
         raise SpamoInputError("--dataset", "give either a FOLDER or --dataset KEY")
     if dataset is not None:
-        data = datasets.load_dataset(dataset, data_root=data_root, n_clusters=n_clusters)
-    elif folder.suffix == ".h5mu":
-        if data_type is None:
-            raise SpamoInputError("--data-type", "a .h5mu file needs its --data-type")
-        data = datasets.load_h5mu(folder, data_type, modalities=modalities, n_clusters=n_clusters)
-    else:
-        if not folder.is_dir():
-            raise SpamoInputError(folder, "folder not found")
-        spec = datasets.detect_layout(folder) if data_type is None and modalities is None else None
-        if spec is not None and truth is None:
-            data = datasets.load_layout(folder, spec, n_clusters=n_clusters)
-        elif data_type is None and spec is None:
-            raise SpamoInputError(folder, "no known dataset layout here; give --data-type (and --modalities)")
-        else:
-            data = datasets.load_folder(folder, data_type or spec.data_type,
-                                        modality_files=modalities or (spec.modality_files if spec else None),
-                                        truth_file=truth, n_clusters=n_clusters)
+        datasets.get_dataset_spec(dataset)
+    data = datasets.load(dataset if dataset is not None else Path(folder), data_type=data_type,
+                         modality_files=modalities, truth=truth, layer=layer, n_clusters=n_clusters,
+                         data_root=data_root)
     summary = datasets.dataset_summary(data)
     table = Table(title=f"{summary['name']} ({summary['data_type']}): {summary['n_spots']} spots")
     for column in ("modality", "features", "counts layer", "file"):
@@ -134,6 +123,7 @@ def data_info_command(
     lo, hi = summary["coords_min"], summary["coords_max"]
     console.print(f"coordinates: x {lo[0]:g} .. {hi[0]:g}, y {lo[1]:g} .. {hi[1]:g}")
     console.print(f"n_clusters: {summary['n_clusters']}")
+    console.print(f"input matrix: {summary['matrix']}; truth and labels order: {summary['label_order']}")
     labels = summary["labels"]
     console.print("labels: " + (", ".join(f"{k}: {v}" for k, v in labels.items()) if labels else "none"))
 
@@ -166,6 +156,8 @@ def run_command(
     modality_files: Optional[str] = typer.Option(None, "--modality-files",
                                                  help="Which file is which modality: RNA=a.h5ad,ADT=b.h5ad"),
     truth_file: Optional[Path] = typer.Option(None, "--truth-file", help="Ground-truth labels, one per line."),
+    layer: Optional[str] = typer.Option(None, "--layer", help="Read layers[NAME] of every modality instead of .X "
+                                                              "(the reference reads .X)."),
     modalities: Optional[str] = typer.Option(None, "--modalities",
                                              help="Use only these modalities (comma-separated), e.g. RNA for an "
                                                   "ablation."),
@@ -194,6 +186,17 @@ def run_command(
                                                        help="connectivity (default) or distance (reference quirk)."),
     ema_update: Optional[str] = typer.Option(None, "--ema-update", help="after_step (default) or before_step."),
     ema_beta: Optional[float] = typer.Option(None, "--ema-beta", "--alpha", help="EMA factor of the graph target."),
+    detach_feature_graph: Optional[bool] = typer.Option(
+        None, "--detach-feature-graph/--no-detach-feature-graph",
+        help="Encoders see the learnable feature graph detached (old spamo); default: not detached, as the reference."),
+    smooth_degree_clamp: Optional[bool] = typer.Option(
+        None, "--smooth-degree-clamp/--no-smooth-degree-clamp",
+        help="Spatial-smoothness neighbour mean divides by max(row sum, 1) (default, as the reference)."),
+    dgi_init: Optional[str] = typer.Option(None, "--dgi-init",
+                                           help="DGI discriminator initialisation: torch (default, as the reference) "
+                                                "or xavier."),
+    knn_ties: Optional[str] = typer.Option(None, "--knn-ties",
+                                           help="Spatial kNN tie order: sklearn (default, as the reference) or index."),
     cluster_method: Optional[str] = typer.Option(None, "--cluster-method",
                                                  help="auto, mclust, gmm, kmeans, leiden, louvain, split-merge."),
     init_k: Optional[int] = typer.Option(None, "--init-k", "--init_k", help="Initial K for split-merge."),
@@ -217,10 +220,12 @@ def run_command(
         spatial_weight=spatial_weight, latent_dim=latent_dim, dropout=dropout, optimizer=optimizer,
         scheduler=scheduler, lr=lr, weight_decay=weight_decay, use_cross_attn=cross_attn,
         feature_graph_weight=feature_graph_weight, ema_update=ema_update, ema_beta=ema_beta,
+        detach_feature_graph=detach_feature_graph, smooth_degree_clamp=smooth_degree_clamp, dgi_init=dgi_init,
+        knn_ties=knn_ties,
         cluster_method=cluster_method, init_k=init_k, smooth=smooth, seed=seed, device=device)
     data = pipeline.load_data(dataset=dataset, data_dir=data_dir, data_type=data_type, data_root=data_root,
                               modality_files=parse_mapping(modality_files, "--modality-files"),
-                              truth_file=truth_file, n_clusters=config.n_clusters)
+                              truth_file=truth_file, n_clusters=config.n_clusters, layer=layer)
     chosen = [m.strip() for m in modalities.split(",")] if modalities else None
     result = pipeline.run(data, config, modalities=chosen, progress=not quiet)
     pipeline.write_outputs(result, data, out, draw=not no_plot)
@@ -232,7 +237,6 @@ def run_command(
 
 
 # ---------------------------------------------------------------------------------------------------------- score
-# (spamo score is added below by the clustering/metrics layer)
 @app.command("score")
 @refusals_as_one_line
 def score_command(
@@ -251,7 +255,6 @@ def score_command(
 
 
 # ---------------------------------------------------------------------------------------------------------- tune
-# (spamo tune is added below by the search layer)
 @app.command("tune")
 @refusals_as_one_line
 def tune_command(
@@ -260,6 +263,7 @@ def tune_command(
     data_type: Optional[str] = typer.Option(None, "--data-type", help="Data type of --data-dir."),
     data_root: Path = typer.Option(Path("Data"), "--data-root", help="Where the dataset folders live."),
     n_clusters: Optional[int] = typer.Option(None, "--n-clusters", help="Number of domains."),
+    layer: Optional[str] = typer.Option(None, "--layer", help="Read layers[NAME] of every modality instead of .X."),
     num_samples: int = typer.Option(20, "--num-samples", help="Number of trials."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Fix every trial's epoch budget (short runs)."),
     space: Optional[Path] = typer.Option(None, "--space", help="Search-space TOML (default: the dataset's)."),
@@ -305,7 +309,7 @@ def tune_command(
                 n_clusters=n_clusters, epochs=epochs, space=str(space) if space else None, metric=metric,
                 scheduler=scheduler, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
                 max_concurrent=max_concurrent, storage=storage, address=address, report_every=report_every,
-                seed=seed, max_retries=max_retries, checkpoint_every=checkpoint_every,
+                seed=seed, layer=layer, max_retries=max_retries, checkpoint_every=checkpoint_every,
                 reuse_workers=reuse_workers), log=log)
     except KeyboardInterrupt:
         typer.echo("interrupted before the search started; nothing to resume", err=True)
@@ -315,7 +319,6 @@ def tune_command(
 
 
 # ---------------------------------------------------------------------------------------------------------- evaluate
-# (spamo evaluate is added below by the evaluation layer)
 @app.command("evaluate")
 @refusals_as_one_line
 def evaluate_command(
@@ -356,7 +359,6 @@ def evaluate_command(
 
 
 # ---------------------------------------------------------------------------------------------------------- analyze
-# (spamo analyze is added below by the downstream-analysis layer)
 @app.command("analyze")
 @refusals_as_one_line
 def analyze_command(

@@ -1,4 +1,4 @@
-"""Time and peak memory of spatial and feature graph construction (model.md section 2).
+"""Time and peak memory of spatial and feature graph construction (docs/method.md section 2).
 
 Each case runs in a fresh Python process so its peak resident memory (ru_maxrss) is its own; the import-only
 baseline of such a process is reported beside it.

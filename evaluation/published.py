@@ -1,4 +1,4 @@
-"""The reference's published numbers (configs/published.toml, model.md section 7) beside ours.
+"""The reference's published numbers (configs/published.toml, docs/method.md section 7) beside ours.
 
 A dataset of ours matches a published one when its name is the published key (hln, mb, sim) or the registry's folder
 name for that key (HLN, Mouse_Brain, Simulation), case-insensitively. Matching names do not make the same data:

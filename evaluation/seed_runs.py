@@ -82,14 +82,9 @@ def limited_threads(n: int):
 
 
 def _scores(prepared, fused: np.ndarray, labels: np.ndarray, seed: int) -> dict[str, float]:
-    from spamo.metrics import label_free_scores, score_against_truth
-    from spamo.pipeline import score_key
+    from spamo.metrics import clustering_scores
 
-    scores: dict = {}
-    if prepared.truth is not None:
-        scores.update(score_against_truth(prepared.truth, labels))
-    scores.update(label_free_scores(fused, labels, coords=prepared.coords, truth=prepared.truth, seed=seed))
-    return {score_key(name): float(value) for name, value in scores.items()}
+    return clustering_scores(labels, fused, coords=prepared.coords, truth=prepared.truth, seed=seed)
 
 
 def split_merge_record(prepared, fused: np.ndarray, config: SpamoConfig) -> tuple[dict, np.ndarray]:

@@ -18,11 +18,11 @@ import pyarrow as pa
 import pyarrow.feather as feather
 import pyarrow.parquet as pq
 
+from spamo.metrics import SCORE_NAMES
 from spamo.pipeline import VERSIONED_PACKAGES
 
-# score columns (machine names, spamo.pipeline.score_key): ground-truth scores then label-free ones
-SCORES = ("jaccard", "f_measure", "mutual_information", "nmi", "ami", "v_measure", "homogeneity", "completeness",
-          "ari", "fmi", "avg", "asw", "asw_gt", "spatial_coherence")
+# score columns: the machine names of the one score table, spamo.metrics.SCORES, in its order
+SCORES = SCORE_NAMES
 SPLIT_MERGE_PREFIX = "sm_"
 ALL_SCORES = SCORES + tuple(SPLIT_MERGE_PREFIX + s for s in SCORES)
 # the scores the cross-dataset and published tables show

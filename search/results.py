@@ -10,11 +10,9 @@ import numpy as np
 import pandas as pd
 
 from spamo.io import atomic_path, atomic_write_text, dump_toml
+from spamo.metrics import LABEL_FREE_SCORES, TRUTH_SCORES
 
-# Scores that need the ground truth (machine names, see spamo.pipeline.score_key); the rest are label-free.
-TRUTH_SCORES = ("jaccard", "f_measure", "mutual_information", "nmi", "ami", "v_measure", "homogeneity",
-                "completeness", "ari", "fmi", "avg", "asw_gt")
-LABEL_FREE_SCORES = ("asw", "spatial_coherence")
+# Scores that need the ground truth and the label-free ones: the one score table, spamo.metrics.SCORES.
 LOWER_IS_BETTER = ("loss",)
 METRICS = TRUTH_SCORES + LABEL_FREE_SCORES + LOWER_IS_BETTER
 ANNOTATION_NOTE = "selected against the annotation"

@@ -60,6 +60,7 @@ class TuneRequest:
     max_retries: int = 3  # retries of a trial lost for a system reason (worker or node died)
     checkpoint_every: int | None = None  # epochs between trial checkpoints (None: about every 60 s of training)
     reuse_workers: bool = True  # trials run one after another in the same Ray worker process
+    layer: str | None = None  # read layers[layer] instead of .X (spamo.datasets.load)
 
     def to_toml(self) -> dict:
         return {"tune": {k: v for k, v in dataclasses.asdict(self).items() if v is not None}}
@@ -160,7 +161,7 @@ def load_data(request: TuneRequest):
     from spamo import pipeline
 
     return pipeline.load_data(dataset=request.dataset, data_dir=request.data_dir, data_type=request.data_type,
-                              data_root=request.data_root, n_clusters=request.n_clusters)
+                              data_root=request.data_root, n_clusters=request.n_clusters, layer=request.layer)
 
 
 @dataclass

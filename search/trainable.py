@@ -68,8 +68,7 @@ def where_am_i() -> dict:
 
 def probe_scores(prepared, embedding: np.ndarray, labels: np.ndarray, seed: int) -> dict:
     """Cheap scores of an intermediate clustering: truth scores, silhouette on a subsample, spatial coherence."""
-    from spamo.metrics import label_free_scores, score_against_truth, spatial_coherence
-    from spamo.pipeline import score_key
+    from spamo.metrics import label_free_scores, machine_named, score_against_truth, spatial_coherence
 
     scores = {}
     if prepared.truth is not None:
@@ -80,7 +79,7 @@ def probe_scores(prepared, embedding: np.ndarray, labels: np.ndarray, seed: int)
     truth = prepared.truth[keep] if prepared.truth is not None else None
     scores.update(label_free_scores(embedding[keep], labels[keep], truth=truth, seed=seed))
     scores["Spatial coherence"] = spatial_coherence(labels, prepared.coords)
-    return {score_key(name): float(value) for name, value in scores.items()}
+    return machine_named(scores)
 
 
 class Probe:

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from spamo.errors import SpamoInputError
+from spamo.graphs import KNN_TIES
+from spamo.model.losses import DGI_INITS
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("none", "cosine", "plateau")
@@ -28,19 +30,23 @@ class SpamoConfig:
     # data
     data_type: str | None = None
     n_clusters: int | None = None
-    # graphs (model.md section 2)
+    # graphs (docs/method.md section 2)
     knn_k: int = 20
     spatial_k: int | None = None
     feature_graph_weight: str = "connectivity"
-    # network (model.md section 3)
+    knn_ties: str = "sklearn"  # spatial kNN tie order (docs/method.md section 8): "sklearn" as the reference, or "index"
+    # network (docs/method.md section 3)
     latent_dim: int = 64
     dropout: float = 0.1
     use_cross_attn: bool = True
     attention_block_size: int = 2048
-    # loss (model.md section 5)
+    detach_feature_graph: bool = False  # True: encoders see G(P) detached (old spamo); the reference does not detach
+    dgi_init: str = "torch"  # DGI discriminator start: "torch" (nn.Bilinear default, the reference) or "xavier"
+    # loss (docs/method.md section 5)
     modality_weights: tuple[float, ...] | None = None
     dgi_weight: float = 0.1
     spatial_weight: float = 0.01
+    smooth_degree_clamp: bool = True  # spatial-smoothness neighbour mean divides by max(rowsum, 1), as the reference
     graph_weight: float = 1.0
     ema_beta: float = 0.9
     ema_update: str = "after_step"
@@ -50,7 +56,7 @@ class SpamoConfig:
     weight_decay: float | None = None
     epochs: int | None = None
     scheduler: str = "none"
-    # clustering (model.md section 6)
+    # clustering (docs/method.md section 6)
     cluster_method: str = "auto"
     init_k: int | None = None
     smooth: bool = False
@@ -114,6 +120,8 @@ class SpamoConfig:
         _check_choice("scheduler", self.scheduler, SCHEDULERS)
         _check_choice("feature_graph_weight", self.feature_graph_weight, FEATURE_GRAPH_WEIGHTS)
         _check_choice("ema_update", self.ema_update, EMA_UPDATES)
+        _check_choice("dgi_init", self.dgi_init, DGI_INITS)
+        _check_choice("knn_ties", self.knn_ties, KNN_TIES)
         _check_choice("cluster_method", self.cluster_method, CLUSTER_METHODS)
         if n_modalities < 1:
             raise SpamoInputError("modalities", "no modality selected")
@@ -129,13 +137,12 @@ class SpamoConfig:
             raise SpamoInputError("modality_weights", f"need {n_modalities} non-negative weights, got {list(weights)}")
         if self.knn_k < 1:
             raise SpamoInputError("knn_k", f"KNN_k must be >= 1, got {self.knn_k}")
-        if n_spots is not None:
-            if self.knn_k >= n_spots:
-                raise SpamoInputError("knn_k", f"KNN_k={self.knn_k} must be smaller than the number of spots ({n_spots})")
-            if self.n_clusters is not None and not (2 <= self.n_clusters <= n_spots):
-                raise SpamoInputError("n_clusters", f"n_clusters={self.n_clusters} must be between 2 and {n_spots}")
-        elif self.n_clusters is not None and self.n_clusters < 2:
-            raise SpamoInputError("n_clusters", f"n_clusters={self.n_clusters} must be at least 2")
+        if n_spots is not None and self.knn_k >= n_spots:
+            raise SpamoInputError("knn_k", f"KNN_k={self.knn_k} must be smaller than the number of spots ({n_spots})")
+        if self.n_clusters is not None:
+            from spamo.datasets import check_n_clusters  # the one rule for K (loaders use it too)
+
+            check_n_clusters(self.n_clusters, n_spots)
         if not (0.0 <= self.dropout < 1.0):
             raise SpamoInputError("dropout", f"dropout must be in [0, 1), got {self.dropout}")
         epochs = self.epochs if self.epochs else dtype.epochs

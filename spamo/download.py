@@ -1,4 +1,4 @@
-"""Downloading a benchmark dataset's archive and unpacking it into the folder layout of data.md section 1.
+"""Downloading a benchmark dataset's archive and unpacking it into the folder layout of docs/data.md section 1.
 
 Standard library only (urllib). A partial download is kept as `<archive>.part` and resumed with an HTTP Range
 request. The archive is verified against a sha256 (given, configured, or recorded from the first download of the

@@ -1,8 +1,8 @@
 """Scores of a clustering, with the reference's names, and the text format the reference prints them in.
 
 Against a ground truth (`score_against_truth`): Jaccard and F-measure by pair counting, mutual information, NMI, AMI,
-V-measure, homogeneity, completeness, ARI, FMI, and "Avg." = mean(NMI, AMI, ARI, F_measure, Jaccard) (model.md
-section 6). Pair counts come from the contingency table (a sum over its cells), never from the N x N pairs.
+V-measure, homogeneity, completeness, ARI, FMI, and "Avg." = mean(NMI, AMI, ARI, F_measure, Jaccard)
+(docs/method.md section 6). Pair counts come from the contingency table (a sum over its cells), never from the N x N pairs.
 
 Without a ground truth (`label_free_scores`), on the PCA-20 embedding (the embedding the clustering saw):
 
@@ -45,6 +45,31 @@ TEXT_ORDER = (
     "Avg.",
 )
 AVG_OF = ("NMI", "AMI", "ARI", "F_measure", "Jaccard")
+
+# The one score table: (machine name, reference label, needs a ground truth). Results tables, Ray Tune metrics and
+# metrics.json use the machine names; metrics.txt uses the reference labels. Search and evaluation import this table,
+# so a score added here reaches every table (see `machine_named` / `reference_named`).
+SCORES: tuple[tuple[str, str, bool], ...] = (
+    ("jaccard", "Jaccard", True),
+    ("f_measure", "F_measure", True),
+    ("mutual_information", "Mutual Information", True),
+    ("nmi", "NMI", True),
+    ("ami", "AMI", True),
+    ("v_measure", "V-measure", True),
+    ("homogeneity", "Homogeneity", True),
+    ("completeness", "Completeness", True),
+    ("ari", "ARI", True),
+    ("fmi", "FMI", True),
+    ("avg", "Avg.", True),
+    ("asw", "ASW", False),
+    ("asw_gt", "ASW_gt", True),
+    ("spatial_coherence", "Spatial coherence", False),
+)
+SCORE_NAMES: tuple[str, ...] = tuple(name for name, _, _ in SCORES)
+TRUTH_SCORES: tuple[str, ...] = tuple(name for name, _, truth in SCORES if truth)
+LABEL_FREE_SCORES: tuple[str, ...] = tuple(name for name, _, truth in SCORES if not truth)
+_MACHINE = {label: name for name, label, _ in SCORES}
+_LABEL = {name: label for name, label, _ in SCORES}
 ASW_MAX_SPOTS = 10_000
 SPATIAL_COHERENCE_K = 6
 
@@ -195,6 +220,33 @@ def label_free_scores(embedding, pred, coords=None, truth=None, seed: int = 0, n
     if coords is not None:
         scores["Spatial coherence"] = spatial_coherence(pred, coords)
     return scores
+
+
+# ------------------------------------------------------------------------------------------------ score names
+
+
+def machine_named(scores: dict[str, float]) -> dict[str, float]:
+    """Scores keyed by the reference's labels -> keyed by machine names (`SCORES`), values as floats.
+
+    A label missing from the table is refused loudly (a KeyError), so a new score cannot slip past the table.
+    """
+    return {_MACHINE[label]: float(value) for label, value in scores.items()}
+
+
+def reference_named(scores: dict[str, float]) -> dict[str, float]:
+    """Machine-named scores -> the reference's labels, ground-truth scores in the reference's printout order first
+    (what metrics.txt holds); names outside the table are kept as they are."""
+    ordered = [name for name in SCORE_NAMES if name in scores] + [n for n in scores if n not in _LABEL]
+    return {_LABEL.get(name, name): float(scores[name]) for name in ordered}
+
+
+def clustering_scores(labels, embedding, coords=None, truth=None, seed: int = 0) -> dict[str, float]:
+    """Every score of one clustering, machine-named: truth scores (with a truth) then the label-free ones."""
+    scores: dict[str, float] = {}
+    if truth is not None:
+        scores.update(score_against_truth(truth, labels))
+    scores.update(label_free_scores(embedding, labels, coords=coords, truth=truth, seed=seed))
+    return machine_named(scores)
 
 
 # ------------------------------------------------------------------------------------------------ text format

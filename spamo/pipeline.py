@@ -6,7 +6,6 @@ graphs cached per KNN_k) and call only `fit_and_cluster` per trial.
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from dataclasses import dataclass, field
@@ -18,7 +17,9 @@ import numpy as np
 from spamo.config import SpamoConfig
 from spamo.data import MultiOmicsData, PreparedData
 from spamo.errors import SpamoInputError
-from spamo.io import atomic_dir, file_sha256, write_h5ad
+from spamo import run_folder
+from spamo.io import atomic_dir, file_sha256
+from spamo.metrics import clustering_scores
 
 VERSIONED_PACKAGES = ("spamo", "torch", "numpy", "scipy", "scikit-learn", "scanpy", "anndata", "ray", "optuna")
 
@@ -46,26 +47,20 @@ def load_data(
     modality_files: dict[str, str] | None = None,
     truth_file: str | Path | None = None,
     n_clusters: int | None = None,
+    layer: str | None = None,
 ) -> MultiOmicsData:
-    """Load a named dataset (`hln`, `mb`, `sim`), a folder of .h5ad files, or one .h5mu file."""
+    """Load a named dataset (`hln`, `mb`, `sim`), a folder of .h5ad files, or one .h5mu file (`datasets.load`)."""
     from spamo import datasets
 
     if dataset is not None and data_dir is not None:
         raise SpamoInputError("--dataset", "give either --dataset or --data-dir, not both")
-    if dataset is not None:
-        data = datasets.load_dataset(dataset, data_root=data_root)
-        if n_clusters is not None:
-            data.n_clusters = n_clusters
-        return data
-    if data_dir is None:
+    if dataset is None and data_dir is None:
         raise SpamoInputError("--dataset", "give --dataset hln|mb|sim or --data-dir DIR --data-type TYPE")
-    if data_type is None:
-        raise SpamoInputError("--data-type", "a --data-dir needs its --data-type")
-    path = Path(data_dir)
-    if path.suffix == ".h5mu":
-        return datasets.load_h5mu(path, data_type=data_type, n_clusters=n_clusters)
-    return datasets.load_folder(path, data_type=data_type, modality_files=modality_files, truth_file=truth_file,
-                                n_clusters=n_clusters)
+    if dataset is not None:
+        datasets.get_dataset_spec(dataset)  # an unknown key is refused as a key, not looked up as a folder
+    source = dataset if dataset is not None else Path(data_dir)
+    return datasets.load(source, data_type=data_type, modality_files=modality_files, truth=truth_file,
+                         layer=layer, n_clusters=n_clusters, data_root=data_root)
 
 
 def prepare(data: MultiOmicsData, config: SpamoConfig, modalities: list[str] | None = None
@@ -91,26 +86,14 @@ def prepare(data: MultiOmicsData, config: SpamoConfig, modalities: list[str] | N
 
 def cluster_and_score(prepared: PreparedData, fused: np.ndarray, config: SpamoConfig,
                       method: str | None = None) -> tuple[np.ndarray, dict]:
-    """Cluster the fused embedding into n_clusters domains and score them (truth scores only with truth)."""
+    """Cluster the fused embedding into n_clusters domains and score them (machine names, `metrics.SCORES`)."""
     from spamo.clustering import cluster
-    from spamo.metrics import label_free_scores, score_against_truth
 
     labels = cluster(fused, config.n_clusters, method=method or config.cluster_method, n_pcs=config.n_pcs,
                      coords=prepared.coords, smooth=config.smooth, init_k=config.init_k)
     labels = np.asarray(labels)
-    scores: dict = {}
-    if prepared.truth is not None:
-        scores.update(score_against_truth(prepared.truth, labels))
-    scores.update(label_free_scores(fused, labels, coords=prepared.coords, truth=prepared.truth, seed=config.seed))
-    return labels, {score_key(name): float(value) for name, value in scores.items()}
-
-
-def score_key(name: str) -> str:
-    """The machine name of a score ('Mutual Information' -> 'mutual_information', 'Avg.' -> 'avg', 'ARI' -> 'ari').
-
-    Results tables, Ray Tune metrics and metrics.json use these; metrics.txt keeps the reference's names.
-    """
-    return "_".join(name.replace(".", " ").replace("-", " ").lower().split())
+    scores = clustering_scores(labels, fused, coords=prepared.coords, truth=prepared.truth, seed=config.seed)
+    return labels, scores
 
 
 def fit_and_cluster(prepared: PreparedData, config: SpamoConfig, graphs=None, callback=None, callback_every: int = 10,
@@ -180,41 +163,38 @@ def truth_sha256(labels: np.ndarray) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def reference_named(scores: dict) -> dict:
-    """Ground-truth scores under the reference's names, in the reference's order (for metrics.txt)."""
-    from spamo.metrics import TEXT_ORDER
-
-    return {name: scores[score_key(name)] for name in TEXT_ORDER if score_key(name) in scores}
+def run_embedding(result: RunResult, data: MultiOmicsData) -> run_folder.RunEmbedding:
+    """The run's embedding.h5ad content (`spamo.run_folder` owns the keys)."""
+    prep = result.prepared
+    return run_folder.RunEmbedding(
+        spot_names=np.asarray(prep.spot_names).astype(str), coords=prep.coords, fused=result.fused,
+        per_modality=dict(zip(prep.modality_names, result.per_modality)), labels=result.labels, truth=prep.truth,
+        data_type=prep.data_type, dataset=prep.name,
+        sources={name: str(Path(p).resolve()) for name, p in data.sources.items()
+                 if p is not None and name in prep.modality_names},
+        n_clusters=int(result.config.n_clusters), seed=int(result.config.seed))
 
 
 def write_outputs(result: RunResult, data: MultiOmicsData, out_dir: str | Path, draw: bool = True) -> Path:
-    """Write labels.txt, metrics.json/.txt, embedding.h5ad, domains.png and run.toml into out_dir, atomically."""
-    from spamo.io import dump_toml
-    from spamo.metrics import format_metrics_text
-
+    """Write the run folder (`spamo.run_folder`: labels, metrics, embedding, picture, run.toml), atomically."""
     out_dir = Path(out_dir)
     prep = result.prepared
     with atomic_dir(out_dir) as tmp:
-        # labels of the kept spots, in the original spot order (kept_index is increasing)
-        order = np.argsort(prep.kept_index, kind="stable")
-        (tmp / "labels.txt").write_text("".join(f"{int(v)}\n" for v in result.labels[order]))
-        has_truth = prep.truth is not None
+        run_folder.write_labels(labels_in_file_order(result, data), tmp / run_folder.LABELS_FILE)
         metrics = {k: float(v) for k, v in result.scores.items()}
         meta = provenance(data)
-        (tmp / "metrics.json").write_text(json.dumps(
-            {"scores": metrics, "ground_truth": meta["ground_truth"], "n_clusters": result.config.n_clusters,
-             "scored_against_truth": has_truth}, indent=2))
-        if has_truth:
-            (tmp / "metrics.txt").write_text(format_metrics_text(reference_named(result.scores)))
-        _write_embedding(result, data, tmp / "embedding.h5ad")
+        run_folder.write_metrics(tmp, metrics, ground_truth=meta["ground_truth"], n_clusters=result.config.n_clusters,
+                                 scored_against_truth=prep.truth is not None)
+        run_folder.write_embedding(run_embedding(result, data), tmp / run_folder.EMBEDDING_FILE)
         if draw:
             from spamo.plots import plot_domains
 
-            plot_domains(prep.coords, result.fused, result.labels, tmp / "domains.png",
+            plot_domains(prep.coords, result.fused, result.labels, tmp / run_folder.PLOT_FILE,
                          title=f"{prep.name}: {result.config.n_clusters} domains", seed=result.config.seed)
         record = {
             "config": {k: v for k, v in result.config.to_dict().items() if v is not None},
             "run": {"dataset": prep.name, "data_type": prep.data_type, "modalities": prep.modality_names,
+                    "matrix": data.matrix_label, "label_order": data.label_order,
                     "n_spots": prep.n_spots, "n_spots_loaded": prep.n_spots_original, "device": result.device,
                     "seed": result.config.seed},
             "timings": {k: round(float(v), 4) for k, v in result.timings.items()},
@@ -222,31 +202,19 @@ def write_outputs(result: RunResult, data: MultiOmicsData, out_dir: str | Path, 
             "versions": package_versions(),
             **meta,
         }
-        (tmp / "run.toml").write_text(dump_toml(record))
+        run_folder.write_record(tmp, record)
     return out_dir
 
 
-def _write_embedding(result: RunResult, data: MultiOmicsData, path: Path) -> None:
-    import anndata as ad
-    import pandas as pd
-
+def labels_in_file_order(result: RunResult, data: MultiOmicsData) -> np.ndarray:
+    """labels.txt's lines: the kept spots in the loaded row order, or, when the layout orders spots by id
+    (`data.spot_ids`, the Simulation layout), line j = the label of the spot whose id is j (-1 for a spot that
+    preprocessing dropped), as the reference writes it and its cal_matrics.py reads it."""
     prep = result.prepared
-    obs = pd.DataFrame(index=pd.Index(np.asarray(prep.spot_names).astype(str), name="spot"))
-    obs["domain"] = pd.Categorical([str(int(v)) for v in result.labels])
-    if prep.truth is not None:
-        obs["truth"] = pd.Categorical([str(int(v)) for v in prep.truth])
-    adata = ad.AnnData(obs=obs)
-    adata.obsm["spatial"] = np.asarray(prep.coords, dtype=np.float64)
-    adata.obsm["X_spamo"] = np.asarray(result.fused, dtype=np.float32)
-    for name, emb in zip(prep.modality_names, result.per_modality):
-        adata.obsm[f"X_spamo_{name}"] = np.asarray(emb, dtype=np.float32)
-    adata.uns["spamo"] = {
-        "data_type": prep.data_type,
-        "dataset": prep.name,
-        "modalities": list(prep.modality_names),
-        "sources": {name: str(Path(p).resolve()) for name, p in data.sources.items()
-                    if p is not None and name in prep.modality_names},
-        "n_clusters": int(result.config.n_clusters),
-        "seed": int(result.config.seed),
-    }
-    write_h5ad(adata, path)
+    labels = np.asarray(result.labels)
+    if data.spot_ids is None:
+        order = np.argsort(prep.kept_index, kind="stable")  # kept_index is increasing: the original order
+        return labels[order]
+    out = np.full(data.n_spots, -1, dtype=np.int64)
+    out[np.asarray(data.spot_ids)[prep.kept_index]] = labels
+    return out

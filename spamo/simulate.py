@@ -1,4 +1,4 @@
-"""The built-in simulator of spatial multi-omics data (data.md section 3).
+"""The built-in simulator of spatial multi-omics data (docs/data.md section 3).
 
 A grid of spots (square, or hexagonal like Visium) carries spatial domains: background (label 0), smooth blobs
 and wavy bands. Each modality draws counts from a realistic distribution (negative-binomial RNA with library-size
@@ -357,7 +357,7 @@ def simulate(n_spots: int = 1296, seed: int = 0, n_domains: int = 5, layout: str
 def write_simulation(out_dir: str | Path, n_spots: int = 1296, seed: int = 0, layout: str = "sim",
                      grid: str = "square", n_domains: int = 5, n_features: dict | None = None,
                      progress: Callable[[int], None] | None = None) -> Path:
-    """Write a simulation in the folder layout of dataset `layout` (data.md section 1), atomically.
+    """Write a simulation in the folder layout of dataset `layout` (docs/data.md section 1), atomically.
 
     Modalities are generated and written one at a time (peak memory: one modality), into a temporary sibling
     folder that is renamed into place at the end, so an interrupted run leaves nothing half-written.

@@ -1,6 +1,6 @@
 """Small generated inputs for the model tests and benchmark: planted spatial domains and their graphs.
 
-The graphs follow model.md section 2 (kNN, symmetric, capped at 1, D^-1/2 (A + I) D^-1/2) and are built here with
+The graphs follow docs/method.md section 2 (kNN, symmetric, capped at 1, D^-1/2 (A + I) D^-1/2) and are built here with
 scikit-learn and SciPy so the model tests do not depend on the preprocessing code.
 """
 
@@ -19,7 +19,7 @@ def normalised_knn_graph(points: np.ndarray, k: int, metric: str = "euclidean") 
 
 
 def normalised_graph(neighbours: np.ndarray) -> torch.Tensor:
-    """The normalised graph of an (N, k) table of each spot's k nearest other spots (model.md section 2)."""
+    """The normalised graph of an (N, k) table of each spot's k nearest other spots (docs/method.md section 2)."""
     n, k = neighbours.shape
     rows = np.repeat(np.arange(n), k)
     adj = sp.coo_matrix((np.ones(n * k), (rows, neighbours.ravel())), shape=(n, n)).tocsr()
@@ -30,7 +30,8 @@ def normalised_graph(neighbours: np.ndarray) -> torch.Tensor:
     norm = sp.diags(inv_sqrt) @ adj @ sp.diags(inv_sqrt)
     norm = norm.tocoo()
     indices = torch.as_tensor(np.vstack([norm.row, norm.col]), dtype=torch.int64)
-    return torch.sparse_coo_tensor(indices, torch.as_tensor(norm.data, dtype=torch.float32), (n, n)).coalesce()
+    values = torch.as_tensor(norm.data, dtype=torch.float32)
+    return torch.sparse_coo_tensor(indices, values, (n, n), check_invariants=False).coalesce()
 
 
 def planted_problem(n: int, dims: list[int], n_domains: int = 3, seed: int = 0, spatial_k: int = 3, knn_k: int = 10):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -49,6 +50,30 @@ def test_auto_falls_back_to_gmm_when_r_is_switched_off(monkeypatch):
     assert np.array_equal(cluster(embedding, 4, "auto"), cluster(embedding, 4, "gmm"))
     with pytest.raises(MissingDependencyError, match="SPAMO_DISABLE_R"):
         cluster(embedding, 4, "mclust")
+
+
+@pytest.mark.r
+@needs_r
+def test_mclust_runs_in_a_thread_other_than_the_importing_one():
+    # rpy2 keeps its conversion rules in a context variable that a new thread does not inherit; a reused Ray worker
+    # thread must still be able to call mclust, and get the labels of the main thread
+    embedding, _, _ = blobs(k=4, per_blob=50, dim=10, seed=3)
+    expected = cluster(embedding, 4, "mclust")
+    found: dict[int, object] = {}
+
+    def work(slot: int) -> None:
+        try:
+            found[slot] = cluster(embedding, 4, "mclust")
+        except Exception as exc:  # recorded, so the assertion below shows it
+            found[slot] = exc
+
+    for slot in range(2):  # two threads, one after the other: the second starts with a fresh context too
+        thread = threading.Thread(target=work, args=(slot,))
+        thread.start()
+        thread.join()
+    for labels in found.values():
+        assert isinstance(labels, np.ndarray), labels
+        assert np.array_equal(labels, expected)
 
 
 def test_mclust_without_rpy2_says_how_to_install(monkeypatch):

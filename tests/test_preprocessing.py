@@ -1,4 +1,4 @@
-"""Preprocessing of model.md section 1 on small generated count data (negative binomial)."""
+"""Preprocessing of docs/method.md section 1 on small generated count data (negative binomial)."""
 
 import anndata as ad
 import numpy as np

@@ -32,6 +32,7 @@ def default_simulation(tmp_path_factory):
     return data, prepared, config
 
 
+@pytest.mark.slow
 def test_default_run_recovers_the_simulated_domains_and_beats_every_single_modality(default_simulation):
     _, prepared, config = default_simulation
     full = pipeline.fit_and_cluster(prepared, config, progress=False)
@@ -60,6 +61,7 @@ def small_simulation(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_run_writes_every_output_in_the_reference_formats(small_simulation, tmp_path):
     out = tmp_path / "run"
     done = spamo("run", "--data-dir", small_simulation, "--data-type", "10x", "--n-clusters", "5", "--epochs", "15",
@@ -90,6 +92,7 @@ def test_run_writes_every_output_in_the_reference_formats(small_simulation, tmp_
     assert record["timings"]["train_s"] > 0
 
 
+@pytest.mark.slow
 def test_a_config_file_is_read_and_flags_win(small_simulation, tmp_path):
     (tmp_path / "cfg.toml").write_text("[spamo]\nKNN_k = 8\nepochs_override = 12\ndgi_weight = 0.3\n")
     out = tmp_path / "run"

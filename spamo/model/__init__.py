@@ -1,4 +1,4 @@
-"""The SPAMO network (model.md sections 3 and 4), sparse and generic in the number of modalities."""
+"""The SPAMO network (docs/method.md sections 3 and 4), sparse and generic in the number of modalities."""
 
 from spamo.model.attention import BlockedDropoutAttention, attention, attention_keep_mask
 from spamo.model.feature_graph import LearnableFeatureGraph

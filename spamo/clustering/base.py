@@ -1,0 +1,72 @@
+"""The clustering backends' registry and what every backend shares.
+
+A backend is a function `(points, n_clusters, request) -> labels` registered under the name the user gives as
+`--cluster-method`; `spamo.clustering.cluster` projects the embedding, checks the input and dispatches to it. This
+module is the floor the backends stand on, so that they register themselves without importing the dispatcher.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from spamo.errors import SpamoInputError
+
+
+@dataclass(frozen=True)
+class ClusterRequest:
+    """What a backend may need beyond the projected points and K."""
+
+    seed: int = 2020
+    coords: np.ndarray | None = None
+    init_k: int | None = None
+
+
+Backend = Callable[[np.ndarray, int, ClusterRequest], np.ndarray]
+BACKENDS: dict[str, Backend] = {}
+
+
+def register_backend(name: str) -> Callable[[Backend], Backend]:
+    """Register a clustering backend under `name` (the value of --cluster-method)."""
+
+    def add(func: Backend) -> Backend:
+        BACKENDS[name] = func
+        return func
+
+    return add
+
+
+def available_methods() -> tuple[str, ...]:
+    """The names of the registered backends, in registration order."""
+    return tuple(BACKENDS)
+
+
+class ClusteringFailed(SpamoInputError):
+    """A backend ran but found no clustering for this input and K (for example mclust returning no EEE fit)."""
+
+
+def one_thread():
+    """Limit BLAS and OpenMP to one thread while clustering.
+
+    The work is many small operations (d x d matrices with d = 20, k-means passes), for which thread pools spend far
+    more time waking and spinning than computing, most of all on a busy machine; with one thread the same fits run
+    many times faster (`benchmarks/results/clustering.md`). Ray trials hold one CPU each anyway.
+    """
+    return threadpool_limits(limits=1)
+
+
+def check_k(n_clusters, n_spots: int) -> None:
+    """Refuse a K that is not an integer in [2, n_spots]."""
+    if not isinstance(n_clusters, (int, np.integer)) or not (2 <= n_clusters <= n_spots):
+        raise SpamoInputError("n_clusters", f"n_clusters={n_clusters} must be an integer between 2 and {n_spots}")
+
+
+def relabel_by_appearance(labels) -> np.ndarray:
+    """Renumber labels 0..K-1 in order of first appearance (a canonical numbering of a partition)."""
+    _, first, inverse = np.unique(np.asarray(labels), return_index=True, return_inverse=True)
+    rank = np.empty(first.size, dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(first.size)
+    return rank[inverse.ravel()]
