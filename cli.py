@@ -7,7 +7,9 @@ stderr and exit code 2, with no traceback.
 from __future__ import annotations
 
 import functools
+import inspect
 import sys
+import typing
 from pathlib import Path
 from typing import List, Optional
 
@@ -48,7 +50,10 @@ def _rich_progress(transient: bool = False):
 @data_app.command("simulate")
 @refusals_as_one_line
 def data_simulate_command(
-    out: Path = typer.Option(..., "--out", help="Dataset folder to write (e.g. Data/Simulation)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Dataset folder to write (e.g. Data/Simulation; with "
+                                                           "--preset default Data/NAME)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="A graded benchmark dataset of "
+                                                                "configs/benchmarks/selection.toml (h6)."),
     n_spots: int = typer.Option(1296, "--n-spots", help="Number of spots (300 to 1,000,000)."),
     seed: int = typer.Option(0, "--seed", help="Random seed: same seed, same files."),
     layout: str = typer.Option("sim", "--layout", help="Folder layout: sim (RNA+ADT+ATAC), hln (RNA+ADT), mb "
@@ -59,6 +64,16 @@ def data_simulate_command(
     """Write a simulated dataset (spatial domains, RNA/ADT/ATAC counts, ground truth) in a dataset layout."""
     from spamo import simulate
 
+    if preset is not None:  # a named benchmark dataset: its table fixes size, seed, layout and difficulty
+        chosen = simulate.get_preset(preset)
+        out = out or Path("Data") / preset
+        with _rich_progress() as bar:
+            task = bar.add_task(f"simulating {preset}", total=simulate.total_steps(chosen.n_spots, chosen.layout))
+            chosen.write(out, progress=lambda k: bar.advance(task, k))
+        typer.echo(f"wrote {out}")
+        return
+    if out is None:
+        raise SpamoInputError("--out", "say where to write the dataset folder (or give --preset NAME)")
     simulate.check_simulation_args(n_spots, n_domains, layout, grid)
     with _rich_progress() as bar:
         task = bar.add_task(f"simulating {n_spots} spots", total=simulate.total_steps(n_spots, layout))
@@ -143,15 +158,51 @@ def parse_mapping(text: Optional[str], where: str) -> Optional[dict]:
     return out
 
 
+def with_setting_options(func):
+    """Give a command one option per `SpamoConfig` setting, generated from the declarations in spamo.config.
+
+    The command receives them as keyword arguments named after the settings (`None` = not given), the per-modality
+    weights as `modality_weight_<i>`. A setting added to `SpamoConfig` appears here without an edit.
+    """
+    from spamo.config import PER_MODALITY_WEIGHTS, flag, kind, settings
+
+    types = {"int": int, "float": float, "str": str, "bool": bool, "weights": str}
+    extra = []
+    for f in settings():
+        names = [flag(f)]
+        alias = f.metadata.get("alias")
+        if kind(f) == "bool":
+            names = [f"{names[0]}/--no-{names[0][2:]}"]
+        elif alias and f"--{alias}" != names[0]:
+            names.append(f"--{alias}")
+        extra.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[types[kind(f)]],
+                                       default=typer.Option(None, *names, help=f.metadata["help"])))
+    for i, name, alias in PER_MODALITY_WEIGHTS:
+        extra.append(inspect.Parameter(f"modality_weight_{i}", inspect.Parameter.KEYWORD_ONLY,
+                                       annotation=Optional[float],
+                                       default=typer.Option(None, name, f"--{alias}",
+                                                            help=f"Reconstruction weight of modality {i + 1}.")))
+    signature = inspect.signature(func)
+    own = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    hints = typing.get_type_hints(func)
+
+    @functools.wraps(func)
+    def wrapper(**kwargs):
+        return func(**kwargs)
+
+    params = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in own] + extra
+    wrapper.__signature__ = signature.replace(parameters=params)
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    return wrapper
+
+
 @app.command("run")
 @refusals_as_one_line
+@with_setting_options
 def run_command(
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Built-in dataset key: sim, hln or mb."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", "--file_fold",
                                             help="Your own folder of .h5ad files, or one .h5mu file."),
-    data_type: Optional[str] = typer.Option(None, "--data-type", "--data_type",
-                                            help="10x, SPOTS, Stereo-CITE-seq, Spatial-epigenome-transcriptome, "
-                                                 "Simulation (with --data-dir)."),
     data_root: Path = typer.Option(Path("Data"), "--data-root", help="Where the dataset folders live."),
     modality_files: Optional[str] = typer.Option(None, "--modality-files",
                                                  help="Which file is which modality: RNA=a.h5ad,ADT=b.h5ad"),
@@ -161,69 +212,26 @@ def run_command(
     modalities: Optional[str] = typer.Option(None, "--modalities",
                                              help="Use only these modalities (comma-separated), e.g. RNA for an "
                                                   "ablation."),
-    n_clusters: Optional[int] = typer.Option(None, "--n-clusters", "--n_clusters", help="Number of domains."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", "--epochs_override",
-                                         help="Training epochs (0 = the data type's default)."),
-    knn_k: Optional[int] = typer.Option(None, "--knn-k", "--KNN_k", help="k of the feature kNN graph."),
-    modality_weights: Optional[str] = typer.Option(None, "--modality-weights",
-                                                   help="Reconstruction weight per modality, e.g. 5,5 or 1,3,3."),
-    rna_weight: Optional[float] = typer.Option(None, "--rna-weight", "--RNA_weight", help="Weight of modality 1."),
-    adt_weight: Optional[float] = typer.Option(None, "--adt-weight", "--ADT_weight",
-                                               help="Weight of modality 2 (ADT or ATAC)."),
-    dgi_weight: Optional[float] = typer.Option(None, "--dgi-weight", "--dgi_weight", help="DGI loss weight."),
-    spatial_weight: Optional[float] = typer.Option(None, "--spatial-weight", "--spatial_weight",
-                                                   help="Spatial smoothness weight."),
-    latent_dim: Optional[int] = typer.Option(None, "--latent-dim", "--dim_output", help="Embedding size."),
-    dropout: Optional[float] = typer.Option(None, "--dropout", help="Dropout rate."),
-    optimizer: Optional[str] = typer.Option(None, "--optimizer", "--optimizer_type", help="adamw, adam or sgd."),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", "--lr_scheduler_type",
-                                            help="none, cosine or plateau."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default 0.01, 0.001 for 3 modalities)."),
-    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="Weight decay (data-type default)."),
-    cross_attn: Optional[bool] = typer.Option(None, "--cross-attn/--no-cross-attn",
-                                              help="Cross-modal attention in the fusion (reference: use_cross_attn)."),
-    feature_graph_weight: Optional[str] = typer.Option(None, "--feature-graph-weight",
-                                                       help="connectivity (default) or distance (reference quirk)."),
-    ema_update: Optional[str] = typer.Option(None, "--ema-update", help="after_step (default) or before_step."),
-    ema_beta: Optional[float] = typer.Option(None, "--ema-beta", "--alpha", help="EMA factor of the graph target."),
-    detach_feature_graph: Optional[bool] = typer.Option(
-        None, "--detach-feature-graph/--no-detach-feature-graph",
-        help="Encoders see the learnable feature graph detached (old spamo); default: not detached, as the reference."),
-    smooth_degree_clamp: Optional[bool] = typer.Option(
-        None, "--smooth-degree-clamp/--no-smooth-degree-clamp",
-        help="Spatial-smoothness neighbour mean divides by max(row sum, 1) (default, as the reference)."),
-    dgi_init: Optional[str] = typer.Option(None, "--dgi-init",
-                                           help="DGI discriminator initialisation: torch (default, as the reference) "
-                                                "or xavier."),
-    knn_ties: Optional[str] = typer.Option(None, "--knn-ties",
-                                           help="Spatial kNN tie order: sklearn (default, as the reference) or index."),
-    cluster_method: Optional[str] = typer.Option(None, "--cluster-method",
-                                                 help="auto, mclust, gmm, kmeans, leiden, louvain, split-merge."),
-    init_k: Optional[int] = typer.Option(None, "--init-k", "--init_k", help="Initial K for split-merge."),
-    smooth: Optional[bool] = typer.Option(None, "--smooth/--no-smooth", help="Spatial majority-vote smoothing."),
-    seed: Optional[int] = typer.Option(None, "--seed", "--random_seed", help="Random seed (default 2025)."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda."),
     config_file: Optional[Path] = typer.Option(None, "--config", help="A TOML file of settings (flags win)."),
     out: Path = typer.Option(Path("results/run"), "--out", help="Output folder."),
     no_plot: bool = typer.Option(False, "--no-plot", help="Skip domains.png."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    **settings,
 ):
-    """Train SPAMO once: labels, metrics, embeddings (h5ad), a spatial/UMAP picture and run.toml."""
+    """Train SPAMO once: labels, metrics, embeddings (h5ad), a spatial/UMAP picture and run.toml.
+
+    Every setting of `SpamoConfig` is an option (generated from spamo/config.py; the README table lists them).
+    """
     from rich.console import Console
 
     from spamo import pipeline
     from spamo.config import build_config, parse_weights
+    from spamo.run_folder import check_output
 
-    config = build_config(
-        config_file, n_clusters=n_clusters, epochs=epochs, knn_k=knn_k, modality_weights=parse_weights(modality_weights),
-        modality_weight_0=rna_weight, modality_weight_1=adt_weight, dgi_weight=dgi_weight,
-        spatial_weight=spatial_weight, latent_dim=latent_dim, dropout=dropout, optimizer=optimizer,
-        scheduler=scheduler, lr=lr, weight_decay=weight_decay, use_cross_attn=cross_attn,
-        feature_graph_weight=feature_graph_weight, ema_update=ema_update, ema_beta=ema_beta,
-        detach_feature_graph=detach_feature_graph, smooth_degree_clamp=smooth_degree_clamp, dgi_init=dgi_init,
-        knn_ties=knn_ties,
-        cluster_method=cluster_method, init_k=init_k, smooth=smooth, seed=seed, device=device)
-    data = pipeline.load_data(dataset=dataset, data_dir=data_dir, data_type=data_type, data_root=data_root,
+    settings["modality_weights"] = parse_weights(settings.get("modality_weights"))
+    config = build_config(config_file, **settings)
+    check_output(out, folder=True, where="--out")
+    data = pipeline.load_data(dataset=dataset, data_dir=data_dir, data_type=config.data_type, data_root=data_root,
                               modality_files=parse_mapping(modality_files, "--modality-files"),
                               truth_file=truth_file, n_clusters=config.n_clusters, layer=layer)
     chosen = [m.strip() for m in modalities.split(",")] if modalities else None
@@ -248,6 +256,10 @@ def score_command(
     from spamo.io import atomic_write_text
     from spamo.metrics import format_metrics_text, score_label_files
 
+    from spamo.run_folder import check_output
+
+    if out is not None:
+        check_output(out, folder=False, where="--out")
     text = format_metrics_text(score_label_files(truth, pred))
     if out is not None:
         atomic_write_text(out, text)

@@ -64,6 +64,10 @@ SCORES: tuple[tuple[str, str, bool], ...] = (
     ("asw", "ASW", False),
     ("asw_gt", "ASW_gt", True),
     ("spatial_coherence", "Spatial coherence", False),
+    # label-free selection criteria of spamo.selection (h6): computed per trial by the search, not by every run
+    ("consistency", "Cross-modal consistency", False),
+    ("stability", "Stability", False),
+    ("composite", "Composite", False),
 )
 SCORE_NAMES: tuple[str, ...] = tuple(name for name, _, _ in SCORES)
 TRUTH_SCORES: tuple[str, ...] = tuple(name for name, _, truth in SCORES if truth)
