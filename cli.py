@@ -329,6 +329,13 @@ def tune_command(
                                                                    "Ray's experiment state (shared on a cluster)."),
     address: Optional[str] = typer.Option(None, "--address", help="Join a Ray cluster: auto or ray://host:port."),
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue the interrupted run NAME."),
+    max_retries: int = typer.Option(3, "--max-retries", help="Retries of a trial lost to a system failure (worker "
+                                                             "or node died); a trial's own error is not retried."),
+    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every",
+                                                   help="Epochs between trial checkpoints (saved with the next "
+                                                        "report; default about every 60 s, at most 50 epochs)."),
+    reuse_workers: bool = typer.Option(True, "--reuse-workers/--fresh-workers",
+                                       help="Run trials one after another in the same Ray worker processes."),
 ):
     """Search SPAMO's settings with Ray Tune + Optuna: trials.parquet, best_config.toml, pictures."""
     import time as _time
@@ -350,7 +357,8 @@ def tune_command(
                 n_clusters=n_clusters, epochs=epochs, space=str(space) if space else None, metric=metric,
                 scheduler=scheduler, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
                 max_concurrent=max_concurrent, storage=storage, address=address, report_every=report_every,
-                seed=seed, layer=layer), log=log)
+                seed=seed, layer=layer, max_retries=max_retries, checkpoint_every=checkpoint_every,
+                reuse_workers=reuse_workers), log=log)
     except KeyboardInterrupt:
         typer.echo("interrupted before the search started; nothing to resume", err=True)
         raise typer.Exit(code=130) from None
