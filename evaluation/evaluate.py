@@ -5,8 +5,8 @@
 3. Seed runs: every configuration x seed on its own dataset, and each dataset's best configuration on every other
    dataset (cross-dataset). Each is one Ray task (one CPU, one torch thread). Finished seed runs are kept in
    `<out>/seed_runs/`, so a re-run trains only what is missing.
-4. Tables (evaluation.tables), pictures and a summary; with `analyze`, `spamo.analysis.analyze` on each dataset's
-   best configuration.
+4. Tables (evaluation.tables), pictures and a summary; with `analyze`, each dataset's best configuration is written
+   as a run folder and `spamo.analysis.analyze_data` analyses it from the data in memory.
 """
 
 from __future__ import annotations
@@ -308,7 +308,7 @@ def best_run_result(entry: DatasetEntry, row, seed: int, cache: SeedRunCache):
 def analyze_best(best_configs, entries: dict[str, DatasetEntry], cache: SeedRunCache, request: EvaluateRequest,
                  out_dir: Path, log) -> list[Path]:
     """Write each dataset's best configuration (first seed) as a `spamo run` folder and analyse its domains."""
-    from spamo.analysis import analyze
+    from spamo.analysis import analyze_data
     from spamo.pipeline import write_outputs
 
     written = []
@@ -316,7 +316,11 @@ def analyze_best(best_configs, entries: dict[str, DatasetEntry], cache: SeedRunC
         row = best_choice(best_configs, name)
         result = best_run_result(entry, row, request.first_seed, cache)
         run_dir = write_outputs(result, entry.data, out_dir / "best_runs" / name, draw=False)
-        outcome = analyze(run_dir, gene_sets=request.gene_sets, seed=request.first_seed)
+        prepared = result.prepared
+        outcome = analyze_data(entry.data, result.labels, np.asarray(result.fused, dtype=np.float32),
+                               spot_names=prepared.spot_names, coords=prepared.coords,
+                               modalities=prepared.modality_names, gene_sets=request.gene_sets,
+                               seed=request.first_seed, out_dir=run_dir / "analysis")
         log(f"analysis of {name} (rank {int(row['rank'])}, seed {request.first_seed}) -> {outcome.out_dir}")
         written.append(Path(outcome.out_dir))
     return written

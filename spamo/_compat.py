@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import dataclass
+
+import scipy.sparse as sp
 
 
 @contextlib.contextmanager
@@ -29,3 +32,33 @@ def rpy2_environment_kept():
         for key, value in before.items():
             if key.startswith("LD_") and os.environ.get(key) != value:
                 os.environ[key] = value
+
+
+class CsrOutput:
+    """Wraps a kNN transformer so its graph comes back as `csr_matrix`.
+
+    scanpy 1.11.5's pynndescent path fails with scipy >= 1.15: the graph is a `csr_array`, which has no `getnnz`.
+    Handing scanpy a transformer whose output is converted avoids it.
+    Used by: `spamo.analysis.paga.knn_transformer` (above 50,000 spots).
+    Remove when: the scanpy in use accepts sparse arrays from a transformer (scanpy > 1.11.5).
+    """
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def get_params(self, deep: bool = True) -> dict:
+        return self.inner.get_params(deep)
+
+    def set_params(self, **params):
+        self.inner.set_params(**params)
+        return self
+
+    def fit(self, X, y=None):  # noqa: N803 - scikit-learn's argument names
+        self.inner.fit(X)
+        return self
+
+    def transform(self, X):  # noqa: N803
+        return sp.csr_matrix(self.inner.transform(X))
+
+    def fit_transform(self, X, y=None):  # noqa: N803
+        return sp.csr_matrix(self.inner.fit_transform(X))
