@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from dataclasses import dataclass
 
 import scipy.sparse as sp
@@ -62,3 +63,56 @@ class CsrOutput:
 
     def fit_transform(self, X, y=None):  # noqa: N803
         return sp.csr_matrix(self.inner.fit_transform(X))
+
+
+@contextlib.contextmanager
+def quiet_csr_beta():
+    """Silence torch's one-time "Sparse CSR tensor support is in beta" notice while building a CSR operator.
+
+    CSR products are what SPAMO relies on; the notice is noise to users. Scoped to the call, so no process-wide
+    warning filter is installed.
+    Used by: `spamo.model.sparse.to_operator`, `spamo.model.feature_graph.LearnableFeatureGraph.operator`.
+    Remove when: torch drops the beta notice for CSR tensors.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        yield
+
+
+@dataclass(frozen=True)
+class Workaround:
+    """One workaround: what it avoids, where it lives, and when it can be deleted."""
+
+    name: str
+    where: str
+    why: str
+    remove_when: str
+
+
+WORKAROUNDS = (
+    Workaround("rpy2 environment", "spamo._compat.rpy2_environment_kept (used by spamo.clustering.mclust)",
+               "rpy2 prepends R's library folders to LD_LIBRARY_PATH; child Python processes then load the wrong "
+               "libpython", "rpy2 starts R without editing os.environ"),
+    Workaround("csr_matrix from kNN transformers", "spamo._compat.CsrOutput (used by spamo.analysis.paga)",
+               "scanpy 1.11.5's pynndescent path calls getnnz, which scipy >= 1.15's csr_array lacks",
+               "the scanpy in use accepts sparse arrays from a transformer (scanpy > 1.11.5)"),
+    Workaround("PAGA layout", "spamo.analysis.paga.paga_layout",
+               "scanpy's own PAGA layout step fails on scipy's current sparse indexing",
+               "sc.pl.paga without pos= draws on the scipy in use; then drop paga_layout"),
+    Workaround("kNN graph for leiden/louvain", "spamo.clustering.community.knn_graph",
+               "scanpy's pp.neighbors compiles numba code in every new process (every Ray worker) and failed with "
+               "scipy's sparse arrays above 4,096 spots", "scanpy's neighbours work with the scipy in use and "
+               "without a per-process compilation (the numba cost alone may justify keeping it)"),
+    Workaround("nullable strings in h5ad", "spamo.io.write_h5ad",
+               "under pandas 3 string columns and index are nullable string arrays, which anndata writes only with "
+               "allow_write_nullable_strings on", "anndata writes nullable strings by default"),
+    Workaround("resumable Optuna search", "search.searcher.ResumableOptunaSearch",
+               "after a killed driver Ray replays the result of a trial the Optuna study already closed, and Ray's "
+               "OptunaSearch lets Optuna's refusal stop the whole search",
+               "Ray's OptunaSearch ignores UpdateFinishedTrialError"),
+    Workaround("Tune snapshot period", "search.tuning (TUNE_GLOBAL_CHECKPOINT_S set when the user has not)",
+               "Ray Tune snapshots its experiment state rarely by default, so a killed driver loses finished trials",
+               "Ray Tune exposes the snapshot period as an argument (then pass it instead of the variable)"),
+    Workaround("CSR beta notice", "spamo._compat.quiet_csr_beta",
+               "torch prints a beta notice the first time a CSR tensor is made", "torch drops the notice"),
+)

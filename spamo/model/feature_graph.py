@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from spamo._compat import quiet_csr_beta
+
 EMA_UPDATES = ("after_step", "before_step")
 
 
@@ -82,7 +84,9 @@ class LearnableFeatureGraph(nn.Module):
 
     def operator(self) -> torch.Tensor:
         """The current feature graph F as a CSR operator (no gradient: the encoder does not train P)."""
-        return torch.sparse_csr_tensor(self.crow, self.cols, self.current, (self.n, self.n), check_invariants=False)
+        with quiet_csr_beta():
+            return torch.sparse_csr_tensor(self.crow, self.cols, self.current, (self.n, self.n),
+                                           check_invariants=False)
 
     def as_coo(self, which: str = "current") -> torch.Tensor:
         """`current`, `target` or `refined` values as a sparse COO tensor (for inspection and tests)."""

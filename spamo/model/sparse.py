@@ -6,12 +6,9 @@ graph itself), so no transposed copy is built and CSR operators, which are the f
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 
-# CSR products are what SPAMO relies on; torch's one-time "CSR support is in beta" notice is noise to users.
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+from spamo._compat import quiet_csr_beta
 
 
 class _SymmetricGraphProduct(torch.autograd.Function):
@@ -44,4 +41,5 @@ def to_operator(graph: torch.Tensor) -> torch.Tensor:
     """The fastest operator form of a graph on its device: CSR (COO input is coalesced first)."""
     if graph.layout == torch.sparse_csr:
         return graph
-    return graph.coalesce().to_sparse_csr()
+    with quiet_csr_beta():
+        return graph.coalesce().to_sparse_csr()
