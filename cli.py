@@ -96,6 +96,8 @@ def data_info_command(
     modalities: Optional[str] = typer.Option(None, "--modalities", help="NAME=FILE,... for a folder of your own."),
     truth: Optional[Path] = typer.Option(None, "--truth", help="Ground-truth file (one label per line)."),
     n_clusters: Optional[int] = typer.Option(None, "--n-clusters", help="Number of clusters to check."),
+    layer: Optional[str] = typer.Option(None, "--layer", help="Read layers[NAME] instead of .X (the reference "
+                                                              "reads .X)."),
 ):
     """Check a dataset and print its spots, modalities, features, coordinate ranges and label counts."""
     from rich.console import Console
@@ -106,23 +108,10 @@ def data_info_command(
     if (folder is None) == (dataset is None):
         raise SpamoInputError("--dataset", "give either a FOLDER or --dataset KEY")
     if dataset is not None:
-        data = datasets.load_dataset(dataset, data_root=data_root, n_clusters=n_clusters)
-    elif folder.suffix == ".h5mu":
-        if data_type is None:
-            raise SpamoInputError("--data-type", "a .h5mu file needs its --data-type")
-        data = datasets.load_h5mu(folder, data_type, modalities=modalities, n_clusters=n_clusters)
-    else:
-        if not folder.is_dir():
-            raise SpamoInputError(folder, "folder not found")
-        spec = datasets.detect_layout(folder) if data_type is None and modalities is None else None
-        if spec is not None and truth is None:
-            data = datasets.load_layout(folder, spec, n_clusters=n_clusters)
-        elif data_type is None and spec is None:
-            raise SpamoInputError(folder, "no known dataset layout here; give --data-type (and --modalities)")
-        else:
-            data = datasets.load_folder(folder, data_type or spec.data_type,
-                                        modality_files=modalities or (spec.modality_files if spec else None),
-                                        truth_file=truth, n_clusters=n_clusters)
+        datasets.get_dataset_spec(dataset)
+    data = datasets.load(dataset if dataset is not None else Path(folder), data_type=data_type,
+                         modality_files=modalities, truth=truth, layer=layer, n_clusters=n_clusters,
+                         data_root=data_root)
     summary = datasets.dataset_summary(data)
     table = Table(title=f"{summary['name']} ({summary['data_type']}): {summary['n_spots']} spots")
     for column in ("modality", "features", "counts layer", "file"):
@@ -134,6 +123,7 @@ def data_info_command(
     lo, hi = summary["coords_min"], summary["coords_max"]
     console.print(f"coordinates: x {lo[0]:g} .. {hi[0]:g}, y {lo[1]:g} .. {hi[1]:g}")
     console.print(f"n_clusters: {summary['n_clusters']}")
+    console.print(f"input matrix: {summary['matrix']}; truth and labels order: {summary['label_order']}")
     labels = summary["labels"]
     console.print("labels: " + (", ".join(f"{k}: {v}" for k, v in labels.items()) if labels else "none"))
 
@@ -166,6 +156,8 @@ def run_command(
     modality_files: Optional[str] = typer.Option(None, "--modality-files",
                                                  help="Which file is which modality: RNA=a.h5ad,ADT=b.h5ad"),
     truth_file: Optional[Path] = typer.Option(None, "--truth-file", help="Ground-truth labels, one per line."),
+    layer: Optional[str] = typer.Option(None, "--layer", help="Read layers[NAME] of every modality instead of .X "
+                                                              "(the reference reads .X)."),
     modalities: Optional[str] = typer.Option(None, "--modalities",
                                              help="Use only these modalities (comma-separated), e.g. RNA for an "
                                                   "ablation."),
@@ -233,7 +225,7 @@ def run_command(
         cluster_method=cluster_method, init_k=init_k, smooth=smooth, seed=seed, device=device)
     data = pipeline.load_data(dataset=dataset, data_dir=data_dir, data_type=data_type, data_root=data_root,
                               modality_files=parse_mapping(modality_files, "--modality-files"),
-                              truth_file=truth_file, n_clusters=config.n_clusters)
+                              truth_file=truth_file, n_clusters=config.n_clusters, layer=layer)
     chosen = [m.strip() for m in modalities.split(",")] if modalities else None
     result = pipeline.run(data, config, modalities=chosen, progress=not quiet)
     pipeline.write_outputs(result, data, out, draw=not no_plot)
@@ -271,6 +263,7 @@ def tune_command(
     data_type: Optional[str] = typer.Option(None, "--data-type", help="Data type of --data-dir."),
     data_root: Path = typer.Option(Path("Data"), "--data-root", help="Where the dataset folders live."),
     n_clusters: Optional[int] = typer.Option(None, "--n-clusters", help="Number of domains."),
+    layer: Optional[str] = typer.Option(None, "--layer", help="Read layers[NAME] of every modality instead of .X."),
     num_samples: int = typer.Option(20, "--num-samples", help="Number of trials."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Fix every trial's epoch budget (short runs)."),
     space: Optional[Path] = typer.Option(None, "--space", help="Search-space TOML (default: the dataset's)."),
@@ -309,7 +302,7 @@ def tune_command(
                 n_clusters=n_clusters, epochs=epochs, space=str(space) if space else None, metric=metric,
                 scheduler=scheduler, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
                 max_concurrent=max_concurrent, storage=storage, address=address, report_every=report_every,
-                seed=seed), log=log)
+                seed=seed, layer=layer), log=log)
     except KeyboardInterrupt:
         typer.echo("interrupted before the search started; nothing to resume", err=True)
         raise typer.Exit(code=130) from None

@@ -110,7 +110,7 @@ def load_entry(group: DatasetRuns, top_k: int) -> DatasetEntry:
     req = group.request
     data = pipeline.load_data(dataset=req.get("dataset"), data_dir=req.get("data_dir"),
                               data_type=req.get("data_type"), data_root=req.get("data_root", "Data"),
-                              n_clusters=req.get("n_clusters"))
+                              n_clusters=req.get("n_clusters"), layer=req.get("layer"))
     base = SpamoConfig(seed=int(req.get("seed", FIRST_SEED)), n_clusters=req.get("n_clusters"),
                        epochs=req.get("epochs"))
     prepared, _ = pipeline.prepare(data, base)

@@ -14,7 +14,7 @@ import ray
 from spamo.config import SpamoConfig
 
 # Settings the graphs depend on (everything else in a trial's config leaves them unchanged).
-GRAPH_SETTINGS = ("knn_k", "feature_graph_weight", "spatial_k")
+GRAPH_SETTINGS = ("knn_k", "feature_graph_weight", "spatial_k", "knn_ties")
 
 
 def graph_key(config: SpamoConfig) -> tuple:

@@ -46,6 +46,7 @@ class TuneRequest:
     report_every: int = 10
     seed: int = 2025
     results_root: str = str(RESULTS_ROOT)
+    layer: str | None = None  # read layers[layer] instead of .X (spamo.datasets.load)
 
     def to_toml(self) -> dict:
         return {"tune": {k: v for k, v in dataclasses.asdict(self).items() if v is not None}}
@@ -137,7 +138,7 @@ def load_search(request: TuneRequest, run_dir: Path) -> Search:
 
     space = load_space(space_path(request.dataset, request.space))
     data = pipeline.load_data(dataset=request.dataset, data_dir=request.data_dir, data_type=request.data_type,
-                              data_root=request.data_root, n_clusters=request.n_clusters)
+                              data_root=request.data_root, n_clusters=request.n_clusters, layer=request.layer)
     base = SpamoConfig(seed=request.seed, n_clusters=request.n_clusters, epochs=request.epochs)
     prepared, base = pipeline.prepare(data, base)
     metric = choose_metric(request.metric, prepared.truth is not None)

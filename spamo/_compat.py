@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import warnings
 from dataclasses import dataclass
 
 import scipy.sparse as sp
@@ -65,20 +64,6 @@ class CsrOutput:
         return sp.csr_matrix(self.inner.fit_transform(X))
 
 
-@contextlib.contextmanager
-def quiet_csr_beta():
-    """Silence torch's one-time "Sparse CSR tensor support is in beta" notice while building a CSR operator.
-
-    CSR products are what SPAMO relies on; the notice is noise to users. Scoped to the call, so no process-wide
-    warning filter is installed.
-    Used by: `spamo.model.sparse.to_operator`, `spamo.model.feature_graph.LearnableFeatureGraph.operator`.
-    Remove when: torch drops the beta notice for CSR tensors.
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        yield
-
-
 @dataclass(frozen=True)
 class Workaround:
     """One workaround: what it avoids, where it lives, and when it can be deleted."""
@@ -113,6 +98,6 @@ WORKAROUNDS = (
     Workaround("Tune snapshot period", "search.tuning (TUNE_GLOBAL_CHECKPOINT_S set when the user has not)",
                "Ray Tune snapshots its experiment state rarely by default, so a killed driver loses finished trials",
                "Ray Tune exposes the snapshot period as an argument (then pass it instead of the variable)"),
-    Workaround("CSR beta notice", "spamo._compat.quiet_csr_beta",
+    Workaround("CSR beta notice", "spamo.model.sparse.quiet_csr (scoped to each CSR construction)",
                "torch prints a beta notice the first time a CSR tensor is made", "torch drops the notice"),
 )

@@ -137,13 +137,12 @@ class SpamoConfig:
             raise SpamoInputError("modality_weights", f"need {n_modalities} non-negative weights, got {list(weights)}")
         if self.knn_k < 1:
             raise SpamoInputError("knn_k", f"KNN_k must be >= 1, got {self.knn_k}")
-        if n_spots is not None:
-            if self.knn_k >= n_spots:
-                raise SpamoInputError("knn_k", f"KNN_k={self.knn_k} must be smaller than the number of spots ({n_spots})")
-            if self.n_clusters is not None and not (2 <= self.n_clusters <= n_spots):
-                raise SpamoInputError("n_clusters", f"n_clusters={self.n_clusters} must be between 2 and {n_spots}")
-        elif self.n_clusters is not None and self.n_clusters < 2:
-            raise SpamoInputError("n_clusters", f"n_clusters={self.n_clusters} must be at least 2")
+        if n_spots is not None and self.knn_k >= n_spots:
+            raise SpamoInputError("knn_k", f"KNN_k={self.knn_k} must be smaller than the number of spots ({n_spots})")
+        if self.n_clusters is not None:
+            from spamo.datasets import check_n_clusters  # the one rule for K (loaders use it too)
+
+            check_n_clusters(self.n_clusters, n_spots)
         if not (0.0 <= self.dropout < 1.0):
             raise SpamoInputError("dropout", f"dropout must be in [0, 1), got {self.dropout}")
         epochs = self.epochs if self.epochs else dtype.epochs

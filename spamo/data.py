@@ -25,6 +25,21 @@ class MultiOmicsData:
     n_clusters: int | None = None
     sources: dict = field(default_factory=dict)  # modality name -> Path of the file it came from
     truth_path: Path | None = None
+    # The input matrix every modality was read from: None = `.X` (as the reference reads), else a layer's name.
+    layer: str | None = None
+    # Spot id of each row when the layout orders spots by id (the Simulation layout, docs/data.md section 1): the truth
+    # file's line i and labels.txt's line i belong to the spot whose id is i. None = row order.
+    spot_ids: np.ndarray | None = None
+
+    @property
+    def matrix_label(self) -> str:
+        """Which matrix the features come from, as run.toml records it."""
+        return ".X" if self.layer is None else f"layers['{self.layer}']"
+
+    @property
+    def label_order(self) -> str:
+        """How truth and labels.txt are ordered: 'spot_id' or 'rows'."""
+        return "rows" if self.spot_ids is None else "spot_id"
 
     @property
     def n_spots(self) -> int:

@@ -1,14 +1,27 @@
 """Loading datasets: the benchmark layouts (docs/data.md section 1), a user's own folder of .h5ad files, or a MuData
 file.
 
-Every loader returns a `MultiOmicsData` whose modalities hold the same spots in the same order, and refuses bad
-input (docs/data.md section 4) with a `SpamoInputError` naming the file and the problem, before anything is written.
-The checks run in O(nnz) on sparse matrices (dense matrices in row blocks), so they never densify a big matrix.
+`load(source, ...)` is the one entry point every command uses: it decides between a dataset key, a folder (in a
+known layout or the user's own) and a `.h5mu` file. Every loader returns a `MultiOmicsData` whose modalities hold
+the same spots in the same order, and refuses bad input (docs/data.md section 4) with a `SpamoInputError` naming the
+file and the problem, before anything is written. The checks run in O(nnz) on sparse matrices (dense matrices in
+row blocks), so they never densify a big matrix.
+
+Two conventions follow the reference release (docs/method.md section 8), because its published numbers depend on them:
+
+- The input matrix is `.X` for every modality and data type; `layer="NAME"` (`--layer NAME`) reads
+  `layers['NAME']` instead. In the authors' Simulation files `.X` and `layers['counts']` are different matrices.
+- Data types that order spots by id (the Simulation layout: `DataType.spot_id_order`) have spot names that are
+  spot ids ('529', '478', ...) in a permuted row order: line i of the truth file is the label of the spot whose
+  id is i, and labels.txt is written the same way. The loader reads each name's leading integer as its id,
+  refuses names that are not a permutation of 0..N-1, aligns the truth to the rows and keeps the ids
+  (`MultiOmicsData.spot_ids`) for the writer.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,16 +30,14 @@ from typing import Iterable
 import numpy as np
 import scipy.sparse as sp
 
+from spamo import modalities as modality_kinds
 from spamo.data import MultiOmicsData
 from spamo.errors import SpamoInputError
 
+log = logging.getLogger(__name__)
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DATASETS_TOML = CONFIG_DIR / "datasets.toml"
-# Modalities whose raw matrix must hold counts (non-negative); ATAC is checked only when it has a counts layer,
-# because a normalised peak matrix (adata_peaks_normalized.h5ad) may legitimately hold other values.
-COUNT_MODALITIES = ("RNA", "ADT")
-# Extra conventional file names per modality, tried after adata_<Modality>.h5ad.
-ALTERNATIVE_FILES = {"ATAC": ("adata_peaks_normalized.h5ad",)}
 ROW_BLOCK = 65536
 
 
@@ -64,7 +75,51 @@ def get_dataset_spec(key: str) -> DatasetSpec:
 
 
 # ------------------------------------------------------------------------------------------------ public loaders
-def load_dataset(key: str, data_root: str | Path = "./Data", n_clusters: int | None = None) -> MultiOmicsData:
+def load(source: str | Path, data_type: str | None = None, modality_files: dict | str | None = None,
+         truth: str | Path | None = None, layer: str | None = None, n_clusters: int | None = None,
+         data_root: str | Path = "Data") -> MultiOmicsData:
+    """Load anything a command may be pointed at; every command goes through here.
+
+    `source` is a dataset key (a `str` naming a `configs/datasets.toml` entry: hln, mb, sim, read under
+    `data_root`), a folder of .h5ad files, or one `.h5mu` file (pass folders and files as `Path`). A folder without
+    `data_type` and `modality_files` must follow a known layout (detected from its files). `truth` overrides the
+    ground truth: a label file (any source) or, for `.h5mu`, an obs column name. `layer` names the matrix to read
+    instead of `.X`.
+    """
+    if isinstance(source, str) and source in dataset_registry():
+        if modality_files:
+            raise SpamoInputError("--modality-files", f"applies to a folder of your own, not to dataset '{source}'")
+        spec = get_dataset_spec(source)
+        if data_type is not None and data_type != spec.data_type:
+            raise SpamoInputError("--data-type", f"dataset '{source}' is {spec.data_type}, not {data_type}")
+        return load_dataset(source, data_root=data_root, n_clusters=n_clusters, layer=layer, truth_file=truth)
+    path = Path(source)
+    if path.suffix == ".h5mu":
+        if data_type is None:
+            raise SpamoInputError("--data-type", "a .h5mu file needs its --data-type")
+        truth_key, truth_file = _h5mu_truth_source(truth)
+        return load_h5mu(path, data_type, modalities=modality_files, truth_key=truth_key, truth_file=truth_file,
+                         n_clusters=n_clusters, layer=layer)
+    if not path.exists():
+        if isinstance(source, str) and "/" not in source and path.suffix == "":
+            raise SpamoInputError("--dataset", f"unknown dataset '{source}' (known: {', '.join(dataset_registry())})"
+                                               f" and no folder of that name")
+        raise SpamoInputError(path, "folder not found")
+    if not path.is_dir():
+        raise SpamoInputError(path, "is a file: give a folder of .h5ad files or one .h5mu file")
+    if data_type is None and not modality_files:
+        spec = detect_layout(path)
+        if spec is None:
+            raise SpamoInputError(path, "no known dataset layout here; give --data-type (and --modality-files)")
+        return load_layout(path, spec, n_clusters, layer=layer, truth_file=truth)
+    if data_type is None:
+        raise SpamoInputError("--data-type", "a folder of your own needs its --data-type")
+    return load_folder(path, data_type, modality_files=modality_files, truth_file=truth, n_clusters=n_clusters,
+                       layer=layer)
+
+
+def load_dataset(key: str, data_root: str | Path = "./Data", n_clusters: int | None = None, layer: str | None = None,
+                 truth_file: str | Path | None = None) -> MultiOmicsData:
     """Load a benchmark dataset from `<data_root>/<folder>`.
 
     `sim` without a `Simulation` folder is generated (default simulation: 1296 spots, seed 0) and cached there.
@@ -76,27 +131,36 @@ def load_dataset(key: str, data_root: str | Path = "./Data", n_clusters: int | N
         from spamo.simulate import write_simulation
 
         write_simulation(folder, n_spots=1296, seed=0, layout="sim")
-    return load_layout(folder, spec, n_clusters)
+    return load_layout(folder, spec, n_clusters, layer=layer, truth_file=truth_file)
 
 
-def load_layout(folder: str | Path, spec: DatasetSpec, n_clusters: int | None = None) -> MultiOmicsData:
+def load_layout(folder: str | Path, spec: DatasetSpec, n_clusters: int | None = None, layer: str | None = None,
+                truth_file: str | Path | None = None) -> MultiOmicsData:
     """Load a folder in the layout of `spec` (its files, its truth file if present, its K unless simulated)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise SpamoInputError(folder, "folder not found")
     modality_files = {m: folder / f for m, f in spec.modality_files.items()}
-    truth = folder / spec.truth_file
-    return _assemble(spec.key, spec.data_type, modality_files, truth if truth.exists() else None, n_clusters,
-                     default_k=spec.n_clusters)
+    if truth_file is not None:
+        truth = _under(folder, truth_file)
+        if not truth.is_file():
+            raise SpamoInputError(truth, "file not found")
+    else:
+        truth = folder / spec.truth_file
+        truth = truth if truth.exists() else None
+    return _assemble(spec.key, spec.data_type, modality_files, truth, n_clusters, default_k=spec.n_clusters,
+                     layer=layer)
 
 
 def load_folder(folder: str | Path, data_type: str, modality_files: dict | str | None = None,
-                truth_file: str | Path | None = None, n_clusters: int | None = None) -> MultiOmicsData:
+                truth_file: str | Path | None = None, n_clusters: int | None = None,
+                layer: str | None = None) -> MultiOmicsData:
     """Load a user's own folder of .h5ad files.
 
     `modality_files` maps modality name -> file (relative to `folder` or absolute), as a dict or "RNA=a,ADT=b";
-    by default each of the data type's modalities is `adata_<Modality>.h5ad` (ATAC also
-    `adata_peaks_normalized.h5ad`). Without `truth_file`, a known ground-truth file in the folder is used if present.
+    by default each of the data type's modalities is its conventional file (`spamo.modalities`: ATAC is
+    `adata_ATAC.h5ad` or `adata_peaks_normalized.h5ad`). Without `truth_file`, a known ground-truth file in the
+    folder is used if present.
     """
     from spamo.datatypes import get_data_type
 
@@ -111,16 +175,20 @@ def load_folder(folder: str | Path, data_type: str, modality_files: dict | str |
     else:
         files = {m: _conventional_file(folder, m) for m in dtype.modalities}
     truth = _under(folder, truth_file) if truth_file is not None else _conventional_truth(folder)
-    return _assemble(folder.name, dtype.name, files, truth, n_clusters, default_k=None)
+    if truth is not None and not truth.is_file():
+        raise SpamoInputError(truth, "file not found")
+    return _assemble(folder.name, dtype.name, files, truth, n_clusters, default_k=None, layer=layer)
 
 
 def load_h5mu(path: str | Path, data_type: str, modalities: dict | list | str | None = None,
-              truth_key: str | None = None, n_clusters: int | None = None) -> MultiOmicsData:
+              truth_key: str | None = None, n_clusters: int | None = None, layer: str | None = None,
+              truth_file: str | Path | None = None) -> MultiOmicsData:
     """Load a MuData (.h5mu) file.
 
     `modalities` maps spamo modality name -> MuData modality key (dict or "RNA=rna,ADT=prot"), or lists the keys
-    to use in order; by default the data type's modalities are matched to the keys case-insensitively (ADT also
-    as prot/protein, ATAC also as peaks/atac). `truth_key` names an obs column (of the MuData or modality 1).
+    to use in order; by default the data type's modalities are matched to the keys case-insensitively by their
+    names and aliases (`spamo.modalities`). The ground truth is `truth_key`, an obs column (of the MuData or
+    modality 1), or `truth_file`, a label file (row order of modality 1, or spot-id order for such data types).
     """
     from spamo.datatypes import get_data_type
 
@@ -143,10 +211,26 @@ def load_h5mu(path: str | Path, data_type: str, modalities: dict | list | str | 
             adatas[name].obsm["spatial"] = np.asarray(coords)[positions]
     sources = {name: Path(f"{path}[{key}]") for name, key in mapping.items()}
     truth = None
+    if truth_key is not None and truth_file is not None:
+        raise SpamoInputError("--truth-file", "give either a truth file or an obs column, not both")
     if truth_key is not None:
         truth = _h5mu_truth(path, mdata, adatas[next(iter(adatas))], truth_key)
-    data = _build(path.stem, dtype.name, adatas, sources, truth, None, n_clusters, default_k=None)
+    truth_path = Path(truth_file) if truth_file is not None else None
+    if truth_path is not None and not truth_path.is_file():
+        raise SpamoInputError(truth_path, "file not found")
+    data = _build(path.stem, dtype.name, adatas, sources, truth, truth_path, n_clusters, default_k=None, layer=layer)
     return data
+
+
+def _h5mu_truth_source(truth: str | Path | None) -> tuple[str | None, Path | None]:
+    """A `truth` given with a .h5mu file: an existing file (or anything path-like) is a label file, else an obs
+    column name."""
+    if truth is None:
+        return None, None
+    text = str(truth)
+    if Path(text).exists() or "/" in text or Path(text).suffix:
+        return None, Path(text)
+    return text, None
 
 
 def parse_modality_files(text: str) -> dict[str, str]:
@@ -164,29 +248,35 @@ def parse_modality_files(text: str) -> dict[str, str]:
 
 # ------------------------------------------------------------------------------------------------ assembling
 def _assemble(name: str, data_type: str, files: dict, truth_path: Path | None, n_clusters: int | None,
-              default_k: int | None) -> MultiOmicsData:
+              default_k: int | None, layer: str | None = None) -> MultiOmicsData:
     """Read every modality file, then check and align them (reading first, so a missing file is caught first)."""
     for path in files.values():
         if not Path(path).exists():
             raise SpamoInputError(path, "file not found")
     adatas = {m: read_h5ad_checked(p) for m, p in files.items()}
     return _build(name, data_type, adatas, {m: Path(p) for m, p in files.items()}, None, truth_path, n_clusters,
-                  default_k)
+                  default_k, layer=layer)
 
 
 def _build(name: str, data_type: str, adatas: dict, sources: dict, truth: np.ndarray | None,
-           truth_path: Path | None, n_clusters: int | None, default_k: int | None) -> MultiOmicsData:
-    """Check every modality, align them by spot name, attach coordinates, ground truth and K."""
+           truth_path: Path | None, n_clusters: int | None, default_k: int | None,
+           layer: str | None = None) -> MultiOmicsData:
+    """Check every modality, align them by spot name, attach coordinates, ground truth (in row order) and K."""
+    from spamo.datatypes import get_data_type
+
     first_name = next(iter(adatas))
     first_source = sources[first_name]
     for modality, adata in adatas.items():
-        check_modality(adata, modality, sources[modality])
+        check_modality(adata, modality, sources[modality], layer=layer)
     adatas = align_modalities(adatas, sources)
     coords = _coordinates(adatas, sources)
     n_spots = coords.shape[0]
     first = adatas[first_name]
+    spot_ids = spot_ids_from_names(first.obs_names, first_source) if get_data_type(data_type).spot_id_order else None
     if truth is None and truth_path is not None:
         truth = read_truth_file(truth_path)
+        if truth.shape[0] == n_spots and spot_ids is not None:
+            truth = truth[spot_ids]  # line i is the label of the spot whose id is i
     elif truth is None and "spfac" in first.obsm:
         from spamo.simulate import truth_from_spfac
 
@@ -199,10 +289,47 @@ def _build(name: str, data_type: str, adatas: dict, sources: dict, truth: np.nda
     if n_clusters is not None:
         check_n_clusters(n_clusters, n_spots)
     return MultiOmicsData(name=name, data_type=data_type, modalities=adatas, coords=coords, truth=truth,
-                          n_clusters=n_clusters, sources=sources, truth_path=truth_path)
+                          n_clusters=n_clusters, sources=sources, truth_path=truth_path, layer=layer,
+                          spot_ids=spot_ids)
 
 
-def check_n_clusters(n_clusters: int, n_spots: int) -> None:
+def spot_ids_from_names(names, where: Path | str) -> np.ndarray:
+    """The spot id of each row: the leading integer of its name ('529' -> 529, '0007_spot' -> 7).
+
+    The ids must be a permutation of 0..N-1 (each line of the truth file and of labels.txt belongs to one spot);
+    anything else is refused, naming the file and the first offending name.
+    """
+    import pandas as pd
+
+    names = pd.Index(names).astype(str)
+    n = len(names)
+    digits = pd.Series(names.str.extract(r"^(\d+)", expand=False), dtype=object)
+    missing = np.flatnonzero(digits.isna().to_numpy())
+    if missing.size:
+        raise SpamoInputError(where, f"spot names must be spot ids 0..{n - 1} in this layout (truth and labels are "
+                                     f"ordered by id), but '{names[missing[0]]}' has no leading number")
+    ids = np.asarray([int(d) for d in digits], dtype=np.int64)
+    out_of_range = np.flatnonzero(ids >= n)
+    if out_of_range.size:
+        raise SpamoInputError(where, f"spot names must be spot ids 0..{n - 1} in this layout (truth and labels are "
+                                     f"ordered by id), but '{names[out_of_range[0]]}' is id {ids[out_of_range[0]]}")
+    seen = np.bincount(ids, minlength=n)
+    if (seen != 1).any():
+        dup = int(np.flatnonzero(seen > 1)[0])
+        raise SpamoInputError(where, f"spot names must be spot ids 0..{n - 1} in this layout (truth and labels are "
+                                     f"ordered by id), but id {dup} is used {int(seen[dup])} times")
+    return ids
+
+
+def check_n_clusters(n_clusters: int, n_spots: int | None = None) -> None:
+    """The one rule for the number of clusters (loaders and `SpamoConfig.resolve` both call it): an integer of at
+    least 2, and at most the number of spots when that is known."""
+    if isinstance(n_clusters, bool) or int(n_clusters) != n_clusters:
+        raise SpamoInputError("n_clusters", f"n_clusters={n_clusters!r} must be a whole number")
+    if n_spots is None:
+        if n_clusters < 2:
+            raise SpamoInputError("n_clusters", f"n_clusters={n_clusters} must be at least 2")
+        return
     if not 2 <= int(n_clusters) <= n_spots:
         raise SpamoInputError("n_clusters", f"n_clusters={n_clusters} must be between 2 and the number of "
                                             f"spots ({n_spots})")
@@ -229,36 +356,54 @@ def read_h5ad_checked(path: str | Path):
 
 
 # ------------------------------------------------------------------------------------------------ checks
-def raw_counts(adata):
-    """The raw counts convention for every stage: `layers['counts']` if present, else `.X`."""
-    return adata.layers["counts"] if "counts" in adata.layers else adata.X
+def input_matrix(adata, layer: str | None = None, where: Path | str = "--layer"):
+    """The matrix every stage reads: `.X` (as the reference does), or `layers[layer]` when a layer is named."""
+    if layer is None:
+        return adata.X
+    if layer not in adata.layers:
+        have = ", ".join(adata.layers.keys()) or "none"
+        raise SpamoInputError(where, f"has no layers['{layer}'] (layers here: {have})")
+    return adata.layers[layer]
 
 
-def check_modality(adata, modality: str, source: Path | str) -> None:
-    """Refuse a modality with no spots/features, duplicated spot names, non-finite values or negative counts."""
+def matrix_label(layer: str | None) -> str:
+    return ".X" if layer is None else f"layers['{layer}']"
+
+
+def raw_counts(adata, layer: str | None = None):
+    """Kept for callers of the old name: the input matrix (`.X` unless a layer is named)."""
+    return input_matrix(adata, layer)
+
+
+def check_modality(adata, modality: str, source: Path | str, layer: str | None = None) -> None:
+    """Refuse a modality with no spots/features, duplicated spot names, a missing input matrix, non-finite values
+    or (for kinds that need counts, `spamo.modalities`) negative values in the matrix that will be read."""
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise SpamoInputError(source, f"has {adata.n_obs} spots and {adata.n_vars} features")
     if not adata.obs_names.is_unique:
         dup = adata.obs_names[adata.obs_names.duplicated()][0]
         n_dup = int(adata.obs_names.duplicated().sum())
         raise SpamoInputError(source, f"duplicated spot names ({n_dup}, e.g. '{dup}')")
-    has_counts = "counts" in adata.layers
-    matrices = [("layers['counts']", adata.layers["counts"])] if has_counts else []
-    matrices.append((".X", adata.X))
-    for label, matrix in matrices:
-        if matrix is None:
-            continue
-        if not _is_numeric(matrix):
-            raise SpamoInputError(source, f"{label} is not a numeric matrix (dtype {matrix.dtype})")
-        bad = _first_nonfinite_row(matrix)
-        if bad is not None:
-            raise SpamoInputError(source, f"NaN or infinite value in {label} (spot '{adata.obs_names[bad]}')")
-    if modality in COUNT_MODALITIES or has_counts:
-        label = "layers['counts']" if has_counts else ".X"
-        bad = _first_negative_row(raw_counts(adata))
+    label = matrix_label(layer)
+    matrix = input_matrix(adata, layer, where=source)
+    if matrix is None:
+        raise SpamoInputError(source, f"has no {label} matrix")
+    if not _is_numeric(matrix):
+        raise SpamoInputError(source, f"{label} is not a numeric matrix (dtype {matrix.dtype})")
+    bad = _first_nonfinite_row(matrix)
+    if bad is not None:
+        raise SpamoInputError(source, f"NaN or infinite value in {label} (spot '{adata.obs_names[bad]}')")
+    if modality_kinds.counts_required(modality):
+        bad = _first_negative_row(matrix)
         if bad is not None:
             raise SpamoInputError(source, f"negative counts in {label} (spot '{adata.obs_names[bad]}'); raw "
                                           f"counts are expected")
+        if layer is None and "counts" in adata.layers and not np.issubdtype(matrix.dtype, np.integer):
+            fractional = _first_bad_row(matrix, lambda v: v != np.round(v))
+            if fractional is not None:
+                log.info("%s: .X holds non-integer values (spot '%s') and is read as the input, as the "
+                            "reference does; pass --layer counts to read layers['counts'] instead", source,
+                            adata.obs_names[fractional])
 
 
 def _first_bad_row(matrix, is_bad) -> int | None:
@@ -368,14 +513,12 @@ def _under(folder: Path, file: str | Path) -> Path:
 
 
 def _conventional_file(folder: Path, modality: str) -> Path:
-    """adata_<Modality>.h5ad, or a modality's alternative file name if only that one exists."""
-    primary = folder / f"adata_{modality}.h5ad"
-    if primary.exists():
-        return primary
-    for name in ALTERNATIVE_FILES.get(modality, ()):
+    """The first of the modality's conventional file names that exists (the first one if none does)."""
+    names = modality_kinds.default_files(modality)
+    for name in names:
         if (folder / name).exists():
             return folder / name
-    return primary
+    return folder / names[0]
 
 
 def _conventional_truth(folder: Path) -> Path | None:
@@ -394,12 +537,10 @@ def _h5mu_mapping(path: Path, mdata, conventional: tuple, modalities) -> dict[st
     elif modalities:
         mapping = {key: key for key in modalities}
     else:
-        aliases = {"RNA": ("rna", "gex", "expression"), "ADT": ("adt", "prot", "protein"),
-                   "ATAC": ("atac", "peaks", "chromatin")}
         lower = {k.lower(): k for k in keys}
         mapping = {}
         for name in conventional:
-            match = next((lower[a] for a in (name.lower(),) + aliases.get(name, ()) if a in lower), None)
+            match = next((lower[a] for a in modality_kinds.names_for(name) if a in lower), None)
             if match is None:
                 raise SpamoInputError(path, f"no modality for {name} (modalities in the file: {', '.join(keys)})")
             mapping[name] = match
@@ -459,6 +600,7 @@ def dataset_summary(data: MultiOmicsData) -> dict:
         "modalities": {m: {"features": int(a.n_vars), "file": str(data.sources.get(m, "")),
                            "counts_layer": "counts" in a.layers}
                        for m, a in data.modalities.items()},
+        "matrix": data.matrix_label, "label_order": data.label_order,
         "coords_min": data.coords.min(axis=0).tolist(), "coords_max": data.coords.max(axis=0).tolist(),
         "labels": None,
     }
@@ -468,6 +610,7 @@ def dataset_summary(data: MultiOmicsData) -> dict:
     return summary
 
 
-__all__ = ["DatasetSpec", "dataset_registry", "get_dataset_spec", "load_dataset", "load_layout", "load_folder", "load_h5mu",
-           "parse_modality_files", "raw_counts", "check_modality", "align_modalities", "read_truth_file",
-           "detect_layout", "dataset_summary", "check_n_clusters"]
+__all__ = ["DatasetSpec", "dataset_registry", "get_dataset_spec", "load", "load_dataset", "load_layout", "load_folder",
+           "load_h5mu", "parse_modality_files", "input_matrix", "matrix_label", "raw_counts", "check_modality",
+           "align_modalities", "read_truth_file", "spot_ids_from_names", "detect_layout", "dataset_summary",
+           "check_n_clusters"]

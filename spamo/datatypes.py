@@ -18,6 +18,9 @@ class DataType:
     spatial_k: int  # k of the spatial kNN graph (docs/method.md section 2)
     weight_decay: float  # docs/method.md section 5
     epochs: int  # docs/method.md section 5
+    # spot names are spot ids and the truth file / labels.txt are in spot-id order (the Simulation layout,
+    # docs/data.md section 1: the reference parses each name as an integer id and writes label j at line id_j)
+    spot_id_order: bool = False
     # preprocessing recipe: filled by spamo.preprocessing when it registers its recipes
     preprocess: Callable | None = None
 
@@ -52,4 +55,5 @@ register(DataType("10x", ("RNA", "ADT"), spatial_k=3, weight_decay=5e-3, epochs=
 register(DataType("SPOTS", ("RNA", "ADT"), spatial_k=3, weight_decay=5e-3, epochs=200))
 register(DataType("Stereo-CITE-seq", ("RNA", "ADT"), spatial_k=6, weight_decay=5e-2, epochs=300))
 register(DataType("Spatial-epigenome-transcriptome", ("RNA", "ATAC"), spatial_k=6, weight_decay=5e-2, epochs=300))
-register(DataType("Simulation", ("RNA", "ADT", "ATAC"), spatial_k=3, weight_decay=2e-2, epochs=200))
+register(DataType("Simulation", ("RNA", "ADT", "ATAC"), spatial_k=3, weight_decay=2e-2, epochs=200,
+                  spot_id_order=True))

@@ -17,6 +17,9 @@ Correlation distance is turned into euclidean geometry first: rows are centred a
 
 Determinism: candidates are re-scored in float64 by direct differences and ranked by (distance, index), so ties
 are broken towards the smaller spot index and the result is the same on every run for a seed.
+
+Spatial graphs by default take scikit-learn's neighbours instead (`spatial_graph(ties="sklearn")`, setting
+`knn_ties`): the reference builds them with `NearestNeighbors`, whose order decides the ties that grids are full of.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from scipy.spatial import cKDTree
+from sklearn.neighbors import NearestNeighbors
 
 log = logging.getLogger(__name__)
 
@@ -303,9 +307,46 @@ def normalized_knn_graph(
     return to_torch_sparse(normalize_with_self_loops(symmetrize_capped(directed)))
 
 
-def spatial_graph(coords: np.ndarray, k: int) -> torch.Tensor:
-    """Normalised spatial kNN graph on 2-D coordinates (exact KD-tree search at any size)."""
-    return normalized_knn_graph(coords, k, metric="euclidean", weight="connectivity", method="exact")
+def sklearn_neighbours(coords: np.ndarray, k: int) -> np.ndarray:
+    """Each spot's k neighbours exactly as the reference finds them: scikit-learn `NearestNeighbors(k + 1)` (default
+    algorithm, a KD-tree on coordinates) queried with the spots themselves, first column (self) dropped.
+
+    Its order decides ties, which are the rule on grids (a spot has 4 neighbours at the same distance and k = 3 keeps
+    three), so this, not the index order, reproduces the reference's graph. As in the reference, a spot whose
+    coordinates repeat may keep itself and drop a twin (whichever comes first among equals). Memory O(N k); about as
+    fast as the index-ordered KD-tree search (100,000 spots: 1.2 s against 1.9 s here).
+    """
+    x = np.asarray(coords, dtype=np.float64)
+    if x.ndim != 2 or not np.isfinite(x).all():
+        raise ValueError("coordinates must be a finite 2-D array")
+    if not 1 <= k < x.shape[0]:
+        raise ValueError(f"k={k} must be between 1 and the number of points minus one ({x.shape[0] - 1})")
+    index = NearestNeighbors(n_neighbors=k + 1).fit(x)
+    return index.kneighbors(x, return_distance=False)[:, 1:].astype(np.int64)
+
+
+def neighbour_table_graph(neighbours: np.ndarray) -> sp.csr_matrix:
+    """Directed 0/1 graph of an (N, k) neighbour table (row i holds i's neighbours)."""
+    n, k = neighbours.shape
+    indptr = np.arange(0, n * k + 1, k, dtype=np.int64)
+    graph = sp.csr_matrix((np.ones(n * k), neighbours.ravel(), indptr), shape=(n, n))
+    graph.sum_duplicates()
+    graph.sort_indices()
+    return graph
+
+
+def spatial_graph(coords: np.ndarray, k: int, ties: str = "sklearn") -> torch.Tensor:
+    """Normalised spatial kNN graph on 2-D coordinates (exact search at any size).
+
+    `ties="sklearn"` (default) takes the reference's neighbours (`sklearn_neighbours`); `ties="index"` the exact
+    KD-tree search with ties broken towards the smaller spot index (the old spamo graph).
+    """
+    if ties not in KNN_TIES:
+        raise ValueError(f"ties must be one of {KNN_TIES}, got {ties!r}")
+    if ties == "index":
+        return normalized_knn_graph(coords, k, metric="euclidean", weight="connectivity", method="exact")
+    directed = neighbour_table_graph(sklearn_neighbours(coords, k))
+    return to_torch_sparse(normalize_with_self_loops(symmetrize_capped(directed)))
 
 
 def feature_graph(
@@ -342,6 +383,6 @@ def build_graphs(prepared, config, method: str = "auto") -> GraphSet:
         from spamo.datatypes import get_data_type
 
         spatial_k = get_data_type(prepared.data_type).spatial_k
-    spatial = spatial_graph(prepared.coords, spatial_k)
+    spatial = spatial_graph(prepared.coords, spatial_k, ties=config.knn_ties)
     feature = feature_graphs(prepared, config.knn_k, weight=config.feature_graph_weight, method=method, seed=config.seed)
     return GraphSet(spatial=[spatial] * prepared.n_modalities, feature=feature)

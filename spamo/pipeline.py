@@ -47,26 +47,20 @@ def load_data(
     modality_files: dict[str, str] | None = None,
     truth_file: str | Path | None = None,
     n_clusters: int | None = None,
+    layer: str | None = None,
 ) -> MultiOmicsData:
-    """Load a named dataset (`hln`, `mb`, `sim`), a folder of .h5ad files, or one .h5mu file."""
+    """Load a named dataset (`hln`, `mb`, `sim`), a folder of .h5ad files, or one .h5mu file (`datasets.load`)."""
     from spamo import datasets
 
     if dataset is not None and data_dir is not None:
         raise SpamoInputError("--dataset", "give either --dataset or --data-dir, not both")
-    if dataset is not None:
-        data = datasets.load_dataset(dataset, data_root=data_root)
-        if n_clusters is not None:
-            data.n_clusters = n_clusters
-        return data
-    if data_dir is None:
+    if dataset is None and data_dir is None:
         raise SpamoInputError("--dataset", "give --dataset hln|mb|sim or --data-dir DIR --data-type TYPE")
-    if data_type is None:
-        raise SpamoInputError("--data-type", "a --data-dir needs its --data-type")
-    path = Path(data_dir)
-    if path.suffix == ".h5mu":
-        return datasets.load_h5mu(path, data_type=data_type, n_clusters=n_clusters)
-    return datasets.load_folder(path, data_type=data_type, modality_files=modality_files, truth_file=truth_file,
-                                n_clusters=n_clusters)
+    if dataset is not None:
+        datasets.get_dataset_spec(dataset)  # an unknown key is refused as a key, not looked up as a folder
+    source = dataset if dataset is not None else Path(data_dir)
+    return datasets.load(source, data_type=data_type, modality_files=modality_files, truth=truth_file,
+                         layer=layer, n_clusters=n_clusters, data_root=data_root)
 
 
 def prepare(data: MultiOmicsData, config: SpamoConfig, modalities: list[str] | None = None
@@ -182,9 +176,7 @@ def write_outputs(result: RunResult, data: MultiOmicsData, out_dir: str | Path, 
     out_dir = Path(out_dir)
     prep = result.prepared
     with atomic_dir(out_dir) as tmp:
-        # labels of the kept spots, in the original spot order (kept_index is increasing)
-        order = np.argsort(prep.kept_index, kind="stable")
-        run_folder.write_labels(result.labels[order], tmp / run_folder.LABELS_FILE)
+        run_folder.write_labels(labels_in_file_order(result, data), tmp / run_folder.LABELS_FILE)
         metrics = {k: float(v) for k, v in result.scores.items()}
         meta = provenance(data)
         run_folder.write_metrics(tmp, metrics, ground_truth=meta["ground_truth"], n_clusters=result.config.n_clusters,
@@ -198,6 +190,7 @@ def write_outputs(result: RunResult, data: MultiOmicsData, out_dir: str | Path, 
         record = {
             "config": {k: v for k, v in result.config.to_dict().items() if v is not None},
             "run": {"dataset": prep.name, "data_type": prep.data_type, "modalities": prep.modality_names,
+                    "matrix": data.matrix_label, "label_order": data.label_order,
                     "n_spots": prep.n_spots, "n_spots_loaded": prep.n_spots_original, "device": result.device,
                     "seed": result.config.seed},
             "timings": {k: round(float(v), 4) for k, v in result.timings.items()},
@@ -207,3 +200,17 @@ def write_outputs(result: RunResult, data: MultiOmicsData, out_dir: str | Path, 
         }
         run_folder.write_record(tmp, record)
     return out_dir
+
+
+def labels_in_file_order(result: RunResult, data: MultiOmicsData) -> np.ndarray:
+    """labels.txt's lines: the kept spots in the loaded row order, or, when the layout orders spots by id
+    (`data.spot_ids`, the Simulation layout), line j = the label of the spot whose id is j (-1 for a spot that
+    preprocessing dropped), as the reference writes it and its cal_matrics.py reads it."""
+    prep = result.prepared
+    labels = np.asarray(result.labels)
+    if data.spot_ids is None:
+        order = np.argsort(prep.kept_index, kind="stable")  # kept_index is increasing: the original order
+        return labels[order]
+    out = np.full(data.n_spots, -1, dtype=np.int64)
+    out[np.asarray(data.spot_ids)[prep.kept_index]] = labels
+    return out

@@ -23,6 +23,7 @@ import scipy.sparse as sp
 from spamo.data import MultiOmicsData, PreparedData
 from spamo.datatypes import _REGISTRY, register
 from spamo.errors import SpamoInputError
+from spamo.modalities import kind_of, names_for
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +35,14 @@ SCALE_MAX_VALUE = None  # scanpy's `sc.pp.scale` default: z-score without clippi
 # plain matrix functions
 
 
-def raw_counts(adata) -> np.ndarray | sp.csr_matrix:
-    """The raw counts of a modality: `layers['counts']` when present, else `.X`; CSR if sparse, float64."""
-    matrix = adata.layers["counts"] if "counts" in adata.layers else adata.X
+def raw_counts(adata, layer: str | None = None) -> np.ndarray | sp.csr_matrix:
+    """The input matrix of a modality, CSR if sparse, float64: `.X` as the reference reads it for every modality
+    and data type (docs/method.md section 8), or `layers[layer]` when the user names a layer."""
+    from spamo.datasets import input_matrix
+
+    matrix = input_matrix(adata, layer)
+    if hasattr(matrix, "to_memory"):  # backed sparse dataset
+        matrix = matrix.to_memory()
     if sp.issparse(matrix):
         return sp.csr_matrix(matrix, dtype=np.float64)
     return np.asarray(matrix, dtype=np.float64)
@@ -320,10 +326,11 @@ class Recipe:
         return run_recipe(self, data, seed)
 
     def recipe_for(self, name: str, position: int) -> ModalityRecipe:
-        """Match by name (case-insensitive), else by position."""
+        """Match by name or one of its kind's aliases (case-insensitive, `spamo.modalities`), else by position."""
         by_name = {k.lower(): v for k, v in self.modalities.items()}
-        if name.lower() in by_name:
-            return by_name[name.lower()]
+        for alias in names_for(name):
+            if alias in by_name:
+                return by_name[alias]
         ordered = list(self.modalities.values())
         if position < len(ordered):
             return ordered[position]
@@ -336,8 +343,8 @@ def run_recipe(recipe: Recipe, data: MultiOmicsData, seed: int) -> PreparedData:
     recipes = [recipe.recipe_for(name, i) for i, name in enumerate(names)]
     counts, kept_spots = [], np.ones(data.n_spots, dtype=bool)
     for name, mod_recipe in zip(names, recipes):
-        raw = raw_counts(data.modalities[name])
         where = _where(data, name)
+        raw = raw_counts(data.modalities[name], getattr(data, "layer", None))
         feature_mask = spots_per_feature(raw) >= mod_recipe.min_spots_per_feature
         if not feature_mask.any():
             raise SpamoInputError(where, f"zero features after filtering (features in fewer than "
@@ -385,9 +392,12 @@ def _where(data: MultiOmicsData, name: str) -> str:
 
 def _n_adt(recipe: Recipe, names: list[str], counts: list) -> int:
     """Feature count (after filtering) of the ADT modality, else of the second modality, else of the first."""
-    lowered = [n.lower() for n in names]
-    if recipe.adt_modality and recipe.adt_modality.lower() in lowered:
-        return int(counts[lowered.index(recipe.adt_modality.lower())].shape[1])
+    if recipe.adt_modality:
+        wanted = kind_of(recipe.adt_modality)
+        for name, matrix in zip(names, counts):
+            kind = kind_of(name)
+            if name.lower() == recipe.adt_modality.lower() or (kind is not None and kind is wanted):
+                return int(matrix.shape[1])
     return int(counts[min(1, len(counts) - 1)].shape[1])
 
 

@@ -139,7 +139,8 @@ class Trainer:
         seed_everything(config.seed)
         self.model = SpamoModule([f.shape[1] for f in self.features], config).to(self.device, dtype)
         self.graphs = torch.nn.ModuleList(
-            LearnableFeatureGraph(g.to(self.device, dtype), config.ema_beta, config.ema_update) for g in feature_graphs
+            LearnableFeatureGraph(g.to(self.device, dtype), config.ema_beta, config.ema_update, config.detach_feature_graph)
+            for g in feature_graphs
         )
         params = list(self.model.parameters()) + [g.values for g in self.graphs]
         self.optimizer = OPTIMIZERS[config.optimizer](params, config)
@@ -155,7 +156,7 @@ class Trainer:
         }
         total = sum(w * t for w, t in zip(self.weights, terms.values()))
         terms["graph"] = feature_graph_loss(refined, [g.target for g in self.graphs])
-        terms["spatial"] = spatial_smoothness_loss(outputs["fused"], self.spatial[0])
+        terms["spatial"] = spatial_smoothness_loss(outputs["fused"], self.spatial[0], cfg.smooth_degree_clamp)
         terms["dgi"] = dgi_loss(outputs["fused"], self.model.dgi)
         terms["total"] = (
             total + cfg.graph_weight * terms["graph"] + cfg.spatial_weight * terms["spatial"]
@@ -167,8 +168,10 @@ class Trainer:
         """One full-batch epoch: forward, loss, backward, optimiser step, feature-graph update, scheduler."""
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        outputs = self.model(self.features, self.spatial, [g.operator() for g in self.graphs])
+        # G(P) once per modality: the Frobenius term's and, unless detached, the encoders' graph (as the reference)
         refined = [g.refined_values() for g in self.graphs]
+        encoder_graphs = [g.encoder_graph(r) for g, r in zip(self.graphs, refined)]
+        outputs = self.model(self.features, self.spatial, encoder_graphs)
         terms = self.loss_terms(outputs, refined)
         values = {name: float(t.detach()) for name, t in terms.items()}
         for name, value in values.items():

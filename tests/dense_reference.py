@@ -1,7 +1,9 @@
 """A dense N x N formulation of SPAMO, written the way the reference release stores it.
 
 Dense adjacency matrices, a dense learnable P (N x N) per modality, explicit softmax(Q K^T / sqrt(d)) V attention and
-dense G(P) = normalise(relu((P + P^T)/2) + I). It takes its initial weights from a sparse `SpamoModule` (same
+dense G(P) = normalise(relu((P + P^T)/2) + I). As the reference's trainers: the encoders use F_0 in the first step and
+then G(P) computed after each step without detaching it (`detach_feature_graph=False`), and the spatial-smoothness
+neighbour mean divides by the row sum clamped at 1 (`smooth_degree_clamp`). It takes its initial weights from a sparse `SpamoModule` (same
 parameter names) so the equivalence test can run both side by side; `benchmarks/bench_train.py` times it too.
 Small N only: everything here is O(N^2).
 """
@@ -95,7 +97,10 @@ class DenseSpamo:
         terms["graph"] = torch.stack([torch.linalg.matrix_norm(g - t) for g, t in zip(refined, self.target)]).mean()
         unit = F.normalize(fused, dim=1)
         s = self.spatial[0]
-        terms["spatial"] = 1 - (unit * ((s @ unit) / s.sum(1, keepdim=True))).sum(1).mean()
+        degree = s.sum(1, keepdim=True)
+        if cfg.smooth_degree_clamp:
+            degree = degree.clamp(min=1)
+        terms["spatial"] = 1 - (unit * ((s @ unit) / degree)).sum(1).mean()
         perm = torch.randperm(fused.shape[0], device=fused.device)
         summary = torch.sigmoid(self._linear(fused.mean(0, keepdim=True), "dgi.summary"))
         bil = p["dgi.discriminator.weight"][0]
@@ -118,11 +123,13 @@ class DenseSpamo:
         terms = self.losses(fused, recon, refined)
         terms["total"].backward()
         self.optimizer.step()
-        with torch.no_grad():
-            for m, p in enumerate(self.P):
-                after = normalise_dense(p)
-                self.current[m] = after
-                source = refined[m].detach() if self.config.ema_update == "before_step" else after
+        for m, p in enumerate(self.P):
+            # As the reference: F <- G(P) kept in the autograd graph (unless detached), so the next forward's
+            # losses reach P through the encoders; the EMA target is always detached.
+            after = normalise_dense(p)
+            self.current[m] = after.detach() if self.config.detach_feature_graph else after
+            with torch.no_grad():
+                source = refined[m].detach() if self.config.ema_update == "before_step" else after.detach()
                 self.target[m] = self.config.ema_beta * self.target[m] + (1 - self.config.ema_beta) * source
         values = {k: float(v.detach()) for k, v in terms.items()}
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):

@@ -30,7 +30,8 @@ def normalised_graph(neighbours: np.ndarray) -> torch.Tensor:
     norm = sp.diags(inv_sqrt) @ adj @ sp.diags(inv_sqrt)
     norm = norm.tocoo()
     indices = torch.as_tensor(np.vstack([norm.row, norm.col]), dtype=torch.int64)
-    return torch.sparse_coo_tensor(indices, torch.as_tensor(norm.data, dtype=torch.float32), (n, n)).coalesce()
+    values = torch.as_tensor(norm.data, dtype=torch.float32)
+    return torch.sparse_coo_tensor(indices, values, (n, n), check_invariants=False).coalesce()
 
 
 def planted_problem(n: int, dims: list[int], n_domains: int = 3, seed: int = 0, spatial_k: int = 3, knn_k: int = 10):

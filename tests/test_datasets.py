@@ -163,12 +163,15 @@ def test_checks_are_sparse_and_do_not_densify():
         datasets.check_modality(adata, "RNA", "big.h5ad")
 
 
-def test_raw_counts_convention():
+def test_input_matrix_is_x_unless_a_layer_is_named():
+    """The reference reads .X for every modality; a layer is read only when named, and a missing one is refused."""
     x = sp.csr_matrix(np.eye(3, dtype=np.float32))
     adata = ad.AnnData(X=x)
-    assert datasets.raw_counts(adata) is adata.X
     adata.layers["counts"] = x * 2
-    assert datasets.raw_counts(adata) is adata.layers["counts"]
+    assert datasets.input_matrix(adata) is adata.X
+    assert datasets.input_matrix(adata, "counts") is adata.layers["counts"]
+    with pytest.raises(SpamoInputError, match=r"file.h5ad: has no layers\['raw'\] \(layers here: counts\)"):
+        datasets.input_matrix(adata, "raw", where="file.h5ad")
 
 
 # ------------------------------------------------------------------------------------------------ refusals
@@ -240,7 +243,9 @@ def _inf_in_x(a):
 
 def test_refuses_nan_or_inf_in_counts(sim_dir):
     _rewrite(sim_dir / "adata_RNA.h5ad", _nan_count)
-    _refused(["data", "info", str(sim_dir)], sim_dir, "adata_RNA.h5ad", "NaN or infinite", "layers['counts']")
+    _refused(["data", "info", str(sim_dir), "--layer", "counts"], sim_dir, "adata_RNA.h5ad", "NaN or infinite",
+             "layers['counts']")
+    assert CliRunner().invoke(app, ["data", "info", str(sim_dir)]).exit_code == 0  # .X is read: the layer is unused
 
 
 def test_refuses_inf_in_x(sim_dir):
@@ -259,7 +264,12 @@ def _negative_x_without_counts(a):
 
 def test_refuses_negative_counts(sim_dir):
     _rewrite(sim_dir / "adata_ADT.h5ad", _negative_count)
-    _refused(["data", "info", str(sim_dir)], sim_dir, "adata_ADT.h5ad", "negative counts")
+    _refused(["data", "info", str(sim_dir), "--layer", "counts"], sim_dir, "adata_ADT.h5ad",
+             "negative counts in layers['counts']")
+
+
+def test_refuses_a_missing_layer(sim_dir):
+    _refused(["data", "info", str(sim_dir), "--layer", "raw"], sim_dir, "adata_RNA.h5ad", "has no layers['raw']")
 
 
 def test_refuses_negative_raw_x_when_no_counts_layer(sim_dir):

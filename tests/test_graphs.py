@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
+from sklearn.neighbors import NearestNeighbors, kneighbors_graph
 
 from spamo.config import SpamoConfig
 from spamo.data import PreparedData
@@ -13,7 +14,9 @@ from spamo.graphs import (
     feature_graphs,
     knn_graph,
     knn_search,
+    neighbour_table_graph,
     normalize_with_self_loops,
+    sklearn_neighbours,
     spatial_graph,
     symmetrize_capped,
     to_torch_sparse,
@@ -158,3 +161,64 @@ def test_bad_arguments_are_refused():
         knn_search(np.zeros((5, 2)), 2, metric="cosine")
     with pytest.raises(ValueError):
         knn_search(np.array([[0.0, np.nan], [1, 1], [2, 2]]), 1)
+
+
+def _grid(nx=12, ny=9, step=2.0):
+    xs, ys = np.meshgrid(np.arange(nx) * step, np.arange(ny) * step)
+    return np.column_stack([xs.ravel(), ys.ravel()])
+
+
+@pytest.mark.parametrize("k", [3, 6])
+def test_spatial_tie_order_equals_scikit_learn_on_a_grid(k):
+    coords = _grid()
+    want = NearestNeighbors(n_neighbors=k + 1).fit(coords).kneighbors(coords, return_distance=False)[:, 1:]
+    got = sklearn_neighbours(coords, k)
+    assert np.array_equal(got, want)
+    # they are k nearest neighbours, and the grid really has ties at the k-th distance (so the order matters)
+    d = np.linalg.norm(coords[:, None] - coords[None], axis=-1)
+    np.fill_diagonal(d, np.inf)
+    kth = np.sort(d, axis=1)[:, k - 1]
+    assert np.allclose(d[np.arange(len(coords))[:, None], got].max(1), kth)
+    tied = (np.sort(d, axis=1)[:, k] == kth).mean()
+    assert tied > 0.5
+    # the graph is the reference's: kNN from that table, A + A^T capped at 1, + I, D^-1/2 . D^-1/2
+    n = len(coords)
+    a = np.zeros((n, n))
+    a[np.repeat(np.arange(n), k), want.ravel()] = 1.0
+    a = np.minimum(a + a.T, 1.0) + np.eye(n)
+    deg = a.sum(1)
+    expected = a / np.sqrt(np.outer(deg, deg))
+    assert np.allclose(_dense(spatial_graph(coords, k)), expected, atol=1e-6)
+    assert np.allclose(_dense(spatial_graph(coords, k, ties="sklearn")), expected, atol=1e-6)
+    index_ordered = _dense(spatial_graph(coords, k, ties="index"))
+    assert not np.allclose(index_ordered, expected)  # the old tie-break is a different graph on a grid
+    by_index = normalize_with_self_loops(symmetrize_capped(neighbour_table_graph(knn_search(coords, k)[0])))
+    assert np.allclose(index_ordered, by_index.toarray(), atol=1e-6)
+
+
+def test_build_graphs_takes_the_tie_order_from_the_config():
+    n = 108
+    coords = _grid()
+    rng = np.random.default_rng(0)
+    prepared = PreparedData(
+        name="grid", data_type="Simulation", modality_names=["RNA", "ADT"],
+        features=[rng.normal(size=(n, 6)).astype(np.float32) for _ in range(2)], coords=coords,
+        spot_names=np.array([f"s{i}" for i in range(n)]), kept_index=np.arange(n), n_spots_original=n,
+    )
+    for ties in ("sklearn", "index"):
+        config = SpamoConfig(data_type="Simulation", knn_k=5, knn_ties=ties).resolve(2, n)
+        graphs = build_graphs(prepared, config)
+        assert torch.equal(graphs.spatial[0].to_dense(), spatial_graph(coords, config.spatial_k, ties).to_dense())
+    with pytest.raises(ValueError, match="ties"):
+        spatial_graph(coords, 3, ties="random")
+
+
+def test_distance_edges_equal_scikit_learn_distance_graph_capped_and_normalised():
+    """model.md section 2: the correlation distance is the edge value before the symmetrise-and-cap step."""
+    x = _features(150, d=12, seed=8)
+    k = 6
+    sk = kneighbors_graph(x, k, mode="distance", metric="correlation", include_self=False).toarray()
+    a = np.minimum(sk + sk.T, 1.0) + np.eye(150)
+    deg = a.sum(1)
+    expected = a / np.sqrt(np.outer(deg, deg))
+    assert np.allclose(_dense(feature_graph(x, k, weight="distance")), expected, atol=1e-6)

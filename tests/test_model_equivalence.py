@@ -2,7 +2,8 @@
 
 Same initial weights, same seeds, dropout off, >= 20 optimiser steps with adam, adamw and sgd (all with weight
 decay): identical losses, embeddings and learnable-graph values (float64, to 1e-5), and every entry of the dense P
-outside the support of F stays exactly 0.
+outside the support of F stays exactly 0. Both sides follow the reference's defaults (encoders use G(P) without
+detaching it, spatial-smoothness degree clamped at 1); the switches for the old behaviours are covered too.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ def _close(a, b, what):
         (3, "sgd", {"ema_update": "before_step"}),
         (2, "adam", {"use_cross_attn": False}),
         (1, "adamw", {}),
+        (2, "adamw", {"detach_feature_graph": True}),
+        (3, "adam", {"smooth_degree_clamp": False, "ema_update": "before_step"}),
     ],
 )
 def test_sparse_model_equals_dense_formulation(n_mod, optimizer, extra):

@@ -5,6 +5,11 @@ diagonal) starts at 0 and stays 0 under SGD, Adam and AdamW (relu has zero gradi
 so P is stored as one value per support entry: the same model in O(E) memory (tests/test_model_equivalence.py).
 
 G(P) = D^-1/2 (relu((P + P^T) / 2) + I) D^-1/2, with P^T read through a precomputed reverse-edge permutation.
+
+What the encoders use (`encoder_graph`), as the reference does: F_0 (the normalised feature graph, a constant) in the
+first forward pass, then G(P) of the current P *with its gradient* (`detach=False`, the default), so the
+reconstruction, DGI and spatial losses reach P as well as the Frobenius term; `detach=True` gives the encoders the
+same values without the gradient (the old spamo behaviour).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from spamo._compat import quiet_csr_beta
+from spamo.model.sparse import EdgeValuedGraph, csr_operator
 
 EMA_UPDATES = ("after_step", "before_step")
 
@@ -40,7 +45,7 @@ def _with_full_diagonal(graph: torch.Tensor) -> torch.Tensor:
     diag = torch.arange(n, device=idx.device).expand(2, n)
     indices = torch.cat([idx, diag], dim=1)
     values = torch.cat([graph.values(), torch.zeros(n, dtype=graph.dtype, device=graph.device)])
-    return torch.sparse_coo_tensor(indices, values, graph.shape).coalesce()
+    return torch.sparse_coo_tensor(indices, values, graph.shape, check_invariants=False).coalesce()
 
 
 def _compressed_rows(rows: torch.Tensor, n: int) -> torch.Tensor:
@@ -52,7 +57,9 @@ def _compressed_rows(rows: torch.Tensor, n: int) -> torch.Tensor:
 class LearnableFeatureGraph(nn.Module):
     """P (a parameter per support entry), the current graph F used by the encoder, and the EMA target T."""
 
-    def __init__(self, graph: torch.Tensor, ema_beta: float = 0.9, ema_update: str = "after_step"):
+    def __init__(
+        self, graph: torch.Tensor, ema_beta: float = 0.9, ema_update: str = "after_step", detach: bool = False
+    ):
         super().__init__()
         if ema_update not in EMA_UPDATES:
             raise ValueError(f"ema_update must be one of {EMA_UPDATES}, got {ema_update!r}")
@@ -60,6 +67,7 @@ class LearnableFeatureGraph(nn.Module):
         self.n = int(graph.shape[0])
         self.ema_beta = float(ema_beta)
         self.ema_update = ema_update
+        self.detach = bool(detach)
         rows, cols = graph.indices()
         self.register_buffer("rows", rows.clone())
         self.register_buffer("cols", cols.clone())
@@ -70,6 +78,7 @@ class LearnableFeatureGraph(nn.Module):
         self.values = nn.Parameter(values.clone())  # P on the support
         self.register_buffer("current", values.clone())  # F: what the encoder uses in the next forward
         self.register_buffer("target", values.clone())  # T: the EMA target
+        self.register_buffer("updates", torch.zeros((), dtype=torch.int64))  # optimiser steps seen (0: F is F_0)
 
     def refined_values(self) -> torch.Tensor:
         """G(P) on the support: D^-1/2 (relu((P + P^T)/2) + I) D^-1/2 (differentiable in P).
@@ -83,15 +92,26 @@ class LearnableFeatureGraph(nn.Module):
         return inv_sqrt.index_select(0, self.rows) * sym * inv_sqrt.index_select(0, self.cols)
 
     def operator(self) -> torch.Tensor:
-        """The current feature graph F as a CSR operator (no gradient: the encoder does not train P)."""
-        with quiet_csr_beta():
-            return torch.sparse_csr_tensor(self.crow, self.cols, self.current, (self.n, self.n),
-                                           check_invariants=False)
+        """The current feature graph F as a CSR operator, without gradient (evaluation, or `detach=True`)."""
+        return csr_operator(self.crow, self.cols, self.current, self.n)
+
+    def encoder_graph(self, refined: torch.Tensor | None = None):
+        """The graph the encoders multiply by in a training forward pass.
+
+        F_0 before the first update (the reference's first epoch uses the constant normalised feature graph); after
+        it, `refined` = G(P) of this forward pass (the same values as F) carrying its gradient into P, unless
+        `detach` is set or no `refined` is given.
+        """
+        if self.detach or refined is None or int(self.updates) == 0:
+            return self.operator()
+        return EdgeValuedGraph(self.rows, self.cols, self.crow, refined, self.n)
 
     def as_coo(self, which: str = "current") -> torch.Tensor:
         """`current`, `target` or `refined` values as a sparse COO tensor (for inspection and tests)."""
         values = self.refined_values().detach() if which == "refined" else getattr(self, which)
-        return torch.sparse_coo_tensor(torch.stack([self.rows, self.cols]), values, (self.n, self.n)).coalesce()
+        return torch.sparse_coo_tensor(
+            torch.stack([self.rows, self.cols]), values, (self.n, self.n), check_invariants=False
+        ).coalesce()
 
     @torch.no_grad()
     def update_after_step(self, refined_before_step: torch.Tensor | None = None) -> None:
@@ -108,3 +128,4 @@ class LearnableFeatureGraph(nn.Module):
                 raise ValueError("ema_update='before_step' needs the G(P) of the forward pass")
             source = refined_before_step.detach()
         self.target.mul_(self.ema_beta).add_(source, alpha=1.0 - self.ema_beta)
+        self.updates += 1

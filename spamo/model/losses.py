@@ -29,22 +29,36 @@ def feature_graph_loss(refined_values: list[torch.Tensor], target_values: list[t
     return torch.stack(norms).mean()
 
 
-def spatial_smoothness_loss(fused: torch.Tensor, spatial: torch.Tensor) -> torch.Tensor:
-    """1 - mean_i <u_i, (S u)_i / rowsum(S)_i> with u the unit-length rows of the fused embedding."""
+def spatial_smoothness_loss(fused: torch.Tensor, spatial: torch.Tensor, clamp_degree: bool = True) -> torch.Tensor:
+    """1 - mean_i <u_i, (S u)_i / deg_i> with u the unit-length rows of the fused embedding.
+
+    deg_i = max(rowsum(S)_i, 1) with `clamp_degree` (the reference's `clamp(min=1)`: a normalised graph's row sums
+    are often below 1, and there the "mean" stays a damped sum), else rowsum(S)_i.
+    """
     unit = F.normalize(fused, dim=1)
-    neighbour_mean = graph_matmul(spatial, unit) / row_sums(spatial)
+    degree = row_sums(spatial)
+    if clamp_degree:
+        degree = degree.clamp(min=1.0)
+    neighbour_mean = graph_matmul(spatial, unit) / degree
     return 1.0 - (unit * neighbour_mean).sum(dim=1).mean()
 
 
 class DGIHead(nn.Module):
-    """Deep Graph Infomax parameters: summary s = sigmoid(Linear(d, d)(mean fused)); bilinear discriminator."""
+    """Deep Graph Infomax parameters: summary s = sigmoid(Linear(d, d)(mean fused)); bilinear discriminator.
 
-    def __init__(self, latent_dim: int):
+    `init="torch"` keeps nn.Bilinear's own initialisation (weight and bias uniform in +-1/sqrt(d)), as the reference;
+    `init="xavier"` redraws the weight Xavier-uniform with a zero bias (the old spamo start).
+    """
+
+    def __init__(self, latent_dim: int, init: str = "torch"):
         super().__init__()
+        if init not in DGI_INITS:
+            raise ValueError(f"init must be one of {DGI_INITS}, got {init!r}")
         self.summary = nn.Linear(latent_dim, latent_dim)
         self.discriminator = nn.Bilinear(latent_dim, latent_dim, 1)
-        nn.init.xavier_uniform_(self.discriminator.weight)
-        nn.init.zeros_(self.discriminator.bias)
+        if init == "xavier":
+            nn.init.xavier_uniform_(self.discriminator.weight)
+            nn.init.zeros_(self.discriminator.bias)
 
     def logits(self, rows: torch.Tensor, summary: torch.Tensor) -> torch.Tensor:
         """rows_i^T W s + b: the bilinear discriminator's output, computed as a matrix-vector product.

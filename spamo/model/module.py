@@ -26,7 +26,7 @@ class SpamoModule(nn.Module):
         self.encoders = nn.ModuleList(ModalityEncoder(f, d, p) for f in feature_dims)
         self.fusion = GatedFusion(len(feature_dims), d, p, config.use_cross_attn, config.attention_block_size)
         self.decoders = nn.ModuleList(ModalityDecoder(d, f, p) for f in feature_dims)
-        self.dgi = DGIHead(d)
+        self.dgi = DGIHead(d, config.dgi_init)
 
     @property
     def n_modalities(self) -> int:
