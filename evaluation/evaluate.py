@@ -17,9 +17,18 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluation.runs import DEFAULT_RUNS_ROOT, Candidate, DatasetRuns
-from evaluation.seed_runs import SeedJob, SeedRunCache, config_json
+from evaluation import report
+from evaluation.build import build_tables
+from evaluation.runs import (Candidate, DEFAULT_RUNS_ROOT, DatasetRuns, find_runs, group_by_dataset, read_run,
+                             top_configs)
+from evaluation.seed_runs import SeedJob, SeedRunCache, config_json, seed_task
+from evaluation.tables import write_tables
+from evaluation.transfer import config_for
+from spamo import pipeline
+from spamo.analysis import analyze_data
+from spamo.config import SpamoConfig
 from spamo.errors import SpamoInputError
+from spamo.pipeline import RunResult, truth_sha256, write_outputs
 
 DEFAULT_OUT = Path("results/evaluate")
 FIRST_SEED = 2025
@@ -102,9 +111,6 @@ def check_request(request: EvaluateRequest) -> None:
 
 def load_entry(group: DatasetRuns, top_k: int) -> DatasetEntry:
     """Choose the dataset's configurations, then load and preprocess its data as its tune run did."""
-    from evaluation.runs import top_configs
-    from spamo import pipeline
-    from spamo.config import SpamoConfig
 
     candidates = top_configs(group, top_k)
     req = group.request
@@ -122,14 +128,11 @@ def load_entry(group: DatasetRuns, top_k: int) -> DatasetEntry:
 
 
 def truth_hash(prepared) -> str | None:
-    from spamo.pipeline import truth_sha256
-
     return truth_sha256(prepared.truth) if prepared.truth is not None else None
 
 
 def build_jobs(entries: dict[str, DatasetEntry], seeds: list[int], cross: bool) -> list[SeedJob]:
     """Every top-K configuration x seed on its own dataset; each best configuration x seed on every other one."""
-    from evaluation.transfer import config_for
 
     jobs = []
     for name, entry in entries.items():
@@ -179,7 +182,6 @@ def run_pending(pending: list[SeedJob], entries: dict[str, DatasetEntry], cache:
     """
     import ray
 
-    from evaluation.seed_runs import seed_task
 
     unique = {job.key: job for job in pending}
     if not unique:
@@ -246,10 +248,6 @@ def _last_line(exc: BaseException) -> str:
 
 def evaluate_best(request: EvaluateRequest, log=print, progress: bool = True) -> EvaluationOutcome:
     """The whole evaluation; see the module docstring."""
-    from evaluation import report
-    from evaluation.build import build_tables
-    from evaluation.runs import find_runs, group_by_dataset, read_run
-    from evaluation.tables import write_tables
 
     check_request(request)
     out_dir = Path(request.out)
@@ -275,24 +273,8 @@ def evaluate_best(request: EvaluateRequest, log=print, progress: bool = True) ->
     return EvaluationOutcome(out_dir, frames, trained, reused, files)
 
 
-def best_choice(best_configs, dataset: str):
-    """The dataset's best configuration after the seed runs: highest mean of its metric (lowest for a loss)."""
-    from search.results import metric_mode
-
-    rows = best_configs[best_configs["dataset"] == dataset]
-    metric = rows["metric"].iloc[0]
-    column = f"{metric}_mean"
-    if column not in rows or rows[column].isna().all():
-        return rows.sort_values("rank").iloc[0]
-    ordered = rows.sort_values([column, "rank"], ascending=[metric_mode(metric) == "min", True], na_position="last")
-    return ordered.iloc[0]
-
-
 def best_run_result(entry: DatasetEntry, row, seed: int, cache: SeedRunCache):
     """The cached seed run of a best configuration as a `RunResult` (what `write_outputs` takes)."""
-    from evaluation.seed_runs import SeedJob
-    from spamo.config import SpamoConfig
-    from spamo.pipeline import RunResult
 
     config = SpamoConfig.from_dict(json.loads(row["config_json"])).replace(seed=int(seed))
     config = config.resolve(entry.prepared.n_modalities, entry.prepared.n_spots)
@@ -308,8 +290,6 @@ def best_run_result(entry: DatasetEntry, row, seed: int, cache: SeedRunCache):
 def analyze_best(best_configs, entries: dict[str, DatasetEntry], cache: SeedRunCache, request: EvaluateRequest,
                  out_dir: Path, log) -> list[Path]:
     """Write each dataset's best configuration (first seed) as a `spamo run` folder and analyse its domains."""
-    from spamo.analysis import analyze_data
-    from spamo.pipeline import write_outputs
 
     written = []
     for name, entry in entries.items():

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from search.results import metric_mode
 from spamo.errors import SpamoInputError
 
 RUN_FILE = "tune_run.toml"
@@ -135,7 +136,6 @@ def group_by_dataset(runs: list[TuneRun]) -> list[DatasetRuns]:
 
 def top_configs(group: DatasetRuns, k: int) -> list[Candidate]:
     """The K best finished trials of a dataset by its run's metric, distinct configurations only (seed ignored)."""
-    from search.results import metric_mode
 
     metric = group.metric
     frames = [run.trials.assign(_run=run.name) for run in group.runs]

@@ -12,8 +12,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from spamo.datasets import check_n_clusters
+from spamo.datatypes import get_data_type
 from spamo.errors import SpamoInputError
 from spamo.graphs import KNN_TIES
+from spamo.io import read_toml
 from spamo.model.losses import DGI_INITS
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -103,16 +106,12 @@ class SpamoConfig:
 
     @classmethod
     def from_toml(cls, path: str | Path) -> "SpamoConfig":
-        from spamo.io import read_toml
-
         values = read_toml(path)
         values = values.get("spamo", values)
         return cls.from_dict(values, where=str(path))
 
     def resolve(self, n_modalities: int, n_spots: int | None = None) -> "SpamoConfig":
         """Fill every data-type default and check every value; the result has no `None` left but `init_k`."""
-        from spamo.datatypes import get_data_type
-
         if self.data_type is None:
             raise SpamoInputError("data_type", "no data type given")
         dtype = get_data_type(self.data_type)
@@ -140,9 +139,7 @@ class SpamoConfig:
         if n_spots is not None and self.knn_k >= n_spots:
             raise SpamoInputError("knn_k", f"KNN_k={self.knn_k} must be smaller than the number of spots ({n_spots})")
         if self.n_clusters is not None:
-            from spamo.datasets import check_n_clusters  # the one rule for K (loaders use it too)
-
-            check_n_clusters(self.n_clusters, n_spots)
+            check_n_clusters(self.n_clusters, n_spots)  # the one rule for K (the loaders use it too)
         if not (0.0 <= self.dropout < 1.0):
             raise SpamoInputError("dropout", f"dropout must be in [0, 1), got {self.dropout}")
         epochs = self.epochs if self.epochs else dtype.epochs

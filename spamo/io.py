@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
+from spamo.errors import SpamoInputError
 
 
 @contextlib.contextmanager
@@ -76,7 +77,6 @@ def read_toml(path: str | Path, what: str = "file") -> dict:
     """A TOML file as a dict; a missing or malformed file is a one-line `SpamoInputError` naming it."""
     import tomllib
 
-    from spamo.errors import SpamoInputError
 
     path = Path(path)
     try:

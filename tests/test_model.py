@@ -180,7 +180,7 @@ def test_attention_without_dropout_runs_the_fused_kernel_not_the_n_by_n_math_pat
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# The reference's behaviours (model.md section 8), each against a direct computation
+# The reference's behaviours (docs/method.md section 8), each against a direct computation
 
 
 def test_spatial_smoothness_divides_by_row_sum_clamped_at_one():

@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from spamo.datasets import raw_counts
 from spamo.errors import SpamoInputError
 from spamo.preprocessing import clr
 
@@ -49,7 +48,9 @@ def modality_counts(adata, spot_names: pd.Index, max_features: int | None, where
     if (positions < 0).any():
         missing = spot_names[positions < 0]
         raise SpamoInputError(where, f"{len(missing)} spots of the run are not in this file (e.g. '{missing[0]}')")
-    matrix = raw_counts(adata)[positions]
+    # markers compare counts: the counts layer when the file has one (the Simulation files keep transformed
+    # values in .X), else .X
+    matrix = (adata.layers["counts"] if "counts" in adata.layers else adata.X)[positions]
     out = ad.AnnData(X=_as_float_matrix(matrix), obs=pd.DataFrame(index=spot_names),
                      var=pd.DataFrame(index=adata.var_names.astype(str)))
     out.var_names_make_unique()
