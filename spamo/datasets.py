@@ -90,12 +90,35 @@ def load_dataset(key: str, data_root: str | Path = "./Data", n_clusters: int | N
 
     `sim` without a `Simulation` folder is generated (default simulation: 1296 spots, seed 0) and cached there.
     `n_clusters` defaults to the number of simulated domains for simulated folders, else the table's K.
+    A preset of the selection benchmark (configs/benchmarks/selection.toml) is generated into `<data_root>/<key>`
+    on first use and loaded in its layout, under its own name.
     """
+    if key not in dataset_registry() and _is_preset(key):
+        return _load_preset(key, data_root, n_clusters, layer, truth_file)
     spec = get_dataset_spec(key)
     folder = spec.path(data_root)
     if key == "sim" and not folder.exists():
         write_simulation(folder, n_spots=1296, seed=0, layout="sim")
     return load_layout(folder, spec, n_clusters, layer=layer, truth_file=truth_file)
+
+
+def _is_preset(key: str) -> bool:
+    from spamo.simulate import is_preset
+
+    return is_preset(key)
+
+
+def _load_preset(key: str, data_root: str | Path, n_clusters: int | None, layer: str | None = None,
+                 truth_file: str | Path | None = None) -> MultiOmicsData:
+    from spamo.simulate import get_preset
+
+    preset = get_preset(key)
+    folder = Path(data_root) / key
+    if not folder.exists():
+        preset.write(folder)
+    data = load_layout(folder, get_dataset_spec(preset.layout), n_clusters, layer=layer, truth_file=truth_file)
+    data.name = key
+    return data
 
 
 def load_layout(folder: str | Path, spec: DatasetSpec, n_clusters: int | None = None, layer: str | None = None,

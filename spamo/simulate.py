@@ -8,6 +8,10 @@ apart by some modality and none tells all apart, so integration is what recovers
 
 Generation runs in chunks of spots with one random stream per (seed, modality, chunk), so the result depends only
 on the seed and the size, and a million spots fit in memory (counts are stored as sparse CSR).
+
+`Difficulty` grades a simulation (noise, contrast, which domains each modality merges, irregular shapes, a
+"confusable" pair seen by one weak modality only); its defaults reproduce the original simulation bit for bit.
+`configs/benchmarks/selection.toml` fixes the graded presets of the selection benchmark (`PRESETS`).
 """
 
 from __future__ import annotations
@@ -22,13 +26,51 @@ import scipy.sparse as sp
 
 from spamo.dataset_table import get_dataset_spec
 from spamo.errors import SpamoInputError
-from spamo.io import atomic_dir, write_h5ad
+from spamo.io import atomic_dir, read_toml, write_h5ad
 
 CHUNK_SPOTS = 16384
 MIN_SPOTS, MAX_SPOTS = 300, 1_000_000
 MIN_DOMAINS, MAX_DOMAINS = 4, 8
 GRIDS = ("square", "hex")
 LAYOUT_MODALITIES = {"sim": ("RNA", "ADT", "ATAC"), "hln": ("RNA", "ADT"), "mb": ("RNA", "ATAC")}
+PRESET_FILE = Path(__file__).resolve().parent.parent / "configs" / "benchmarks" / "selection.toml"
+
+
+@dataclass(frozen=True)
+class Difficulty:
+    """How hard a simulation is. The defaults are the original simulation (every factor 1, nothing extra merged).
+
+    - ``noise``: multiplies the non-spatial factor loadings and the overdispersion 1/theta of RNA and ADT.
+      Non-spatial variation is what a method must learn to ignore; more of it hides the domains.
+    - ``contrast``: multiplies every planted log-fold change (how different domains look); ``modality_contrast``
+      multiplies one modality's on top (a weak modality).
+    - ``blind``: extra pairs of domains each modality merges (shares features for), on top of its own blind pair:
+      fewer domains each modality can tell apart, so more depends on integration.
+    - ``irregularity``: 0 = smooth blobs and gently wavy bands; towards 1 the boundaries get lobes and
+      interdigitate (a seeded smooth field warps the positions the domains are drawn on).
+    - ``confusable``: a pair (a, b) merged by every modality but ``confusable_modality``, where b keeps a's
+      features plus its own at ``confusable_contrast`` of the usual fold change: visible only to one weak modality.
+    """
+
+    noise: float = 1.0
+    contrast: float = 1.0
+    modality_contrast: dict = field(default_factory=dict)
+    blind: dict = field(default_factory=dict)  # modality -> list of (a, b) pairs
+    irregularity: float = 0.0
+    confusable: tuple | None = None
+    confusable_modality: str | None = None
+    confusable_contrast: float = 0.3
+
+    def merged_pairs(self, model: "ModalityModel", n_domains: int) -> list[tuple[int, int]]:
+        """Every pair of domains `model` cannot tell apart under this difficulty."""
+        pairs = [tuple(model.blind_pair(n_domains))]
+        pairs += [tuple(int(v) for v in pair) for pair in self.blind.get(model.name, [])]
+        if self.confusable is not None and model.name != self.confusable_modality:
+            pairs.append(tuple(int(v) for v in self.confusable))
+        return pairs
+
+
+DEFAULT_DIFFICULTY = Difficulty()
 
 
 # ------------------------------------------------------------------------------------------------ modality models
@@ -190,11 +232,28 @@ def grid_coordinates(n_spots: int, grid: str = "square") -> np.ndarray:
     return coords
 
 
-def domain_labels(coords: np.ndarray, n_domains: int, rng: np.random.Generator) -> np.ndarray:
-    """Background 0, then smooth wobbly blobs in the upper part and wavy bands (layers) in the lower part."""
+def domain_labels(coords: np.ndarray, n_domains: int, rng: np.random.Generator, irregularity: float = 0.0,
+                  shape_rng: np.random.Generator | None = None) -> np.ndarray:
+    """Background 0, then smooth wobbly blobs in the upper part and wavy bands (layers) in the lower part.
+
+    With `irregularity` > 0 the positions are first warped by a smooth random field drawn from `shape_rng` (a
+    sum of a few plane waves, amplitude proportional to `irregularity`), so boundaries grow lobes and fingers;
+    `rng` is consumed exactly as without it, so the blob centres and phases do not move.
+    """
     lo, hi = coords.min(axis=0), coords.max(axis=0)
     unit = (coords - lo) / np.maximum(hi - lo, 1e-12)
     u, v = unit[:, 0], unit[:, 1]
+    if irregularity > 0:
+        shape_rng = shape_rng or np.random.default_rng(0)
+        warp_u, warp_v = np.zeros_like(u), np.zeros_like(v)
+        for _ in range(6):
+            freq = shape_rng.uniform(2.0, 7.0, size=2) * shape_rng.choice([-1, 1], size=2)
+            phase_u, phase_v = shape_rng.uniform(0, 2 * np.pi, size=2)
+            wave = 2 * np.pi * (freq[0] * u + freq[1] * v)
+            warp_u += np.sin(wave + phase_u)
+            warp_v += np.sin(wave + phase_v)
+        amplitude = 0.035 * irregularity / math.sqrt(6)
+        u, v = u + amplitude * warp_u, v + amplitude * warp_v
     n_factors = n_domains - 1
     n_blobs = math.ceil(n_factors / 2)
     n_bands = n_factors - n_blobs
@@ -219,11 +278,12 @@ def domain_labels(coords: np.ndarray, n_domains: int, rng: np.random.Generator) 
     return labels
 
 
-def make_tissue(n_spots: int, seed: int, n_domains: int = 5, grid: str = "square") -> Tissue:
+def make_tissue(n_spots: int, seed: int, n_domains: int = 5, grid: str = "square",
+                difficulty: Difficulty = DEFAULT_DIFFICULTY) -> Tissue:
     """Positions, domains, spatial-factor one-hots and non-spatial factors of one simulation."""
     rng = np.random.default_rng([seed, 0])
     coords = grid_coordinates(n_spots, grid)
-    labels = domain_labels(coords, n_domains, rng)
+    labels = domain_labels(coords, n_domains, rng, difficulty.irregularity, np.random.default_rng([seed, 0, 1]))
     spfac = np.zeros((n_spots, n_domains - 1), dtype=np.float32)
     has = labels > 0
     spfac[np.flatnonzero(has), labels[has] - 1] = 1.0
@@ -240,30 +300,62 @@ def truth_from_spfac(spfac: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------ generation
-def domain_groups(model: ModalityModel, n_domains: int) -> np.ndarray:
-    """Domain -> group index for one modality: its blind pair shares a group, every other domain has its own."""
-    a, b = model.blind_pair(n_domains)
+def domain_groups(model: ModalityModel, n_domains: int, difficulty: Difficulty = DEFAULT_DIFFICULTY) -> np.ndarray:
+    """Domain -> group index for one modality: merged domains share a group, every other domain has its own.
+
+    Merged pairs join transitively (union-find); groups are numbered by their smallest domain, in domain order.
+    """
+    root = list(range(n_domains))
+
+    def find(d: int) -> int:
+        while root[d] != d:
+            d = root[d]
+        return d
+
+    for a, b in difficulty.merged_pairs(model, n_domains):
+        if not (0 <= a < n_domains and 0 <= b < n_domains):
+            raise SpamoInputError("difficulty", f"{model.name} merges domains ({a}, {b}) outside 0..{n_domains - 1}")
+        ra, rb = find(a), find(b)
+        root[max(ra, rb)] = min(ra, rb)
     group = np.empty(n_domains, dtype=np.int64)
-    next_group = 0
+    numbers: dict[int, int] = {}
     for d in range(n_domains):
-        if d == b:
-            group[d] = group[a]
-        else:
-            group[d] = next_group
-            next_group += 1
+        group[d] = numbers.setdefault(find(d), len(numbers))
     return group
 
 
+def apply_difficulty(model: ModalityModel, params: dict, group_of_domain: np.ndarray,
+                     difficulty: Difficulty) -> dict:
+    """Scale the drawn parameters in place: fold changes by contrast, non-spatial loadings and 1/theta by noise,
+    and the weak modality's confusable domain to its partner's features plus a faint signature of its own."""
+    scale = difficulty.contrast * difficulty.modality_contrast.get(model.name, 1.0)
+    if scale != 1.0:
+        params["lfc"] = (params["lfc"] * scale).astype(np.float32)
+    if difficulty.noise != 1.0:
+        params["ns_load"] = (params["ns_load"] * difficulty.noise).astype(np.float32)
+        if "theta" in params:
+            params["theta"] = params["theta"] / difficulty.noise
+    if difficulty.confusable is not None and model.name == difficulty.confusable_modality:
+        a, b = (int(v) for v in difficulty.confusable)
+        ga, gb = group_of_domain[a], group_of_domain[b]
+        if ga != gb:
+            params["lfc"][gb] = params["lfc"][ga] + difficulty.confusable_contrast * params["lfc"][gb]
+    return params
+
+
 def simulate_modality(model: ModalityModel, tissue: Tissue, seed: int, n_domains: int,
-                      n_features: int | None = None, progress: Callable[[int], None] | None = None):
-    """One modality as an AnnData: integer counts in `layers['counts']`, transformed values in `.X` (both CSR)."""
+                      n_features: int | None = None, progress: Callable[[int], None] | None = None,
+                      difficulty: Difficulty = DEFAULT_DIFFICULTY):
+    """One modality as an AnnData: counts in `.X` (float32) and `layers['counts']` (int32), the transformed values
+    (log-normalised RNA, log1p ADT/ATAC) in `layers['lognorm']`; all CSR."""
     import anndata as ad
     import pandas as pd
 
     n_features = n_features or model.n_features
-    group_of_domain = domain_groups(model, n_domains)
+    group_of_domain = domain_groups(model, n_domains, difficulty)
     n_groups = int(group_of_domain.max()) + 1
     params = model.make_params(np.random.default_rng([seed, model.stream, 0]), n_features, n_groups)
+    params = apply_difficulty(model, params, group_of_domain, difficulty)
     lib_rng = np.random.default_rng([seed, model.stream, 1])
     lib = np.exp(lib_rng.normal(0.0, params["lib_sd"], size=tissue.n_spots)).astype(np.float32)
 
@@ -293,7 +385,10 @@ def simulate_modality(model: ModalityModel, tissue: Tissue, seed: int, n_domains
     x = sp.csr_matrix((model.transform(counts), indices, indptr), shape=shape)
 
     var_names = [f"{model.feature_prefix}{j:04d}" for j in range(n_features)]
-    adata = ad.AnnData(X=x, layers={"counts": counts},
+    # .X holds the counts (as float32, like the authors' files; the loaders read .X), layers['counts'] the same
+    # integers, layers['lognorm'] the log-normalised values
+    as_float = sp.csr_matrix((counts_data.astype(np.float32), indices, indptr), shape=shape)
+    adata = ad.AnnData(X=as_float, layers={"counts": counts, "lognorm": x},
                        obs=pd.DataFrame(index=pd.Index(tissue.spot_names, name=None)),
                        var=pd.DataFrame(index=pd.Index(var_names)))
     adata.obsm["spatial"] = tissue.coords.copy()
@@ -341,15 +436,33 @@ def check_simulation_args(n_spots: int, n_domains: int, layout: str, grid: str) 
         raise SpamoInputError("--grid", f"'{grid}' is not one of {', '.join(GRIDS)}")
 
 
+def check_difficulty(difficulty: Difficulty, layout: str, n_domains: int) -> None:
+    """Refuse a confusable pair that no modality of the layout can see (one line, before anything is drawn)."""
+    if difficulty.confusable is None:
+        return
+    weak = difficulty.confusable_modality
+    if weak not in LAYOUT_MODALITIES[layout]:
+        raise SpamoInputError("confusable_modality", f"'{weak}' is not a modality of layout {layout} "
+                                                     f"({', '.join(LAYOUT_MODALITIES[layout])})")
+    a, b = (int(v) for v in difficulty.confusable)
+    groups = domain_groups(MODALITY_MODELS[weak], n_domains, difficulty)
+    if groups[a] == groups[b]:
+        raise SpamoInputError("confusable", f"{weak} itself merges domains {a} and {b}: the pair would be "
+                                            "invisible to every modality")
+
+
 def simulate(n_spots: int = 1296, seed: int = 0, n_domains: int = 5, layout: str = "sim", grid: str = "square",
-             n_features: dict | None = None, progress: Callable[[int], None] | None = None) -> Simulation:
+             n_features: dict | None = None, progress: Callable[[int], None] | None = None,
+             difficulty: Difficulty = DEFAULT_DIFFICULTY) -> Simulation:
     """Simulate the modalities of `layout` in memory (`progress` is called with the spots done per step)."""
     check_simulation_args(n_spots, n_domains, layout, grid)
-    tissue = make_tissue(n_spots, seed, n_domains, grid)
+    check_difficulty(difficulty, layout, n_domains)
+    tissue = make_tissue(n_spots, seed, n_domains, grid, difficulty)
     modalities = {}
     for name in LAYOUT_MODALITIES[layout]:
         size = (n_features or {}).get(name)
-        modalities[name] = simulate_modality(MODALITY_MODELS[name], tissue, seed, n_domains, size, progress)
+        modalities[name] = simulate_modality(MODALITY_MODELS[name], tissue, seed, n_domains, size, progress,
+                                             difficulty)
         modalities[name].uns["spamo_simulation"].update({"layout": layout, "grid": grid})
     return Simulation(modalities=modalities, truth=tissue.labels.astype(np.int64), coords=tissue.coords,
                       layout=layout)
@@ -357,26 +470,99 @@ def simulate(n_spots: int = 1296, seed: int = 0, n_domains: int = 5, layout: str
 
 def write_simulation(out_dir: str | Path, n_spots: int = 1296, seed: int = 0, layout: str = "sim",
                      grid: str = "square", n_domains: int = 5, n_features: dict | None = None,
-                     progress: Callable[[int], None] | None = None) -> Path:
+                     progress: Callable[[int], None] | None = None,
+                     difficulty: Difficulty = DEFAULT_DIFFICULTY) -> Path:
     """Write a simulation in the folder layout of dataset `layout` (docs/data.md section 1), atomically.
 
     Modalities are generated and written one at a time (peak memory: one modality), into a temporary sibling
     folder that is renamed into place at the end, so an interrupted run leaves nothing half-written.
     """
     check_simulation_args(n_spots, n_domains, layout, grid)
+    check_difficulty(difficulty, layout, n_domains)
     spec = get_dataset_spec(layout)
     out_dir = Path(out_dir)
-    tissue = make_tissue(n_spots, seed, n_domains, grid)
+    tissue = make_tissue(n_spots, seed, n_domains, grid, difficulty)
     with atomic_dir(out_dir) as tmp:
         tmp.chmod(0o755)  # a dataset folder is an ordinary folder, not a private temporary one
         for name in LAYOUT_MODALITIES[layout]:
             size = (n_features or {}).get(name)
-            adata = simulate_modality(MODALITY_MODELS[name], tissue, seed, n_domains, size, progress)
+            adata = simulate_modality(MODALITY_MODELS[name], tissue, seed, n_domains, size, progress, difficulty)
             adata.uns["spamo_simulation"].update({"layout": layout, "grid": grid})
             write_h5ad(adata, tmp / spec.modality_files[name])
             del adata
         (tmp / spec.truth_file).write_text("\n".join(str(int(v)) for v in tissue.labels) + "\n")
     return out_dir
+
+
+# ------------------------------------------------------------------------------------------------ presets
+PRESET_KEYS = {"layout", "n_spots", "seed", "n_domains", "grid", "description"}
+DIFFICULTY_KEYS = set(Difficulty.__dataclass_fields__)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One named, seeded simulation of the selection benchmark (a table of configs/benchmarks/selection.toml)."""
+
+    name: str
+    layout: str
+    n_spots: int
+    seed: int
+    n_domains: int = 5
+    grid: str = "square"
+    description: str = ""
+    difficulty: Difficulty = DEFAULT_DIFFICULTY
+
+    def simulate(self, n_features: dict | None = None) -> Simulation:
+        return simulate(self.n_spots, self.seed, self.n_domains, self.layout, self.grid, n_features,
+                        difficulty=self.difficulty)
+
+    def write(self, out_dir: str | Path, progress: Callable[[int], None] | None = None) -> Path:
+        return write_simulation(out_dir, self.n_spots, self.seed, self.layout, self.grid, self.n_domains,
+                                progress=progress, difficulty=self.difficulty)
+
+
+def _preset_from_table(name: str, table: dict, where: Path) -> Preset:
+    if not isinstance(table, dict):
+        raise SpamoInputError(where, f"[{name}] must be a table")
+    unknown = set(table) - PRESET_KEYS - DIFFICULTY_KEYS
+    if unknown:
+        raise SpamoInputError(where, f"[{name}] has unknown key '{sorted(unknown)[0]}'")
+    for key in ("layout", "n_spots", "seed"):
+        if key not in table:
+            raise SpamoInputError(where, f"[{name}] misses '{key}'")
+    hard = {k: table[k] for k in DIFFICULTY_KEYS if k in table}
+    if "blind" in hard:
+        hard["blind"] = {m: [tuple(p) for p in pairs] for m, pairs in hard["blind"].items()}
+    if hard.get("confusable") is not None:
+        hard["confusable"] = tuple(hard["confusable"])
+    preset = Preset(name=name, layout=table["layout"], n_spots=int(table["n_spots"]), seed=int(table["seed"]),
+                    n_domains=int(table.get("n_domains", 5)), grid=table.get("grid", "square"),
+                    description=table.get("description", ""), difficulty=Difficulty(**hard))
+    try:
+        check_simulation_args(preset.n_spots, preset.n_domains, preset.layout, preset.grid)
+        check_difficulty(preset.difficulty, preset.layout, preset.n_domains)
+    except SpamoInputError as exc:
+        raise SpamoInputError(where, f"[{name}] {exc}") from None
+    return preset
+
+
+def load_presets(path: str | Path = PRESET_FILE) -> dict[str, Preset]:
+    """Every preset of the benchmark file, in file order."""
+    path = Path(path)
+    raw = read_toml(path, "simulation preset file")
+    return {name: _preset_from_table(name, table, path) for name, table in raw.items()}
+
+
+def get_preset(name: str, path: str | Path = PRESET_FILE) -> Preset:
+    presets = load_presets(path)
+    if name not in presets:
+        raise SpamoInputError("--preset", f"unknown preset '{name}' (known: {', '.join(presets)})")
+    return presets[name]
+
+
+def is_preset(name: str, path: str | Path = PRESET_FILE) -> bool:
+    """Whether `name` is a preset of the benchmark file (False when the file is absent)."""
+    return Path(path).is_file() and name in load_presets(path)
 
 
 def total_steps(n_spots: int, layout: str) -> int:

@@ -63,6 +63,8 @@ def test_simulation_follows_the_method_layout():
     for adata in sim.modalities.values():
         assert sp.issparse(adata.layers["counts"]) and adata.layers["counts"].dtype == np.int32
         assert sp.issparse(adata.X) and adata.X.dtype == np.float32
+        assert (adata.X != adata.layers["counts"]).nnz == 0  # .X is the counts, as the loaders read it
+        assert adata.layers["lognorm"].dtype == np.float32 and adata.layers["lognorm"].nnz == adata.X.nnz
         assert adata.layers["counts"].min() >= 0
     atac = sim.modalities["ATAC"].layers["counts"]
     assert atac.nnz / np.prod(atac.shape) < 0.2 and atac.max() <= 4  # sparse, binary-like
@@ -182,3 +184,79 @@ def test_cli_simulate_writes_layout_and_refuses_bad_sizes(tmp_path):
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and where in lines[0], result.stderr
         assert not bad.exists()
+
+
+# ------------------------------------------------------------------------------------------------ difficulty, presets
+from spamo.errors import SpamoInputError  # noqa: E402
+from spamo.simulate import DEFAULT_DIFFICULTY, Difficulty, domain_labels, get_preset, load_presets  # noqa: E402
+
+
+def test_default_difficulty_is_the_original_simulation():
+    plain = simulate(400, seed=3, n_features=SMALL)
+    graded = simulate(400, seed=3, n_features=SMALL, difficulty=Difficulty())
+    for name in LAYOUT_MODALITIES["sim"]:
+        _assert_same(plain.modalities[name], graded.modalities[name])
+    assert DEFAULT_DIFFICULTY == Difficulty()
+
+
+def test_blind_pairs_and_the_confusable_pair_merge_domains():
+    rna, adt, atac = (MODALITY_MODELS[m] for m in ("RNA", "ADT", "ATAC"))
+    hard = Difficulty(blind={"RNA": [(3, 4)]}, confusable=(4, 5), confusable_modality="ATAC")
+    groups = domain_groups(rna, 6, hard)
+    assert groups[1] == groups[2] and groups[3] == groups[4] == groups[5]  # own pair, extra pair, confusable
+    assert len(set(groups)) == 3
+    atac_groups = domain_groups(atac, 6, hard)
+    assert atac_groups[4] != atac_groups[5]  # the weak modality still tells the confusable pair apart
+    assert atac_groups[0] == atac_groups[1]  # and keeps its own blind pair
+    assert domain_groups(adt, 6, hard)[4] == domain_groups(adt, 6, hard)[5]
+    with pytest.raises(SpamoInputError, match="outside"):
+        domain_groups(rna, 5, Difficulty(blind={"RNA": [(3, 9)]}))
+    # a pair the weak modality merges itself would be invisible to all: refused in one line
+    with pytest.raises(SpamoInputError, match="invisible"):
+        simulate(400, seed=1, n_domains=6, difficulty=Difficulty(confusable=(4, 5), confusable_modality="ADT"))
+
+
+def test_contrast_and_irregularity_act():
+    flat = simulate(400, seed=4, layout="hln", n_features={"RNA": 200, "ADT": 100}, difficulty=Difficulty(contrast=0))
+    adt = np.asarray(flat.modalities["ADT"].layers["counts"].todense(), dtype=float)
+    means = np.array([adt[flat.truth == d].mean(axis=0) for d in np.unique(flat.truth)])
+    planted = flat.modalities["ADT"].uns["planted_features"]
+    idx = [int(name[len("Protein"):]) for names in planted.values() for name in names]
+    spread = means[:, idx].std(axis=0) / means[:, idx].mean(axis=0)
+    assert spread.max() < 0.15  # no fold change left: planted proteins look the same in every domain
+    coords = np.random.default_rng(0).uniform(-2, 2, size=(3000, 2))
+    smooth = domain_labels(coords, 6, np.random.default_rng(1))
+    rough = domain_labels(coords, 6, np.random.default_rng(1), irregularity=1.0, shape_rng=np.random.default_rng(2))
+    assert 0.02 < np.mean(smooth != rough) < 0.5 and set(np.unique(rough)) == set(np.unique(smooth))
+
+
+def test_presets_are_graded_seeded_and_written_by_the_cli(tmp_path):
+    presets = load_presets()
+    assert len(presets) >= 8
+    assert {p.layout for p in presets.values()} >= {"hln", "mb", "sim"}
+    assert all(1000 <= p.n_spots <= 10_000 for p in presets.values())
+    assert len({p.seed for p in presets.values()}) == len(presets)
+    name = next(n for n, p in presets.items() if p.layout == "hln")
+    runner = CliRunner()
+    for folder in ("a", "b"):
+        result = runner.invoke(app, ["data", "simulate", "--preset", name, "--out", str(tmp_path / folder)])
+        assert result.exit_code == 0, result.output
+    for file in ("adata_RNA.h5ad", "adata_ADT.h5ad"):
+        _assert_same(ad.read_h5ad(tmp_path / "a" / file), ad.read_h5ad(tmp_path / "b" / file))
+    from spamo.datasets import get_dataset_spec
+
+    truth_file = tmp_path / "a" / get_dataset_spec("hln").truth_file
+    np.testing.assert_array_equal(get_preset(name).simulate().truth, np.loadtxt(truth_file, dtype=int))
+    result = runner.invoke(app, ["data", "simulate", "--preset", "no_such_preset", "--out", str(tmp_path / "c")])
+    assert result.exit_code == 2 and "unknown preset" in result.output and not (tmp_path / "c").exists()
+
+
+def test_dataset_name_accepts_a_preset(tmp_path):
+    from spamo.datasets import load_dataset
+
+    name = next(iter(load_presets()))
+    data = load_dataset(name, data_root=tmp_path)
+    preset = get_preset(name)
+    assert data.name == name and data.coords.shape[0] == preset.n_spots
+    assert data.n_clusters == preset.n_domains and (tmp_path / name).is_dir()
+    np.testing.assert_array_equal(np.sort(np.unique(data.truth)), np.arange(preset.n_domains))
