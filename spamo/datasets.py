@@ -207,6 +207,60 @@ def load_h5mu(path: str | Path, data_type: str, modalities: dict | list | str | 
     return data
 
 
+def from_memory(data, data_type: str, *, truth=None, n_clusters: int | None = None, layer: str | None = None,
+                name: str = "in_memory") -> MultiOmicsData:
+    """The in-memory counterpart of `load` (the Python API's entry): `data` is a MuData, a dict modality name ->
+    AnnData, or a list of AnnData in the data type's modality order (RNA first). The modalities are checked and
+    aligned by `obs_names` exactly as files are (the same refusals, naming `data['ADT']` etc. instead of a file);
+    coordinates come from `obsm['spatial']` (of a modality, or of the MuData). `truth` is N labels in row order of
+    modality 1, or the name of an obs column. Nothing is read from or written to disk; the caller's objects are not
+    modified.
+    """
+    from spamo.datatypes import get_data_type
+
+    dtype = get_data_type(data_type)
+    mdata = data if hasattr(data, "mod") and hasattr(data, "obsm") else None
+    if mdata is not None:
+        mapping = _h5mu_mapping(Path("MuData"), mdata, dtype.modalities, None)
+        adatas, sources = {}, {}
+        for modality, key in mapping.items():
+            adata = mdata.mod[key]
+            if "spatial" not in adata.obsm and "spatial" in mdata.obsm:
+                adata = adata.copy()  # the coordinates live on the MuData: give this modality its own
+                positions = mdata.obs_names.get_indexer(adata.obs_names)
+                adata.obsm["spatial"] = np.asarray(mdata.obsm["spatial"])[positions]
+            adatas[modality], sources[modality] = adata, f"mdata.mod['{key}']"
+    elif isinstance(data, dict):
+        if not data:
+            raise SpamoInputError("data", "no modality given (an empty dict)")
+        adatas = dict(data)
+        sources = {modality: f"data['{modality}']" for modality in adatas}
+    elif isinstance(data, (list, tuple)):
+        if not 1 <= len(data) <= len(dtype.modalities):
+            raise SpamoInputError("data", f"{len(data)} AnnData objects but data type {dtype.name} has the "
+                                          f"modalities {', '.join(dtype.modalities)} (give a dict to name them)")
+        adatas = dict(zip(dtype.modalities, data))
+        sources = {modality: f"data[{i}] ({modality})" for i, modality in enumerate(adatas)}
+    else:
+        raise SpamoInputError("data", f"expected a MuData, a dict of AnnData or a list of AnnData, got "
+                                      f"{type(data).__name__}")
+    for modality, adata in adatas.items():
+        if not (hasattr(adata, "obs_names") and hasattr(adata, "obsm")):
+            raise SpamoInputError(sources[modality], f"is not an AnnData ({type(adata).__name__})")
+    labels = None
+    if isinstance(truth, str):
+        first = adatas[next(iter(adatas))]
+        labels = _h5mu_truth(Path("obs"), mdata if mdata is not None else first, first, truth)
+    elif truth is not None:
+        labels = np.asarray(truth)
+        if labels.ndim != 1:
+            raise SpamoInputError("truth", f"expected one label per spot, got shape {labels.shape}")
+        if not np.issubdtype(labels.dtype, np.integer):
+            _, labels = np.unique(labels.astype(str), return_inverse=True)
+        labels = labels.astype(np.int64)
+    return _build(name, dtype.name, adatas, sources, labels, None, n_clusters, default_k=None, layer=layer)
+
+
 def _h5mu_truth_source(truth: str | Path | None) -> tuple[str | None, Path | None]:
     """A `truth` given with a .h5mu file: an existing file (or anything path-like) is a label file, else an obs
     column name."""
@@ -583,6 +637,6 @@ def dataset_summary(data: MultiOmicsData) -> dict:
 
 
 __all__ = ["DatasetSpec", "dataset_registry", "get_dataset_spec", "load", "load_dataset", "load_layout", "load_folder",
-           "load_h5mu", "parse_modality_files", "input_matrix", "matrix_label", "raw_counts", "check_modality",
+           "load_h5mu", "from_memory", "parse_modality_files", "input_matrix", "matrix_label", "raw_counts", "check_modality",
            "align_modalities", "read_truth_file", "spot_ids_from_names", "detect_layout", "dataset_summary",
            "check_n_clusters"]

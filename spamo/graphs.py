@@ -314,8 +314,8 @@ def sklearn_neighbours(coords: np.ndarray, k: int) -> np.ndarray:
 
     Its order decides ties, which are the rule on grids (a spot has 4 neighbours at the same distance and k = 3 keeps
     three), so this, not the index order, reproduces the reference's graph. As in the reference, a spot whose
-    coordinates repeat may keep itself and drop a twin (whichever comes first among equals). Memory O(N k); about as
-    fast as the index-ordered KD-tree search (100,000 spots: 1.2 s against 1.9 s here).
+    coordinates repeat may keep itself and drop a twin (whichever comes first among equals). Memory O(N k), and no
+    slower than the index-ordered KD-tree search (`benchmarks/bench_graphs.py`).
     """
     x = np.asarray(coords, dtype=np.float64)
     if x.ndim != 2 or not np.isfinite(x).all():
