@@ -32,6 +32,7 @@ import scipy.sparse as sp
 import torch
 from scipy.spatial import cKDTree
 from sklearn.neighbors import NearestNeighbors
+from spamo.datatypes import get_data_type
 
 log = logging.getLogger(__name__)
 
@@ -380,8 +381,6 @@ def build_graphs(prepared, config, method: str = "auto") -> GraphSet:
     """
     spatial_k = config.spatial_k
     if spatial_k is None:
-        from spamo.datatypes import get_data_type
-
         spatial_k = get_data_type(prepared.data_type).spatial_k
     spatial = spatial_graph(prepared.coords, spatial_k, ties=config.knn_ties)
     feature = feature_graphs(prepared, config.knn_k, weight=config.feature_graph_weight, method=method, seed=config.seed)
