@@ -5,8 +5,8 @@
 3. Seed runs: every configuration x seed on its own dataset, and each dataset's best configuration on every other
    dataset (cross-dataset). Each is one Ray task (one CPU, one torch thread). Finished seed runs are kept in
    `<out>/seed_runs/`, so a re-run trains only what is missing.
-4. Tables (evaluation.tables), pictures and a summary; with `analyze`, `spamo.analysis.analyze` on each dataset's
-   best configuration.
+4. Tables (evaluation.tables), pictures and a summary; with `analyze`, each dataset's best configuration is written
+   as a run folder and `spamo.analysis.analyze_data` analyses it from the data in memory.
 """
 
 from __future__ import annotations
@@ -17,9 +17,20 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluation.runs import DEFAULT_RUNS_ROOT, Candidate, DatasetRuns
-from evaluation.seed_runs import SeedJob, SeedRunCache, config_json
+from evaluation import report
+from evaluation.build import best_choice, build_tables
+from evaluation.runs import (Candidate, DEFAULT_RUNS_ROOT, DatasetRuns, find_runs, group_by_dataset, read_run,
+                             top_configs)
+from evaluation.seed_runs import SeedJob, SeedRunCache, config_json, seed_task
+from evaluation.tables import write_tables
+from evaluation.transfer import config_for
+from search import ray_cluster
+from search.run_folder import load_data, load_prepared
+from spamo import pipeline
+from spamo.analysis import analyze_data
+from spamo.config import SpamoConfig
 from spamo.errors import SpamoInputError
+from spamo.pipeline import RunResult, truth_sha256, write_outputs
 
 DEFAULT_OUT = Path("results/evaluate")
 FIRST_SEED = 2025
@@ -95,6 +106,8 @@ def check_request(request: EvaluateRequest) -> None:
         for path in request.gene_sets:
             if not Path(path).is_file():
                 raise SpamoInputError(path, "gene-set file not found")
+    if request.address:
+        ray_cluster.resolve(request.address)  # an unreachable cluster is refused before any data is loaded
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -102,18 +115,10 @@ def check_request(request: EvaluateRequest) -> None:
 
 def load_entry(group: DatasetRuns, top_k: int) -> DatasetEntry:
     """Choose the dataset's configurations, then load and preprocess its data as its tune run did."""
-    from evaluation.runs import top_configs
-    from spamo import pipeline
-    from spamo.config import SpamoConfig
 
     candidates = top_configs(group, top_k)
-    req = group.request
-    data = pipeline.load_data(dataset=req.get("dataset"), data_dir=req.get("data_dir"),
-                              data_type=req.get("data_type"), data_root=req.get("data_root", "Data"),
-                              n_clusters=req.get("n_clusters"), layer=req.get("layer"))
-    base = SpamoConfig(seed=int(req.get("seed", FIRST_SEED)), n_clusters=req.get("n_clusters"),
-                       epochs=req.get("epochs"))
-    prepared, _ = pipeline.prepare(data, base)
+    data = load_data(group.request)
+    prepared, _ = load_prepared(group.request, data)
     expected = group.runs[0].truth_sha256
     if expected and prepared.truth is not None and pipeline.truth_sha256(prepared.truth) != expected:
         raise SpamoInputError(group.runs[0].path, f"the data of '{group.dataset}' no longer has the ground truth "
@@ -122,14 +127,11 @@ def load_entry(group: DatasetRuns, top_k: int) -> DatasetEntry:
 
 
 def truth_hash(prepared) -> str | None:
-    from spamo.pipeline import truth_sha256
-
     return truth_sha256(prepared.truth) if prepared.truth is not None else None
 
 
 def build_jobs(entries: dict[str, DatasetEntry], seeds: list[int], cross: bool) -> list[SeedJob]:
     """Every top-K configuration x seed on its own dataset; each best configuration x seed on every other one."""
-    from evaluation.transfer import config_for
 
     jobs = []
     for name, entry in entries.items():
@@ -154,23 +156,6 @@ def build_jobs(entries: dict[str, DatasetEntry], seeds: list[int], cross: bool) 
 # ------------------------------------------------------------------------------------------------ Ray
 
 
-def connect_ray(address: str | None, num_cpus: int | None, log) -> bool:
-    """Join a cluster at `address`, or start a local one; True when this call started (and must stop) Ray."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    if address is None:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
-        return True
-    try:
-        ray.init(address=address, log_to_driver=False, configure_logging=False)
-    except Exception as exc:  # noqa: BLE001 - any connection problem is one line for the user
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SpamoInputError("--address", f"cannot join the Ray cluster at {address!r}: {first}") from None
-    return True
-
-
 def run_pending(pending: list[SeedJob], entries: dict[str, DatasetEntry], cache: SeedRunCache,
                 request: EvaluateRequest, log, progress: bool = True) -> int:
     """Run the seed runs not in the cache as Ray tasks, storing each as it finishes; returns how many ran.
@@ -179,14 +164,13 @@ def run_pending(pending: list[SeedJob], entries: dict[str, DatasetEntry], cache:
     """
     import ray
 
-    from evaluation.seed_runs import seed_task
 
     unique = {job.key: job for job in pending}
     if not unique:
         return 0
-    started_here = connect_ray(request.address, request.num_cpus, log)
+    started_here = ray_cluster.connect(request.address, log, num_cpus=request.num_cpus)
     try:
-        gpus = request.gpus_per_run if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+        gpus = ray_cluster.trial_resources(request.cpus_per_run, request.gpus_per_run, log=lambda *a: None)["gpu"]
         # a worker lost to the node's memory monitor or a crash is retried; an exception raised by the run is not
         task = ray.remote(seed_task).options(num_cpus=request.cpus_per_run, num_gpus=gpus, max_retries=SYSTEM_RETRIES,
                                              retry_exceptions=False)
@@ -195,7 +179,7 @@ def run_pending(pending: list[SeedJob], entries: dict[str, DatasetEntry], cache:
         failures = _collect(futures, cache, log, progress)
     finally:
         if started_here:
-            ray.shutdown()
+            ray_cluster.disconnect()
     if failures:
         job, error = failures[0]
         raise EvaluationFailed(f"seed run {job.config_from} rank {job.config_rank} on {job.dataset}, seed {job.seed}",
@@ -246,10 +230,6 @@ def _last_line(exc: BaseException) -> str:
 
 def evaluate_best(request: EvaluateRequest, log=print, progress: bool = True) -> EvaluationOutcome:
     """The whole evaluation; see the module docstring."""
-    from evaluation import report
-    from evaluation.build import build_tables
-    from evaluation.runs import find_runs, group_by_dataset, read_run
-    from evaluation.tables import write_tables
 
     check_request(request)
     out_dir = Path(request.out)
@@ -275,24 +255,8 @@ def evaluate_best(request: EvaluateRequest, log=print, progress: bool = True) ->
     return EvaluationOutcome(out_dir, frames, trained, reused, files)
 
 
-def best_choice(best_configs, dataset: str):
-    """The dataset's best configuration after the seed runs: highest mean of its metric (lowest for a loss)."""
-    from search.results import metric_mode
-
-    rows = best_configs[best_configs["dataset"] == dataset]
-    metric = rows["metric"].iloc[0]
-    column = f"{metric}_mean"
-    if column not in rows or rows[column].isna().all():
-        return rows.sort_values("rank").iloc[0]
-    ordered = rows.sort_values([column, "rank"], ascending=[metric_mode(metric) == "min", True], na_position="last")
-    return ordered.iloc[0]
-
-
 def best_run_result(entry: DatasetEntry, row, seed: int, cache: SeedRunCache):
     """The cached seed run of a best configuration as a `RunResult` (what `write_outputs` takes)."""
-    from evaluation.seed_runs import SeedJob
-    from spamo.config import SpamoConfig
-    from spamo.pipeline import RunResult
 
     config = SpamoConfig.from_dict(json.loads(row["config_json"])).replace(seed=int(seed))
     config = config.resolve(entry.prepared.n_modalities, entry.prepared.n_spots)
@@ -308,15 +272,17 @@ def best_run_result(entry: DatasetEntry, row, seed: int, cache: SeedRunCache):
 def analyze_best(best_configs, entries: dict[str, DatasetEntry], cache: SeedRunCache, request: EvaluateRequest,
                  out_dir: Path, log) -> list[Path]:
     """Write each dataset's best configuration (first seed) as a `spamo run` folder and analyse its domains."""
-    from spamo.analysis import analyze
-    from spamo.pipeline import write_outputs
 
     written = []
     for name, entry in entries.items():
         row = best_choice(best_configs, name)
         result = best_run_result(entry, row, request.first_seed, cache)
         run_dir = write_outputs(result, entry.data, out_dir / "best_runs" / name, draw=False)
-        outcome = analyze(run_dir, gene_sets=request.gene_sets, seed=request.first_seed)
+        prepared = result.prepared
+        outcome = analyze_data(entry.data, result.labels, np.asarray(result.fused, dtype=np.float32),
+                               spot_names=prepared.spot_names, coords=prepared.coords,
+                               modalities=prepared.modality_names, gene_sets=request.gene_sets,
+                               seed=request.first_seed, out_dir=run_dir / "analysis")
         log(f"analysis of {name} (rank {int(row['rank'])}, seed {request.first_seed}) -> {outcome.out_dir}")
         written.append(Path(outcome.out_dir))
     return written
