@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import sys
 import typing
 from pathlib import Path
@@ -37,6 +38,24 @@ def refusals_as_one_line(func):
     return wrapper
 
 
+def generated_data_removed_on_refusal(func):
+    """A refused command writes nothing: the built-in simulation generated under the data root for `--dataset sim`
+    on the way to a refusal (e.g. `--n-clusters 1`, known only once the data is loaded) is removed again."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        from spamo.datasets import dataset_registry
+        from spamo.io import removed_on_refusal
+
+        dataset, data_root = kwargs.get("dataset"), kwargs.get("data_root")
+        if dataset not in dataset_registry() or data_root is None or kwargs.get("resume"):
+            return func(*args, **kwargs)
+        with removed_on_refusal(dataset_registry()[dataset].path(data_root)):
+            return func(*args, **kwargs)
+
+    return wrapper
+
+
 # ---------------------------------------------------------------------------------------------------------- data
 def _rich_progress(transient: bool = False):
     """A rich progress bar on stderr (stdout stays clean for piping)."""
@@ -60,9 +79,13 @@ def data_simulate_command(
                                                        "(RNA+ATAC)."),
     grid: str = typer.Option("square", "--grid", help="Spot grid: square or hex."),
     n_domains: int = typer.Option(5, "--n-domains", help="Domains including background (4 to 8)."),
+    keep_existing: bool = typer.Option(False, "--keep-existing",
+                                       help="Refuse an existing non-empty --out instead of replacing it whole."),
 ):
     """Write a simulated dataset (spatial domains, RNA/ADT/ATAC counts, ground truth) in a dataset layout."""
     from spamo import simulate
+    from spamo.datasets import get_dataset_spec
+    from spamo.io import check_output_folder
 
     if preset is not None:  # a named benchmark dataset: its table fixes size, seed, layout and difficulty
         chosen = simulate.get_preset(preset)
@@ -75,6 +98,8 @@ def data_simulate_command(
     if out is None:
         raise SpamoInputError("--out", "say where to write the dataset folder (or give --preset NAME)")
     simulate.check_simulation_args(n_spots, n_domains, layout, grid)
+    spec = get_dataset_spec(layout)
+    check_output_folder(out, keep_existing=keep_existing, expect=[*spec.modality_files.values(), spec.truth_file])
     with _rich_progress() as bar:
         task = bar.add_task(f"simulating {n_spots} spots", total=simulate.total_steps(n_spots, layout))
         simulate.write_simulation(out, n_spots=n_spots, seed=seed, layout=layout, grid=grid, n_domains=n_domains,
@@ -85,20 +110,26 @@ def data_simulate_command(
 @data_app.command("download")
 @refusals_as_one_line
 def data_download_command(
-    dataset: str = typer.Argument(..., help="Dataset key: hln, mb or sim."),
-    url: Optional[str] = typer.Option(None, "--url", help="Archive URL (default: configs/downloads.toml)."),
+    dataset: str = typer.Argument(..., help="Dataset key: hln, mb, sim, or all (the three, from one archive)."),
+    url: Optional[str] = typer.Option(None, "--url", help="Archive URL: a mirror of Data.zip or one dataset's "
+                                                          "archive (default: configs/downloads.toml)."),
     data_root: Path = typer.Option(Path("Data"), "--data-root", help="Folder holding the dataset folders."),
-    sha256: Optional[str] = typer.Option(None, "--sha256", help="Expected sha256 of the archive."),
+    sha256: Optional[str] = typer.Option(None, "--sha256", help="Expected sha256 of the archive (64 hex digits)."),
+    allow_other_host: bool = typer.Option(False, "--allow-other-host",
+                                          help="Follow a redirect to another host (refused by default)."),
 ):
-    """Download a dataset archive (resumable), verify its checksum and unpack it into its layout."""
+    """Download a dataset archive once (resumable), verify its checksum and unpack the dataset(s) into place."""
     from spamo import download
 
+    keys = download.all_keys() if dataset == "all" else [dataset]
     with _rich_progress(transient=True) as bar:
         task = bar.add_task(f"downloading {dataset}", total=None)
-        folder = download.download_dataset(dataset, data_root=data_root, url=url, sha256=sha256,
-                                           progress=lambda done, total: bar.update(task, completed=done,
-                                                                                   total=total))
-    typer.echo(f"{dataset}: {folder}")
+        folders = download.download_datasets(keys, data_root=data_root, url=url, sha256=sha256,
+                                             allow_other_host=allow_other_host,
+                                             progress=lambda done, total: bar.update(task, completed=done,
+                                                                                     total=total))
+    for key, folder in folders.items():
+        typer.echo(f"{key}: {folder}")
 
 
 @data_app.command("info")
@@ -198,6 +229,7 @@ def with_setting_options(func):
 
 @app.command("run")
 @refusals_as_one_line
+@generated_data_removed_on_refusal
 @with_setting_options
 def run_command(
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Built-in dataset key: sim, hln or mb."),
@@ -213,9 +245,15 @@ def run_command(
                                              help="Use only these modalities (comma-separated), e.g. RNA for an "
                                                   "ablation."),
     config_file: Optional[Path] = typer.Option(None, "--config", help="A TOML file of settings (flags win)."),
+    reproduce: Optional[str] = typer.Option(None, "--reproduce",
+                                            help="published: the settings the reference's run.sh really trained "
+                                                 "this dataset with (configs/search/<key>.toml [published]; flags "
+                                                 "given as well still win)."),
     out: Path = typer.Option(Path("results/run"), "--out", help="Output folder."),
     no_plot: bool = typer.Option(False, "--no-plot", help="Skip domains.png."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    keep_existing: bool = typer.Option(False, "--keep-existing",
+                                       help="Refuse an existing non-empty --out instead of replacing it whole."),
     **settings,
 ):
     """Train SPAMO once: labels, metrics, embeddings (h5ad), a spatial/UMAP picture and run.toml.
@@ -224,19 +262,23 @@ def run_command(
     """
     from rich.console import Console
 
-    from spamo import pipeline
+    from spamo import api
     from spamo.config import build_config, parse_weights
-    from spamo.run_folder import check_output
-
+    from spamo.io import RUN_FOLDER_FILES, check_output_folder
     settings["modality_weights"] = parse_weights(settings.get("modality_weights"))
-    config = build_config(config_file, **settings)
-    check_output(out, folder=True, where="--out")
-    data = pipeline.load_data(dataset=dataset, data_dir=data_dir, data_type=config.data_type, data_root=data_root,
-                              modality_files=parse_mapping(modality_files, "--modality-files"),
-                              truth_file=truth_file, n_clusters=config.n_clusters, layer=layer)
+    base = None
+    if reproduce is not None:
+        from spamo.reproduce import profile_key, published_config
+
+        base = published_config(profile_key(dataset, data_dir, settings.get("data_type")), reproduce)
+    config = build_config(config_file, base=base, **settings)
+    check_output_folder(out, keep_existing=keep_existing, expect=RUN_FOLDER_FILES)
+    data = api.load(dataset=dataset, data_dir=data_dir, data_type=config.data_type, data_root=data_root,
+                    modality_files=parse_mapping(modality_files, "--modality-files"), truth_file=truth_file,
+                    n_clusters=config.n_clusters, layer=layer)
     chosen = [m.strip() for m in modalities.split(",")] if modalities else None
-    result = pipeline.run(data, config, modalities=chosen, progress=not quiet)
-    pipeline.write_outputs(result, data, out, draw=not no_plot)
+    result = api.fit(data, config=config, modalities=chosen, progress=not quiet)
+    result.write(out, draw=not no_plot)
     console = Console()
     shown = {k: round(v, 4) for k, v in result.scores.items() if k in ("ari", "nmi", "ami", "avg", "asw")}
     console.print(f"[bold]{result.prepared.name}[/]: {result.prepared.n_spots} spots, "
@@ -255,11 +297,10 @@ def score_command(
     """Score predicted domains against a ground truth; print the reference's metrics text (six decimals)."""
     from spamo.io import atomic_write_text
     from spamo.metrics import format_metrics_text, score_label_files
-
-    from spamo.run_folder import check_output
+    from spamo.run_folder import check_output_file
 
     if out is not None:
-        check_output(out, folder=False, where="--out")
+        check_output_file(out, where="--out")
     text = format_metrics_text(score_label_files(truth, pred))
     if out is not None:
         atomic_write_text(out, text)
@@ -269,6 +310,7 @@ def score_command(
 # ---------------------------------------------------------------------------------------------------------- tune
 @app.command("tune")
 @refusals_as_one_line
+@generated_data_removed_on_refusal
 def tune_command(
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Built-in dataset key: sim, hln or mb."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Your own folder of .h5ad files (or .h5mu)."),
@@ -392,7 +434,10 @@ def analyze_command(
     from rich.console import Console
 
     from spamo.analysis import analyze
+    from spamo.io import check_output_folder
 
+    check_output_folder(out if out is not None else run_dir / "analysis",
+                        expect=("markers.parquet", "enrichment.parquet", "paga.parquet"))
     console = Console(stderr=True)
     status = nullcontext() if quiet else console.status("analysis: starting")
     with status as shown:
@@ -406,7 +451,40 @@ def analyze_command(
 
 
 
+# ---------------------------------------------------------------------------------------------------------- reproduce
+@app.command("reproduce")
+@refusals_as_one_line
+def reproduce_command(
+    which: str = typer.Argument("all", help="hln, mb, sim or all."),
+    data_root: Path = typer.Option(Path("Data"), "--data-root", help="Folder holding HLN/, Mouse_Brain/, "
+                                                                     "Simulation/."),
+    out: Path = typer.Option(Path("results/reproduce"), "--out", help="One run folder per dataset goes here."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Depart from the profile's epochs (quick checks)."),
+    cluster_method: Optional[str] = typer.Option(None, "--cluster-method",
+                                                 help="Depart from the published mclust (e.g. gmm without R)."),
+    no_plot: bool = typer.Option(False, "--no-plot", help="Skip domains.png."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+):
+    """Replay the reference's run.sh (its published profiles) and print our scores beside the published ones."""
+    from rich.console import Console
+
+    from spamo import reproduce as rep
+
+    console = Console(stderr=True)
+    done = rep.reproduce(rep.selected_keys(which), data_root=data_root, out=out, epochs=epochs,
+                         cluster_method=cluster_method, draw=not no_plot, progress=not quiet,
+                         log=None if quiet else console.print)
+    typer.echo(rep.comparison_text(done), nl=False)
+
+
+# Rich wraps and truncates at the terminal width, or at 80 columns when stdout is not a terminal (a pipe, a log
+# file): tables lose columns to ellipses and paths split over lines. Off a terminal, print as wide as it takes.
+UNTERMINATED_WIDTH = 1000
+
+
 def main() -> None:
+    if not sys.stdout.isatty() and "COLUMNS" not in os.environ:
+        os.environ["COLUMNS"] = str(UNTERMINATED_WIDTH)
     app()
 
 

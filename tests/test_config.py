@@ -9,7 +9,7 @@ import pytest
 
 from spamo.config import REFERENCE_FLAGS, SpamoConfig, build_config, flag, settings, settings_table_markdown
 from spamo.errors import SpamoInputError
-from spamo.io import atomic_dir, atomic_write_text, dump_toml
+from spamo.io import dump_toml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -133,17 +133,3 @@ def test_toml_file_round_trip_and_refusals(tmp_path):
     (tmp_path / "unknown.toml").write_text("learning_speed = 3\n")
     with pytest.raises(SpamoInputError, match="unknown setting 'learning_speed'"):
         SpamoConfig.from_toml(tmp_path / "unknown.toml")
-
-
-def test_atomic_writes_leave_nothing_behind_on_error(tmp_path):
-    target = tmp_path / "out"
-    with pytest.raises(RuntimeError):
-        with atomic_dir(target) as tmp:
-            (tmp / "labels.txt").write_text("1\n")
-            raise RuntimeError("interrupted")
-    assert not target.exists() and list(tmp_path.iterdir()) == []
-    with atomic_dir(target) as tmp:
-        (tmp / "labels.txt").write_text("1\n")
-    assert (target / "labels.txt").read_text() == "1\n" and len(list(tmp_path.iterdir())) == 1
-    atomic_write_text(tmp_path / "a.txt", "x")
-    assert (tmp_path / "a.txt").read_text() == "x"

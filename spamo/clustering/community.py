@@ -43,7 +43,7 @@ def knn_graph(points: np.ndarray, n_neighbors: int = GRAPH_NEIGHBOURS) -> igraph
 
 
 @contextlib.contextmanager
-def _igraph_seed(seed: int):
+def igraph_seed(seed: int):
     """igraph draws from Python's `random` by default; give it a private seeded generator for one call."""
     igraph.set_random_number_generator(random.Random(seed))
     try:
@@ -54,7 +54,7 @@ def _igraph_seed(seed: int):
 
 def leiden_at(graph, resolution: float, seed: int) -> np.ndarray:
     """Leiden (modularity, 2 iterations): what scanpy's ``tl.leiden(flavor="igraph")`` runs on its graph."""
-    with _igraph_seed(seed):
+    with igraph_seed(seed):
         part = graph.community_leiden(objective_function="modularity", weights="weight", resolution=resolution,
                                       n_iterations=2)
     return np.asarray(part.membership, dtype=np.int64)
@@ -62,7 +62,7 @@ def leiden_at(graph, resolution: float, seed: int) -> np.ndarray:
 
 def louvain_at(graph, resolution: float, seed: int) -> np.ndarray:
     """Louvain (igraph's multilevel modularity optimisation with a resolution; the `louvain` package is not needed)."""
-    with _igraph_seed(seed):
+    with igraph_seed(seed):
         part = graph.community_multilevel(weights="weight", resolution=resolution)
     return np.asarray(part.membership, dtype=np.int64)
 
