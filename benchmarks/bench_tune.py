@@ -172,7 +172,7 @@ def main() -> None:
     parser.add_argument("--report-every", type=int, default=10)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "tune.md")
     args = parser.parse_args()
-    defaults = {"throughput": (3500, 200, 6), "overhead": (1296, 20, 8), "memory": (200, 2, 300)}[args.what]
+    defaults = {"throughput": (3500, 200, 6), "overhead": (1296, 20, 8), "memory": (300, 2, 300)}[args.what]
     args.n_spots = args.n_spots or defaults[0]
     args.epochs = args.epochs or defaults[1]
     args.trials = args.trials or defaults[2]
