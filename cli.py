@@ -280,8 +280,8 @@ def tune_command(
     num_samples: int = typer.Option(20, "--num-samples", help="Number of trials."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Fix every trial's epoch budget (short runs)."),
     space: Optional[Path] = typer.Option(None, "--space", help="Search-space TOML (default: the dataset's)."),
-    metric: Optional[str] = typer.Option(None, "--metric", help="Objective (default ari with ground truth, "
-                                                                 "else asw)."),
+    metric: Optional[str] = typer.Option(None, "--metric", help="Objective (default ari with ground truth, else "
+                                                                 "the label-free default of spamo.selection)."),
     scheduler: str = typer.Option("asha", "--scheduler", help="asha (stop poor trials early) or none."),
     cpus_per_trial: float = typer.Option(1.0, "--cpus-per-trial", help="CPUs each trial holds."),
     gpus_per_trial: float = typer.Option(0.25, "--gpus-per-trial",
@@ -294,6 +294,10 @@ def tune_command(
                                                                    "Ray's experiment state (shared on a cluster)."),
     address: Optional[str] = typer.Option(None, "--address", help="Join a Ray cluster: auto or ray://host:port."),
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue the interrupted run NAME."),
+    keep_embeddings: bool = typer.Option(True, "--keep-embeddings/--no-keep-embeddings",
+                                         help="Each finished trial keeps found.npz (domains, float16 embedding)."),
+    rescore: Optional[str] = typer.Option(None, "--rescore", help="Recompute the label-free criteria of the "
+                                                                  "finished run NAME (no training); --metric picks."),
 ):
     """Search SPAMO's settings with Ray Tune + Optuna: trials.parquet, best_config.toml, pictures."""
     import time as _time
@@ -304,6 +308,11 @@ def tune_command(
 
     console = Console()
     log = console.print
+    if rescore:  # a finished search, scored again from what its trials kept (h6)
+        from search.rescore import rescore_run
+
+        rescore_run(rescore, metric=metric, storage=storage, log=log)
+        return
     try:
         if resume:
             outcome = resume_tune(resume, storage=storage, address=address, log=log)
@@ -315,7 +324,7 @@ def tune_command(
                 n_clusters=n_clusters, epochs=epochs, space=str(space) if space else None, metric=metric,
                 scheduler=scheduler, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
                 max_concurrent=max_concurrent, storage=storage, address=address, report_every=report_every,
-                seed=seed, layer=layer), log=log)
+                seed=seed, layer=layer, keep_embeddings=keep_embeddings), log=log)
     except KeyboardInterrupt:
         typer.echo("interrupted before the search started; nothing to resume", err=True)
         raise typer.Exit(code=130) from None

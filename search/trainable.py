@@ -32,6 +32,8 @@ class TrialContext:
     cache_name: str
     cpus_per_trial: float
     finished: dict = field(default_factory=dict)  # trial id -> final report, for trials finished before a resume
+    run_dir: str | None = None  # the run folder: trial folders (and their found.npz) live under it
+    keep_embeddings: bool = True  # write found.npz (domains + float16 fused embedding) per finished trial (h6)
 
 
 def trial_dirname(trial) -> str:
@@ -67,7 +69,10 @@ class Probe:
     """The training callback: report cheap scores every few epochs (never stops training itself)."""
 
     def __init__(self, prepared, config: SpamoConfig, started: float, node: dict):
+        from spamo.selection import TrialFindings
+
         self.prepared, self.config, self.started, self.node = prepared, config, started, node
+        self.findings = TrialFindings(config.n_clusters, config.seed)  # label-free criteria between reports (h6)
 
     def __call__(self, epoch: int, embedding_fn, losses: dict) -> bool:
         from spamo.clustering import cluster
@@ -78,6 +83,7 @@ class Probe:
         labels = np.asarray(cluster(embedding, self.config.n_clusters, method="kmeans", n_pcs=self.config.n_pcs,
                                     seed=self.config.seed))
         report = probe_scores(self.prepared, embedding, labels, self.config.seed)
+        report.update(self.findings.probe(self.prepared.features, embedding, labels, report["spatial_coherence"]))
         report.update(epoch=int(epoch), loss=float(losses["total"]), final=False,
                       wall_s=time.time() - self.started, **self.node)
         tune.report(report)
@@ -104,9 +110,14 @@ def run_trial(sampled: dict, prepared=None, context: TrialContext | None = None)
     tick = time.perf_counter()
     graphs, graphs_cached = cached_graphs(context.cache_name, prepared, config, build_graphs)
     graphs_s = time.perf_counter() - tick
-    result = fit_and_cluster(prepared, config, graphs=graphs, callback=Probe(prepared, config, started, node),
+    probe = Probe(prepared, config, started, node)
+    result = fit_and_cluster(prepared, config, graphs=graphs, callback=probe,
                              callback_every=context.report_every, progress=False)
     final = dict(result.scores)
+    final.update(probe.findings.final(prepared.features, result.fused, final["spatial_coherence"]))
+    if context.keep_embeddings and context.run_dir:  # what the trial found, for --rescore and pictures (h6)
+        probe.findings.save(f"{context.run_dir}/{tune.get_context().get_trial_name()}", result.labels, result.fused,
+                            prepared.kept_index)
     final.update(
         epoch=len(result.history), loss=float(result.history[-1]["total"]) if result.history else float("nan"),
         final=True, graphs_s=graphs_s, graphs_cached=graphs_cached, train_s=result.timings.get("train_s"), epoch_s=result.timings.get("epoch_s"),

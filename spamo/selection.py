@@ -138,3 +138,68 @@ def criteria(fused, features, spatial_coherence_value: float, previous_kmeans=No
               "stability": stability(previous_kmeans, final_kmeans)}
     values["composite"] = composite(values["consistency"], spatial_coherence_value, values["stability"])
     return values
+
+
+# ------------------------------------------------------------------------------------------------ one trial
+
+
+FOUND_FILE = "found.npz"
+
+
+class TrialFindings:
+    """What a search trial keeps between its reports to score itself, and what it leaves in its folder.
+
+    `probe` adds the criteria to an intermediate report (stability against the previous report's k-means domains;
+    NaN at the first report, which an ASHA rung ignores); `final` adds them to the last report, comparing the last
+    intermediate k-means domains with k-means of the final embedding; `save` writes `found.npz`: the final domains,
+    the fused embedding as float16, both k-means labellings and the kept spots' indices, so a criterion can be
+    recomputed later without retraining (`spamo tune --rescore`).
+    """
+
+    def __init__(self, n_clusters: int, seed: int):
+        self.n_clusters, self.seed = n_clusters, seed
+        self.previous: np.ndarray | None = None
+        self.final_kmeans: np.ndarray | None = None
+        self.last_probe: np.ndarray | None = None
+
+    def probe(self, features, embedding, kmeans_labels, spatial_coherence_value: float) -> dict[str, float]:
+        values = criteria(embedding, features, spatial_coherence_value, self.previous, kmeans_labels, self.seed)
+        self.previous = self.last_probe = np.asarray(kmeans_labels)
+        return values
+
+    def final(self, features, fused, spatial_coherence_value: float) -> dict[str, float]:
+        self.final_kmeans = kmeans_domains(fused, self.n_clusters, self.seed)
+        return criteria(fused, features, spatial_coherence_value, self.last_probe, self.final_kmeans, self.seed)
+
+    def save(self, folder, labels, fused, kept_index=None) -> None:
+        from pathlib import Path
+
+        from spamo.io import atomic_path
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        empty = np.zeros(0, dtype=np.int32)
+        with atomic_path(folder / FOUND_FILE) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(
+                    fh, labels=np.asarray(labels, dtype=np.int32), fused=np.asarray(fused, dtype=np.float16),
+                    previous_kmeans=empty if self.last_probe is None else self.last_probe.astype(np.int32),
+                    final_kmeans=empty if self.final_kmeans is None else self.final_kmeans.astype(np.int32),
+                    kept_index=empty if kept_index is None else np.asarray(kept_index, dtype=np.int64))
+
+
+def rescore_found(path, features, coords, seed: int = 0) -> dict[str, float]:
+    """Every label-free criterion of a finished trial, from its `found.npz` and the (re-prepared) data."""
+    from spamo.metrics import label_free_scores, spatial_coherence
+
+    with np.load(path) as found:
+        labels = found["labels"]
+        fused = found["fused"].astype(np.float32)
+        previous = found["previous_kmeans"] if found["previous_kmeans"].size else None
+        final_kmeans = found["final_kmeans"] if found["final_kmeans"].size else None
+    if fused.shape[0] != np.asarray(coords).shape[0]:
+        raise SpamoInputError(path, f"{fused.shape[0]} spots but the data has {np.asarray(coords).shape[0]}")
+    coherence = spatial_coherence(labels, coords)
+    values = {"asw": label_free_scores(fused, labels, seed=seed)["ASW"], "spatial_coherence": coherence}
+    values.update(criteria(fused, features, coherence, previous, final_kmeans, seed))
+    return values
