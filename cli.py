@@ -7,7 +7,9 @@ stderr and exit code 2, with no traceback.
 from __future__ import annotations
 
 import functools
+import inspect
 import sys
+import typing
 from pathlib import Path
 from typing import List, Optional
 
@@ -35,6 +37,24 @@ def refusals_as_one_line(func):
     return wrapper
 
 
+def generated_data_removed_on_refusal(func):
+    """A refused command writes nothing: the built-in simulation generated under the data root for `--dataset sim`
+    on the way to a refusal (e.g. `--n-clusters 1`, known only once the data is loaded) is removed again."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        from spamo.datasets import dataset_registry
+        from spamo.io import removed_on_refusal
+
+        dataset, data_root = kwargs.get("dataset"), kwargs.get("data_root")
+        if dataset not in dataset_registry() or data_root is None or kwargs.get("resume"):
+            return func(*args, **kwargs)
+        with removed_on_refusal(dataset_registry()[dataset].path(data_root)):
+            return func(*args, **kwargs)
+
+    return wrapper
+
+
 # ---------------------------------------------------------------------------------------------------------- data
 def _rich_progress(transient: bool = False):
     """A rich progress bar on stderr (stdout stays clean for piping)."""
@@ -58,9 +78,13 @@ def data_simulate_command(
                                                        "(RNA+ATAC)."),
     grid: str = typer.Option("square", "--grid", help="Spot grid: square or hex."),
     n_domains: int = typer.Option(5, "--n-domains", help="Domains including background (4 to 8)."),
+    keep_existing: bool = typer.Option(False, "--keep-existing",
+                                       help="Refuse an existing non-empty --out instead of replacing it whole."),
 ):
     """Write a simulated dataset (spatial domains, RNA/ADT/ATAC counts, ground truth) in a dataset layout."""
     from spamo import simulate
+    from spamo.datasets import get_dataset_spec
+    from spamo.io import check_output_folder
 
     if preset is not None:  # a named benchmark dataset: its table fixes size, seed, layout and difficulty
         chosen = simulate.get_preset(preset)
@@ -73,6 +97,8 @@ def data_simulate_command(
     if out is None:
         raise SpamoInputError("--out", "say where to write the dataset folder (or give --preset NAME)")
     simulate.check_simulation_args(n_spots, n_domains, layout, grid)
+    spec = get_dataset_spec(layout)
+    check_output_folder(out, keep_existing=keep_existing, expect=[*spec.modality_files.values(), spec.truth_file])
     with _rich_progress() as bar:
         task = bar.add_task(f"simulating {n_spots} spots", total=simulate.total_steps(n_spots, layout))
         simulate.write_simulation(out, n_spots=n_spots, seed=seed, layout=layout, grid=grid, n_domains=n_domains,
@@ -83,20 +109,26 @@ def data_simulate_command(
 @data_app.command("download")
 @refusals_as_one_line
 def data_download_command(
-    dataset: str = typer.Argument(..., help="Dataset key: hln, mb or sim."),
-    url: Optional[str] = typer.Option(None, "--url", help="Archive URL (default: configs/downloads.toml)."),
+    dataset: str = typer.Argument(..., help="Dataset key: hln, mb, sim, or all (the three, from one archive)."),
+    url: Optional[str] = typer.Option(None, "--url", help="Archive URL: a mirror of Data.zip or one dataset's "
+                                                          "archive (default: configs/downloads.toml)."),
     data_root: Path = typer.Option(Path("Data"), "--data-root", help="Folder holding the dataset folders."),
-    sha256: Optional[str] = typer.Option(None, "--sha256", help="Expected sha256 of the archive."),
+    sha256: Optional[str] = typer.Option(None, "--sha256", help="Expected sha256 of the archive (64 hex digits)."),
+    allow_other_host: bool = typer.Option(False, "--allow-other-host",
+                                          help="Follow a redirect to another host (refused by default)."),
 ):
-    """Download a dataset archive (resumable), verify its checksum and unpack it into its layout."""
+    """Download a dataset archive once (resumable), verify its checksum and unpack the dataset(s) into place."""
     from spamo import download
 
+    keys = download.all_keys() if dataset == "all" else [dataset]
     with _rich_progress(transient=True) as bar:
         task = bar.add_task(f"downloading {dataset}", total=None)
-        folder = download.download_dataset(dataset, data_root=data_root, url=url, sha256=sha256,
-                                           progress=lambda done, total: bar.update(task, completed=done,
-                                                                                   total=total))
-    typer.echo(f"{dataset}: {folder}")
+        folders = download.download_datasets(keys, data_root=data_root, url=url, sha256=sha256,
+                                             allow_other_host=allow_other_host,
+                                             progress=lambda done, total: bar.update(task, completed=done,
+                                                                                     total=total))
+    for key, folder in folders.items():
+        typer.echo(f"{key}: {folder}")
 
 
 @data_app.command("info")
@@ -156,15 +188,52 @@ def parse_mapping(text: Optional[str], where: str) -> Optional[dict]:
     return out
 
 
+def with_setting_options(func):
+    """Give a command one option per `SpamoConfig` setting, generated from the declarations in spamo.config.
+
+    The command receives them as keyword arguments named after the settings (`None` = not given), the per-modality
+    weights as `modality_weight_<i>`. A setting added to `SpamoConfig` appears here without an edit.
+    """
+    from spamo.config import PER_MODALITY_WEIGHTS, flag, kind, settings
+
+    types = {"int": int, "float": float, "str": str, "bool": bool, "weights": str}
+    extra = []
+    for f in settings():
+        names = [flag(f)]
+        alias = f.metadata.get("alias")
+        if kind(f) == "bool":
+            names = [f"{names[0]}/--no-{names[0][2:]}"]
+        elif alias and f"--{alias}" != names[0]:
+            names.append(f"--{alias}")
+        extra.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[types[kind(f)]],
+                                       default=typer.Option(None, *names, help=f.metadata["help"])))
+    for i, name, alias in PER_MODALITY_WEIGHTS:
+        extra.append(inspect.Parameter(f"modality_weight_{i}", inspect.Parameter.KEYWORD_ONLY,
+                                       annotation=Optional[float],
+                                       default=typer.Option(None, name, f"--{alias}",
+                                                            help=f"Reconstruction weight of modality {i + 1}.")))
+    signature = inspect.signature(func)
+    own = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    hints = typing.get_type_hints(func)
+
+    @functools.wraps(func)
+    def wrapper(**kwargs):
+        return func(**kwargs)
+
+    params = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in own] + extra
+    wrapper.__signature__ = signature.replace(parameters=params)
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    return wrapper
+
+
 @app.command("run")
 @refusals_as_one_line
+@generated_data_removed_on_refusal
+@with_setting_options
 def run_command(
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Built-in dataset key: sim, hln or mb."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", "--file_fold",
                                             help="Your own folder of .h5ad files, or one .h5mu file."),
-    data_type: Optional[str] = typer.Option(None, "--data-type", "--data_type",
-                                            help="10x, SPOTS, Stereo-CITE-seq, Spatial-epigenome-transcriptome, "
-                                                 "Simulation (with --data-dir)."),
     data_root: Path = typer.Option(Path("Data"), "--data-root", help="Where the dataset folders live."),
     modality_files: Optional[str] = typer.Option(None, "--modality-files",
                                                  help="Which file is which modality: RNA=a.h5ad,ADT=b.h5ad"),
@@ -174,69 +243,39 @@ def run_command(
     modalities: Optional[str] = typer.Option(None, "--modalities",
                                              help="Use only these modalities (comma-separated), e.g. RNA for an "
                                                   "ablation."),
-    n_clusters: Optional[int] = typer.Option(None, "--n-clusters", "--n_clusters", help="Number of domains."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", "--epochs_override",
-                                         help="Training epochs (0 = the data type's default)."),
-    knn_k: Optional[int] = typer.Option(None, "--knn-k", "--KNN_k", help="k of the feature kNN graph."),
-    modality_weights: Optional[str] = typer.Option(None, "--modality-weights",
-                                                   help="Reconstruction weight per modality, e.g. 5,5 or 1,3,3."),
-    rna_weight: Optional[float] = typer.Option(None, "--rna-weight", "--RNA_weight", help="Weight of modality 1."),
-    adt_weight: Optional[float] = typer.Option(None, "--adt-weight", "--ADT_weight",
-                                               help="Weight of modality 2 (ADT or ATAC)."),
-    dgi_weight: Optional[float] = typer.Option(None, "--dgi-weight", "--dgi_weight", help="DGI loss weight."),
-    spatial_weight: Optional[float] = typer.Option(None, "--spatial-weight", "--spatial_weight",
-                                                   help="Spatial smoothness weight."),
-    latent_dim: Optional[int] = typer.Option(None, "--latent-dim", "--dim_output", help="Embedding size."),
-    dropout: Optional[float] = typer.Option(None, "--dropout", help="Dropout rate."),
-    optimizer: Optional[str] = typer.Option(None, "--optimizer", "--optimizer_type", help="adamw, adam or sgd."),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", "--lr_scheduler_type",
-                                            help="none, cosine or plateau."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default 0.01, 0.001 for 3 modalities)."),
-    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="Weight decay (data-type default)."),
-    cross_attn: Optional[bool] = typer.Option(None, "--cross-attn/--no-cross-attn",
-                                              help="Cross-modal attention in the fusion (reference: use_cross_attn)."),
-    feature_graph_weight: Optional[str] = typer.Option(None, "--feature-graph-weight",
-                                                       help="connectivity (default) or distance (reference quirk)."),
-    ema_update: Optional[str] = typer.Option(None, "--ema-update", help="after_step (default) or before_step."),
-    ema_beta: Optional[float] = typer.Option(None, "--ema-beta", "--alpha", help="EMA factor of the graph target."),
-    detach_feature_graph: Optional[bool] = typer.Option(
-        None, "--detach-feature-graph/--no-detach-feature-graph",
-        help="Encoders see the learnable feature graph detached (old spamo); default: not detached, as the reference."),
-    smooth_degree_clamp: Optional[bool] = typer.Option(
-        None, "--smooth-degree-clamp/--no-smooth-degree-clamp",
-        help="Spatial-smoothness neighbour mean divides by max(row sum, 1) (default, as the reference)."),
-    dgi_init: Optional[str] = typer.Option(None, "--dgi-init",
-                                           help="DGI discriminator initialisation: torch (default, as the reference) "
-                                                "or xavier."),
-    knn_ties: Optional[str] = typer.Option(None, "--knn-ties",
-                                           help="Spatial kNN tie order: sklearn (default, as the reference) or index."),
-    cluster_method: Optional[str] = typer.Option(None, "--cluster-method",
-                                                 help="auto, mclust, gmm, kmeans, leiden, louvain, split-merge."),
-    init_k: Optional[int] = typer.Option(None, "--init-k", "--init_k", help="Initial K for split-merge."),
-    smooth: Optional[bool] = typer.Option(None, "--smooth/--no-smooth", help="Spatial majority-vote smoothing."),
-    seed: Optional[int] = typer.Option(None, "--seed", "--random_seed", help="Random seed (default 2025)."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda."),
     config_file: Optional[Path] = typer.Option(None, "--config", help="A TOML file of settings (flags win)."),
+    reproduce: Optional[str] = typer.Option(None, "--reproduce",
+                                            help="published: the settings the reference's run.sh really trained "
+                                                 "this dataset with (configs/search/<key>.toml [published]; flags "
+                                                 "given as well still win)."),
     out: Path = typer.Option(Path("results/run"), "--out", help="Output folder."),
     no_plot: bool = typer.Option(False, "--no-plot", help="Skip domains.png."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    keep_existing: bool = typer.Option(False, "--keep-existing",
+                                       help="Refuse an existing non-empty --out instead of replacing it whole."),
+    **settings,
 ):
-    """Train SPAMO once: labels, metrics, embeddings (h5ad), a spatial/UMAP picture and run.toml."""
+    """Train SPAMO once: labels, metrics, embeddings (h5ad), a spatial/UMAP picture and run.toml.
+
+    Every setting of `SpamoConfig` is an option (generated from spamo/config.py; the README table lists them).
+    """
     from rich.console import Console
 
     from spamo import pipeline
     from spamo.config import build_config, parse_weights
+    from spamo.io import RUN_FOLDER_FILES, check_output_folder
+    from spamo.run_folder import check_output
 
-    config = build_config(
-        config_file, n_clusters=n_clusters, epochs=epochs, knn_k=knn_k, modality_weights=parse_weights(modality_weights),
-        modality_weight_0=rna_weight, modality_weight_1=adt_weight, dgi_weight=dgi_weight,
-        spatial_weight=spatial_weight, latent_dim=latent_dim, dropout=dropout, optimizer=optimizer,
-        scheduler=scheduler, lr=lr, weight_decay=weight_decay, use_cross_attn=cross_attn,
-        feature_graph_weight=feature_graph_weight, ema_update=ema_update, ema_beta=ema_beta,
-        detach_feature_graph=detach_feature_graph, smooth_degree_clamp=smooth_degree_clamp, dgi_init=dgi_init,
-        knn_ties=knn_ties,
-        cluster_method=cluster_method, init_k=init_k, smooth=smooth, seed=seed, device=device)
-    data = pipeline.load_data(dataset=dataset, data_dir=data_dir, data_type=data_type, data_root=data_root,
+    settings["modality_weights"] = parse_weights(settings.get("modality_weights"))
+    base = None
+    if reproduce is not None:
+        from spamo.reproduce import profile_key, published_config
+
+        base = published_config(profile_key(dataset, data_dir, settings.get("data_type")), reproduce)
+    config = build_config(config_file, base=base, **settings)
+    check_output(out, folder=True, where="--out")
+    check_output_folder(out, keep_existing=keep_existing, expect=RUN_FOLDER_FILES)
+    data = pipeline.load_data(dataset=dataset, data_dir=data_dir, data_type=config.data_type, data_root=data_root,
                               modality_files=parse_mapping(modality_files, "--modality-files"),
                               truth_file=truth_file, n_clusters=config.n_clusters, layer=layer)
     chosen = [m.strip() for m in modalities.split(",")] if modalities else None
@@ -261,6 +300,10 @@ def score_command(
     from spamo.io import atomic_write_text
     from spamo.metrics import format_metrics_text, score_label_files
 
+    from spamo.run_folder import check_output
+
+    if out is not None:
+        check_output(out, folder=False, where="--out")
     text = format_metrics_text(score_label_files(truth, pred))
     if out is not None:
         atomic_write_text(out, text)
@@ -270,6 +313,7 @@ def score_command(
 # ---------------------------------------------------------------------------------------------------------- tune
 @app.command("tune")
 @refusals_as_one_line
+@generated_data_removed_on_refusal
 def tune_command(
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Built-in dataset key: sim, hln or mb."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Your own folder of .h5ad files (or .h5mu)."),
@@ -294,6 +338,13 @@ def tune_command(
                                                                    "Ray's experiment state (shared on a cluster)."),
     address: Optional[str] = typer.Option(None, "--address", help="Join a Ray cluster: auto or ray://host:port."),
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue the interrupted run NAME."),
+    max_retries: int = typer.Option(3, "--max-retries", help="Retries of a trial lost to a system failure (worker "
+                                                             "or node died); a trial's own error is not retried."),
+    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every",
+                                                   help="Epochs between trial checkpoints (saved with the next "
+                                                        "report; default about every 60 s, at most 50 epochs)."),
+    reuse_workers: bool = typer.Option(True, "--reuse-workers/--fresh-workers",
+                                       help="Run trials one after another in the same Ray worker processes."),
     keep_embeddings: bool = typer.Option(True, "--keep-embeddings/--no-keep-embeddings",
                                          help="Each finished trial keeps found.npz (domains, float16 embedding)."),
     rescore: Optional[str] = typer.Option(None, "--rescore", help="Recompute the label-free criteria of the "
@@ -324,7 +375,8 @@ def tune_command(
                 n_clusters=n_clusters, epochs=epochs, space=str(space) if space else None, metric=metric,
                 scheduler=scheduler, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
                 max_concurrent=max_concurrent, storage=storage, address=address, report_every=report_every,
-                seed=seed, layer=layer, keep_embeddings=keep_embeddings), log=log)
+                seed=seed, layer=layer, max_retries=max_retries, checkpoint_every=checkpoint_every,
+                reuse_workers=reuse_workers, keep_embeddings=keep_embeddings), log=log)
     except KeyboardInterrupt:
         typer.echo("interrupted before the search started; nothing to resume", err=True)
         raise typer.Exit(code=130) from None
@@ -394,7 +446,10 @@ def analyze_command(
     from rich.console import Console
 
     from spamo.analysis import analyze
+    from spamo.io import check_output_folder
 
+    check_output_folder(out if out is not None else run_dir / "analysis",
+                        expect=("markers.parquet", "enrichment.parquet", "paga.parquet"))
     console = Console(stderr=True)
     status = nullcontext() if quiet else console.status("analysis: starting")
     with status as shown:
@@ -406,6 +461,32 @@ def analyze_command(
     Console().print(f"{result.markers['domain'].nunique()} domains, {len(result.markers)} marker rows, "
                     f"{len(result.enrichment)} enrichment rows, {len(result.paga)} PAGA edges -> {result.out_dir}")
 
+
+
+# ---------------------------------------------------------------------------------------------------------- reproduce
+@app.command("reproduce")
+@refusals_as_one_line
+def reproduce_command(
+    which: str = typer.Argument("all", help="hln, mb, sim or all."),
+    data_root: Path = typer.Option(Path("Data"), "--data-root", help="Folder holding HLN/, Mouse_Brain/, "
+                                                                     "Simulation/."),
+    out: Path = typer.Option(Path("results/reproduce"), "--out", help="One run folder per dataset goes here."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Depart from the profile's epochs (quick checks)."),
+    cluster_method: Optional[str] = typer.Option(None, "--cluster-method",
+                                                 help="Depart from the published mclust (e.g. gmm without R)."),
+    no_plot: bool = typer.Option(False, "--no-plot", help="Skip domains.png."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+):
+    """Replay the reference's run.sh (its published profiles) and print our scores beside the published ones."""
+    from rich.console import Console
+
+    from spamo import reproduce as rep
+
+    console = Console(stderr=True)
+    done = rep.reproduce(rep.selected_keys(which), data_root=data_root, out=out, epochs=epochs,
+                         cluster_method=cluster_method, draw=not no_plot, progress=not quiet,
+                         log=None if quiet else console.print)
+    typer.echo(rep.comparison_text(done), nl=False)
 
 
 def main() -> None:

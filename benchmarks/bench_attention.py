@@ -1,40 +1,78 @@
-"""Cross attention alone at N spots: PyTorch's fused kernel without dropout (the floor) vs spamo's exact blocked
-dropout attention, one direction, forward + backward, d = 64, 2 threads.
+"""Cross attention alone at N spots, one direction, forward + backward, d = 64: PyTorch's fused kernel without
+dropout (the floor) against spamo's exact blocked dropout attention, per backend and block budget, all in ONE
+process and interleaved (round r runs every variant once), so a shared machine's drift hits all variants alike.
+Reports the median and range over the rounds.
 
-    python benchmarks/bench_attention.py --n 10000
+    python benchmarks/bench_attention.py --n 2500 10000 --rounds 7
+    python benchmarks/bench_attention.py --n 10000 --budgets 16 18 20 22   # block budgets 2^k elements (compiled)
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import statistics
 import time
 
 import torch
 
+attention_module = importlib.import_module("spamo.model.attention")  # the module (the package re-exports the function)
 
-def seconds_per_call(fn, repeats: int) -> float:
-    fn().sum().backward()  # warm-up
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn().sum().backward()
-    return (time.perf_counter() - start) / repeats
+
+def one_call(fn) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process): on a loaded machine with one thread, CPU time is the cost."""
+    start, cpu = time.perf_counter(), time.process_time()
+    fn().sum().backward()
+    return time.perf_counter() - start, time.process_time() - cpu
+
+
+def variants(q, k, v, budgets: list[int]) -> dict:
+    """name -> zero-argument callable; the compiled backend once per block budget."""
+    out = {"fused, no dropout (floor)": lambda: attention_module.attention(q, k, v, 0.0),
+           "tensor backend, dropout 0.1": lambda: attention_module.attention(q, k, v, 0.1, 2048, backend="tensor")}
+    if attention_module.attention_kernel.load() is not None:
+        for b in budgets:
+            def call(b=b):
+                before = attention_module.KERNEL_BLOCK_ELEMENTS
+                attention_module.KERNEL_BLOCK_ELEMENTS = 2**b
+                try:
+                    return attention_module.attention(q, k, v, 0.1, 2048, backend="compiled")
+                finally:
+                    attention_module.KERNEL_BLOCK_ELEMENTS = before
+            out[f"compiled backend, dropout 0.1, blocks of 2^{b}"] = call
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=10000)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--n", type=int, nargs="+", default=[2500, 10000])
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--budgets", type=int, nargs="+",
+                        default=[int(attention_module.KERNEL_BLOCK_ELEMENTS).bit_length() - 1])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    attention = importlib.import_module("spamo.model.attention")
-    gen = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(args.n, 64, generator=gen, requires_grad=True) for _ in range(3))
-    floor = seconds_per_call(lambda: attention.attention(q, k, v, 0.0), args.repeats)
-    blocked = seconds_per_call(lambda: attention.attention(q, k, v, 0.1), args.repeats)
-    print(f"N={args.n}: fused kernel, no dropout {floor:.2f} s; blocked exact dropout 0.1 {blocked:.2f} s "
-          f"(one direction, forward + backward, {args.threads} threads)")
+    print(f"threads {args.threads}; load average at start {os.getloadavg()}")
+    for n in args.n:
+        gen = torch.Generator().manual_seed(0)
+        q, k, v = (torch.randn(n, 64, generator=gen, requires_grad=True) for _ in range(3))
+        calls = variants(q, k, v, args.budgets)
+        times = {name: [] for name in calls}
+        for fn in calls.values():
+            one_call(fn)  # warm-up (and the kernel's one-time build)
+        for _ in range(args.rounds):
+            for name, fn in calls.items():
+                times[name].append(one_call(fn))
+        print(f"\nN = {n:,}, {args.rounds} rounds, s per direction (forward + backward), wall | process CPU:")
+        for clock in (0, 1):
+            floor = statistics.median(t[clock] for t in times["fused, no dropout (floor)"])
+            for name, runs in times.items():
+                t = [r[clock] for r in runs]
+                med = statistics.median(t)
+                print(f"  {'wall' if clock == 0 else 'cpu ':4s} {name:45s} median {med:.4f}  range {min(t):.4f}-"
+                      f"{max(t):.4f}  ({med / floor:.2f}x floor)")
+    print(f"load average at end {os.getloadavg()}")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import numpy as np
 
 from evaluation.runs import DEFAULT_RUNS_ROOT, Candidate, DatasetRuns
 from evaluation.seed_runs import SeedJob, SeedRunCache, config_json
+from search import ray_cluster
 from spamo.errors import SpamoInputError
 
 DEFAULT_OUT = Path("results/evaluate")
@@ -95,6 +96,8 @@ def check_request(request: EvaluateRequest) -> None:
         for path in request.gene_sets:
             if not Path(path).is_file():
                 raise SpamoInputError(path, "gene-set file not found")
+    if request.address:
+        ray_cluster.resolve(request.address)  # an unreachable cluster is refused before any data is loaded
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -103,17 +106,12 @@ def check_request(request: EvaluateRequest) -> None:
 def load_entry(group: DatasetRuns, top_k: int) -> DatasetEntry:
     """Choose the dataset's configurations, then load and preprocess its data as its tune run did."""
     from evaluation.runs import top_configs
+    from search.run_folder import load_data, load_prepared
     from spamo import pipeline
-    from spamo.config import SpamoConfig
 
     candidates = top_configs(group, top_k)
-    req = group.request
-    data = pipeline.load_data(dataset=req.get("dataset"), data_dir=req.get("data_dir"),
-                              data_type=req.get("data_type"), data_root=req.get("data_root", "Data"),
-                              n_clusters=req.get("n_clusters"), layer=req.get("layer"))
-    base = SpamoConfig(seed=int(req.get("seed", FIRST_SEED)), n_clusters=req.get("n_clusters"),
-                       epochs=req.get("epochs"))
-    prepared, _ = pipeline.prepare(data, base)
+    data = load_data(group.request)
+    prepared, _ = load_prepared(group.request, data)
     expected = group.runs[0].truth_sha256
     if expected and prepared.truth is not None and pipeline.truth_sha256(prepared.truth) != expected:
         raise SpamoInputError(group.runs[0].path, f"the data of '{group.dataset}' no longer has the ground truth "
@@ -154,23 +152,6 @@ def build_jobs(entries: dict[str, DatasetEntry], seeds: list[int], cross: bool) 
 # ------------------------------------------------------------------------------------------------ Ray
 
 
-def connect_ray(address: str | None, num_cpus: int | None, log) -> bool:
-    """Join a cluster at `address`, or start a local one; True when this call started (and must stop) Ray."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    if address is None:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
-        return True
-    try:
-        ray.init(address=address, log_to_driver=False, configure_logging=False)
-    except Exception as exc:  # noqa: BLE001 - any connection problem is one line for the user
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SpamoInputError("--address", f"cannot join the Ray cluster at {address!r}: {first}") from None
-    return True
-
-
 def run_pending(pending: list[SeedJob], entries: dict[str, DatasetEntry], cache: SeedRunCache,
                 request: EvaluateRequest, log, progress: bool = True) -> int:
     """Run the seed runs not in the cache as Ray tasks, storing each as it finishes; returns how many ran.
@@ -184,9 +165,9 @@ def run_pending(pending: list[SeedJob], entries: dict[str, DatasetEntry], cache:
     unique = {job.key: job for job in pending}
     if not unique:
         return 0
-    started_here = connect_ray(request.address, request.num_cpus, log)
+    started_here = ray_cluster.connect(request.address, log, num_cpus=request.num_cpus)
     try:
-        gpus = request.gpus_per_run if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+        gpus = ray_cluster.trial_resources(request.cpus_per_run, request.gpus_per_run, log=lambda *a: None)["gpu"]
         # a worker lost to the node's memory monitor or a crash is retried; an exception raised by the run is not
         task = ray.remote(seed_task).options(num_cpus=request.cpus_per_run, num_gpus=gpus, max_retries=SYSTEM_RETRIES,
                                              retry_exceptions=False)
@@ -195,7 +176,7 @@ def run_pending(pending: list[SeedJob], entries: dict[str, DatasetEntry], cache:
         failures = _collect(futures, cache, log, progress)
     finally:
         if started_here:
-            ray.shutdown()
+            ray_cluster.disconnect()
     if failures:
         job, error = failures[0]
         raise EvaluationFailed(f"seed run {job.config_from} rank {job.config_rank} on {job.dataset}, seed {job.seed}",

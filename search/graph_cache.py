@@ -41,8 +41,12 @@ class GraphCache:
 
 
 def start_cache(name: str):
-    """The search's cache actor (one per tune run, gone with the driver's job)."""
-    return GraphCache.options(name=name, get_if_exists=True).remote()
+    """The search's cache actor (one per tune run, gone with the driver's job), on the driver's node: a worker node
+    that is lost takes neither the cache nor the graphs it owns with it."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=True)
+    return GraphCache.options(name=name, get_if_exists=True, scheduling_strategy=here).remote()
 
 
 def cached_graphs(cache_name: str, prepared, config: SpamoConfig, build) -> tuple[object, bool]:
@@ -53,12 +57,18 @@ def cached_graphs(cache_name: str, prepared, config: SpamoConfig, build) -> tupl
         cache = ray.get_actor(cache_name)
     except ValueError:  # no cache (a trainable run outside a tune run): build locally
         return build(prepared, config), False
-    wrapped = ray.get(cache.get.remote(key))
+    try:
+        wrapped = ray.get(cache.get.remote(key))
+    except ray.exceptions.RayActorError:  # the cache is gone (its node was lost): build here, share nothing
+        return build(prepared, config), False
     if wrapped is not None:
         try:
             return ray.get(wrapped[0]), True
         except ray.exceptions.ObjectLostError:  # the node holding them went away: build again
             pass
     graphs = build(prepared, config)
-    ray.get(cache.put.remote(key, graphs))
+    try:
+        ray.get(cache.put.remote(key, graphs))
+    except ray.exceptions.RayActorError:
+        pass
     return graphs, False

@@ -37,7 +37,8 @@ def _clean(value):
 
 def trial_record(trial, status: str, error: str | None = None) -> dict:
     result = {k: _clean(v) for k, v in (trial.last_result or {}).items()
-              if k not in RAY_RESULT_KEYS and not isinstance(v, dict)}
+              if k not in RAY_RESULT_KEYS and k != "trial_error" and not isinstance(v, dict)}
+    result["retries"] = int(trial.num_failures)  # system failures Ray retried (the trial's own never are)
     tag = str(trial.experiment_tag).split("_", 1)[0]
     return {
         "trial_id": trial.trial_id,
@@ -70,8 +71,12 @@ def error_summary(trial) -> str:
 
 
 def trial_status(trial) -> str:
-    """`finished` (trained to the end), or `stopped_early` (the scheduler stopped it)."""
-    return "finished" if (trial.last_result or {}).get("final") else "stopped_early"
+    """`finished` (trained to the end), `error` (the trial's own failure, reported as its last result, see
+    search.trainable), or `stopped_early` (the scheduler stopped it)."""
+    result = trial.last_result or {}
+    if result.get("trial_error"):
+        return "error"
+    return "finished" if result.get("final") else "stopped_early"
 
 
 class TrialLedger(tune.Callback):
@@ -87,9 +92,10 @@ class TrialLedger(tune.Callback):
         atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._write(trial_record(trial, trial_status(trial)))
+        status = trial_status(trial)
+        self._write(trial_record(trial, status, (trial.last_result or {}).get("trial_error")))
 
-    def on_trial_error(self, iteration, trials, trial, **info):
+    def on_trial_error(self, iteration, trials, trial, **info):  # a system failure with no retry left
         self._write(trial_record(trial, "error", error_summary(trial)))
 
 
@@ -124,9 +130,16 @@ class TrialLog(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = trial.last_result or {}
+        if result.get("trial_error"):
+            self._say(trial, f"failed: {result['trial_error']}")
+            return
         value = result.get(self.metric)
         shown = f"{self.metric}={value:.4f}" if isinstance(value, (int, float)) else f"{self.metric}=?"
         self._say(trial, f"{trial_status(trial).replace('_', ' ')} at epoch {result.get('epoch')}: {shown}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._say(trial, f"failed: {error_summary(trial)}")
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._say(trial, f"lost ({error_summary(trial)}); retry {trial.num_failures} of at most "
+                         f"{trial.max_failures}, from its last checkpoint")

@@ -8,7 +8,6 @@ its file, trials.parquet gets the new values, and best_config.toml is rewritten 
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +28,8 @@ def rescore_run(name: str, metric: str | None = None, storage: str | None = None
     import pandas as pd
 
     from search.results import best_row, write_best_config, write_parquet
-    from search.tuning import RESULTS_ROOT, RUN_FILE, TuneRequest, choose_metric, load_search, metric_reason, \
-        run_folder
+    from search.run_folder import RESULTS_ROOT, RUN_FILE, read_request, run_folder
+    from search.tuning import choose_metric, load_search, metric_reason
     from spamo.selection import FOUND_FILE, rescore_found
 
     run_dir = run_folder(name, storage, results_root or RESULTS_ROOT)
@@ -39,8 +38,7 @@ def rescore_run(name: str, metric: str | None = None, storage: str | None = None
     trials_path = run_dir / "trials.parquet"
     if not trials_path.is_file():
         raise SpamoInputError(trials_path, "no trials.parquet: the search wrote no results to rescore")
-    with open(run_dir / RUN_FILE, "rb") as fh:
-        request = TuneRequest(**tomllib.load(fh)["tune"])
+    request = read_request(run_dir)
     frame = pd.read_parquet(trials_path)
     search = load_search(request, run_dir)
     chosen = choose_metric(metric, search.prepared.truth is not None)

@@ -3,17 +3,31 @@
 The trial knows nothing of the model: it calls `spamo.pipeline.fit_and_cluster` with a callback that, every
 `report_every` epochs, clusters the current embedding cheaply (k-means on PCA) and reports the scores through
 `ray.tune.report`, so a scheduler (ASHA) can stop poor trials early. The last report (``final = True``) carries the
-scores of the real clustering. A NaN loss or any exception propagates: Ray marks the trial failed, the search goes on.
+scores of the real clustering.
+
+Failures are sorted here. A trial that fails for its own reason (a NaN loss, any exception of its own) reports one
+last result with `trial_error` and ends: it is recorded as an error and never retried (trying the same settings
+again gives the same failure). A system failure (the worker process or its node died, Ray's memory monitor killed
+it, or an object or actor the trial needs was lost: `ray.exceptions.RayError`) reaches Ray, which retries the
+trial on any node (`FailureConfig(max_failures=--max-retries)`). A retried trial, or one a `--resume` restarts,
+continues from its last checkpoint (`tune.get_checkpoint()`): model, optimiser, feature graphs, scheduler, RNGs and
+the loss history (spamo.training), saved with the intermediate report that follows a due checkpoint.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import socket
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+import ray
+import torch
 from ray import tune
 
 from spamo.config import SpamoConfig
@@ -32,8 +46,13 @@ class TrialContext:
     cache_name: str
     cpus_per_trial: float
     finished: dict = field(default_factory=dict)  # trial id -> final report, for trials finished before a resume
+    metric: str = "ari"  # the search's metric (every report must carry it, a failure report as NaN)
+    checkpoint_every: int | None = None  # epochs between checkpoints (None: spamo.training's time rule)
     run_dir: str | None = None  # the run folder: trial folders (and their found.npz) live under it
     keep_embeddings: bool = True  # write found.npz (domains + float16 fused embedding) per finished trial (h6)
+
+
+CHECKPOINT_FILE = "trainer.pt"
 
 
 def trial_dirname(trial) -> str:
@@ -66,13 +85,23 @@ def probe_scores(prepared, embedding: np.ndarray, labels: np.ndarray, seed: int)
 
 
 class Probe:
-    """The training callback: report cheap scores every few epochs (never stops training itself)."""
+    """The training callback: report cheap scores every few epochs (never stops training itself), with the latest
+    due checkpoint attached."""
 
-    def __init__(self, prepared, config: SpamoConfig, started: float, node: dict):
+    def __init__(self, prepared, config: SpamoConfig, started: float, node: dict, start_epoch: int = 0):
         from spamo.selection import TrialFindings
 
         self.prepared, self.config, self.started, self.node = prepared, config, started, node
+        self.start_epoch = start_epoch
+        self.pending: bytes | None = None  # the last due checkpoint, serialised, not yet reported
         self.findings = TrialFindings(config.n_clusters, config.seed)  # label-free criteria between reports (h6)
+
+    def keep(self, checkpoint: dict) -> None:
+        """`on_checkpoint` of spamo.training: serialise now (the dict holds live tensors), report with the next
+        intermediate result."""
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        self.pending = buffer.getvalue()
 
     def __call__(self, epoch: int, embedding_fn, losses: dict) -> bool:
         from spamo.clustering import cluster
@@ -84,35 +113,68 @@ class Probe:
                                     seed=self.config.seed))
         report = probe_scores(self.prepared, embedding, labels, self.config.seed)
         report.update(self.findings.probe(self.prepared.features, embedding, labels, report["spatial_coherence"]))
-        report.update(epoch=int(epoch), loss=float(losses["total"]), final=False,
+        report.update(epoch=int(epoch), loss=float(losses["total"]), final=False, start_epoch=self.start_epoch,
                       wall_s=time.time() - self.started, **self.node)
-        tune.report(report)
+        if self.pending is None:
+            tune.report(report)
+            return False
+        with tempfile.TemporaryDirectory(prefix="spamo-ckpt-") as folder:
+            Path(folder, CHECKPOINT_FILE).write_bytes(self.pending)
+            self.pending = None
+            tune.report(report, checkpoint=tune.Checkpoint.from_directory(folder))  # copied to the run's storage
         return False
+
+
+def load_checkpoint() -> dict | None:
+    """The trial's last checkpoint (a retried or resumed trial), or None for a fresh start."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        path = Path(folder, CHECKPOINT_FILE)
+        if not path.is_file():
+            return None
+        return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def run_trial(sampled: dict, prepared=None, context: TrialContext | None = None) -> None:
     """The Ray Tune function trainable (wrapped with `tune.with_parameters(prepared=..., context=...)`)."""
-    import torch
-
-    from search.graph_cache import cached_graphs
-    from search.space import trial_config
-    from spamo.graphs import build_graphs
-    from spamo.pipeline import fit_and_cluster
-
     trial_id = tune.get_context().get_trial_id()
     if trial_id in context.finished:  # finished before an interruption: report the recorded result, train nothing
         tune.report(dict(context.finished[trial_id], replayed=True))
         return
     started = time.time()
-    torch.set_num_threads(max(1, int(round(context.cpus_per_trial))))
     node = where_am_i()
+    try:
+        final = train_trial(sampled, prepared, context, started, node)
+    except ray.exceptions.RayError:
+        raise  # a system failure (lost worker, node, object or actor): Ray retries the trial
+    except Exception as exc:  # noqa: BLE001 - the trial's own failure: recorded, not retried
+        message = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
+        tune.report({context.metric: math.nan, "trial_error": message, "final": True,
+                     "wall_s": time.time() - started, "started_at": started, "finished_at": time.time(), **node})
+        return
+    tune.report(final)
+
+
+def train_trial(sampled: dict, prepared, context: TrialContext, started: float, node: dict) -> dict:
+    """Train and cluster one trial (from its checkpoint when it has one); the final report."""
+    from search.graph_cache import cached_graphs
+    from search.space import trial_config
+    from spamo.graphs import build_graphs
+    from spamo.pipeline import fit_and_cluster
+
+    torch.set_num_threads(max(1, int(round(context.cpus_per_trial))))
     config = trial_config(context.base, context.fixed, sampled, prepared.n_modalities, prepared.n_spots)
     tick = time.perf_counter()
     graphs, graphs_cached = cached_graphs(context.cache_name, prepared, config, build_graphs)
     graphs_s = time.perf_counter() - tick
-    probe = Probe(prepared, config, started, node)
-    result = fit_and_cluster(prepared, config, graphs=graphs, callback=probe,
-                             callback_every=context.report_every, progress=False)
+    resumed = load_checkpoint()
+    start_epoch = int(resumed["trainer"]["epoch"]) if resumed is not None else 0
+    probe = Probe(prepared, config, started, node, start_epoch)
+    options = {"start_from": resumed, "on_checkpoint": probe.keep, "checkpoint_every": context.checkpoint_every}
+    result = fit_and_cluster(prepared, config, graphs=graphs, callback=probe, callback_every=context.report_every,
+                             progress=False, train_options=options)
     final = dict(result.scores)
     final.update(probe.findings.final(prepared.features, result.fused, final["spatial_coherence"]))
     if context.keep_embeddings and context.run_dir:  # what the trial found, for --rescore and pictures (h6)
@@ -120,9 +182,10 @@ def run_trial(sampled: dict, prepared=None, context: TrialContext | None = None)
                             prepared.kept_index)
     final.update(
         epoch=len(result.history), loss=float(result.history[-1]["total"]) if result.history else float("nan"),
-        final=True, graphs_s=graphs_s, graphs_cached=graphs_cached, train_s=result.timings.get("train_s"), epoch_s=result.timings.get("epoch_s"),
+        final=True, start_epoch=start_epoch, graphs_s=graphs_s, graphs_cached=graphs_cached,
+        train_s=result.timings.get("train_s"), epoch_s=result.timings.get("epoch_s"),
         cluster_s=result.timings.get("cluster_s"), wall_s=time.time() - started, started_at=started,
         finished_at=time.time(), device=result.device, seed=config.seed,
         config_json=json.dumps(config.to_dict(), sort_keys=True), **node,
     )
-    tune.report(final)
+    return final

@@ -7,50 +7,16 @@ in its folder, which is all `spamo tune --resume NAME` needs to continue it.
 
 from __future__ import annotations
 
-import dataclasses
-import os
 import time
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from search import ray_cluster
+from search.run_folder import (RESULTS_ROOT, RUN_FILE, STUDY_FILE, TRIALS_FILE, TuneRequest, experiment_path,
+                               is_uri, load_prepared, ray_storage_path, read_request, run_folder, write_request)
 from spamo.errors import SpamoInputError
 
-RESULTS_ROOT = Path("results/tune")
-RUN_FILE = "tune_run.toml"
-STUDY_FILE = "optuna.db"
-# Ray's experiment snapshot period (seconds) unless the user set TUNE_GLOBAL_CHECKPOINT_S.
-SNAPSHOT_SECONDS = "2"
-
-
-@dataclass
-class TuneRequest:
-    """Everything `spamo tune` was asked for (saved in tune_run.toml, so a resume repeats it exactly)."""
-
-    name: str
-    num_samples: int
-    dataset: str | None = None
-    data_dir: str | None = None
-    data_type: str | None = None
-    data_root: str = "Data"
-    n_clusters: int | None = None
-    epochs: int | None = None
-    space: str | None = None
-    metric: str | None = None
-    scheduler: str = "asha"
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.25
-    max_concurrent: int | None = None
-    storage: str | None = None
-    address: str | None = None
-    report_every: int = 10
-    seed: int = 2025
-    results_root: str = str(RESULTS_ROOT)
-    layer: str | None = None  # read layers[layer] instead of .X (spamo.datasets.load)
-    keep_embeddings: bool = True  # each finished trial keeps found.npz (domains, float16 fused embedding) (h6)
-
-    def to_toml(self) -> dict:
-        return {"tune": {k: v for k, v in dataclasses.asdict(self).items() if v is not None}}
+__all__ = ["TuneRequest", "TuneOutcome", "start_tune", "resume_tune", "run_folder", "is_uri", "choose_metric"]
 
 
 @dataclass
@@ -62,25 +28,7 @@ class TuneOutcome:
     metric: str
 
 
-# ------------------------------------------------------------------------------------------------ places
-
-
-def is_uri(storage: str | None) -> bool:
-    return bool(storage) and "://" in str(storage)
-
-
-def run_folder(name: str, storage: str | None, results_root: str | Path = RESULTS_ROOT) -> Path:
-    """Local storage: the run folder is STORAGE/NAME (Ray's experiment folder too). URI storage: Ray writes there,
-    the run's own files stay in results/tune/NAME on the driver."""
-    if storage and not is_uri(storage):
-        return Path(storage).resolve() / name
-    return Path(results_root).resolve() / name
-
-
-def ray_storage_path(storage: str | None, results_root: str | Path) -> str:
-    if is_uri(storage):
-        return str(storage)
-    return str(Path(storage or results_root).resolve())
+# ------------------------------------------------------------------------------------------------ checks
 
 
 def _check_request(request: TuneRequest) -> None:
@@ -98,6 +46,10 @@ def _check_request(request: TuneRequest) -> None:
         raise SpamoInputError("--max-concurrent", f"must be at least 1, got {request.max_concurrent}")
     if request.report_every < 1:
         raise SpamoInputError("--report-every", f"must be at least 1, got {request.report_every}")
+    if request.max_retries < 0:
+        raise SpamoInputError("--max-retries", f"must be >= 0, got {request.max_retries}")
+    if request.checkpoint_every is not None and request.checkpoint_every < 1:
+        raise SpamoInputError("--checkpoint-every", f"must be at least 1 epoch, got {request.checkpoint_every}")
     if not request.name or any(c in request.name for c in "/\\") or request.name.startswith("."):
         raise SpamoInputError("--name", f"'{request.name}' is not a usable folder name")
 
@@ -148,75 +100,12 @@ class Search:
 def load_search(request: TuneRequest, run_dir: Path) -> Search:
     """Load and preprocess the data once, resolve the base config, read the search space."""
     from search.space import load_space, space_path
-    from spamo import pipeline
-    from spamo.config import SpamoConfig
 
     space = load_space(space_path(request.dataset, request.space))
-    data = pipeline.load_data(dataset=request.dataset, data_dir=request.data_dir, data_type=request.data_type,
-                              data_root=request.data_root, n_clusters=request.n_clusters, layer=request.layer)
-    base = SpamoConfig(seed=request.seed, n_clusters=request.n_clusters, epochs=request.epochs)
-    prepared, base = pipeline.prepare(data, base)
+    prepared, base = load_prepared(request)
     metric = choose_metric(request.metric, prepared.truth is not None)
     space = space.for_data(prepared.n_modalities, request.epochs)
     return Search(request, run_dir, prepared, base, space, metric)
-
-
-def connect_ray(address: str | None, log) -> None:
-    """Join a cluster at `address` (auto, host:port or ray://host:port) or start a local one."""
-    import ray
-
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", SNAPSHOT_SECONDS)
-    if ray.is_initialized():
-        return
-    if address is None:
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
-        return
-    reachable(address)
-    if not token_available():
-        log("[yellow]note[/]: no Ray token in this shell (RAY_AUTH_MODE=token with RAY_AUTH_TOKEN, "
-            "RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token); a cluster with token authentication (as spamo's cluster "
-            "files start it) will refuse the connection. See the README, 'Cluster runs'.")
-    try:
-        ray.init(address=address, log_to_driver=False, configure_logging=False)
-    except Exception as exc:  # noqa: BLE001 - any connection problem is one line for the user
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SpamoInputError("--address", f"cannot join the Ray cluster at {address!r}: {first}") from None
-
-
-def reachable(address: str, timeout_s: float = 5.0) -> None:
-    """Refuse at once an address nothing listens on (Ray itself retries for minutes before giving up)."""
-    import socket
-
-    if address == "auto":
-        return
-    host, _, port = address.split("://", 1)[-1].rpartition(":")
-    if not host or not port.isdigit():
-        raise SpamoInputError("--address", f"expected auto, HOST:PORT or ray://HOST:PORT, got {address!r}")
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
-    except OSError as exc:
-        raise SpamoInputError("--address", f"nothing answers at {host}:{port} ({exc.strerror or exc})") from None
-
-
-def token_available() -> bool:
-    """Whether this driver would present a Ray token (the token itself is never read here)."""
-    mode = os.environ.get("RAY_AUTH_MODE", "").lower()
-    if mode == "disabled":
-        return False
-    has_token = bool(os.environ.get("RAY_AUTH_TOKEN")) or bool(os.environ.get("RAY_AUTH_TOKEN_PATH")) \
-        or (Path.home() / ".ray" / "auth_token").is_file()
-    return has_token and mode in ("token", "")
-
-
-def trial_resources(request: TuneRequest, log) -> dict:
-    """CPUs and GPUs per trial; the GPU share is 0 on a cluster without GPUs."""
-    import ray
-
-    gpus_in_cluster = ray.cluster_resources().get("GPU", 0)
-    gpu = request.gpus_per_trial if gpus_in_cluster > 0 else 0.0
-    if request.gpus_per_trial > 0 and gpus_in_cluster == 0:
-        log("no GPU in the cluster: trials run on CPU (GPU share 0)")
-    return {"cpu": request.cpus_per_trial, "gpu": gpu}
 
 
 def build_trainable(search: Search, finished: dict):
@@ -229,7 +118,8 @@ def build_trainable(search: Search, finished: dict):
     search.graph_cache = start_cache(cache_name)
     context = TrialContext(base=search.base, fixed=search.space.fixed, report_every=search.request.report_every,
                            run_dir=str(search.run_dir), keep_embeddings=search.request.keep_embeddings,
-                           cache_name=cache_name, cpus_per_trial=search.request.cpus_per_trial, finished=finished)
+                           cache_name=cache_name, cpus_per_trial=search.request.cpus_per_trial, finished=finished,
+                           metric=search.metric, checkpoint_every=search.request.checkpoint_every)
     return tune.with_parameters(run_trial, prepared=search.prepared, context=context)
 
 
@@ -263,11 +153,16 @@ def build_tuner(search: Search, trainable, resources: dict):
     return tune.Tuner(
         tune.with_resources(trainable, resources),
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=request.num_samples,
-                                    max_concurrent_trials=request.max_concurrent, trial_dirname_creator=trial_dirname,
+                                    max_concurrent_trials=request.max_concurrent, reuse_actors=request.reuse_workers,
+                                    trial_dirname_creator=trial_dirname,
                                     trial_name_creator=trial_dirname),
         run_config=tune.RunConfig(name=request.name, storage_path=ray_storage_path(request.storage,
                                                                                    request.results_root),
-                                  failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+                                  # only system failures reach Ray (a trial's own error is reported as a result,
+                                  # see search.trainable): a lost worker or node is retried from its checkpoint
+                                  failure_config=tune.FailureConfig(max_failures=request.max_retries,
+                                                                    fail_fast=False),
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                                   callbacks=[TrialLedger(search.run_dir), TrialLog(search.metric, request.num_samples)],
                                   verbose=0),
     )
@@ -278,20 +173,18 @@ def build_tuner(search: Search, trainable, resources: dict):
 
 def start_tune(request: TuneRequest, log=print) -> TuneOutcome:
     """A new search named `request.name`; refuses a name that already has a run folder."""
-    from spamo.io import atomic_write_text, dump_toml
-
     _check_request(request)
+    request = request.resolved()
     if request.address:
-        reachable(request.address)
+        ray_cluster.resolve(request.address)  # an unreachable address is refused before the data is loaded
     run_dir = run_folder(request.name, request.storage, request.results_root)
     if (run_dir / RUN_FILE).exists():
         raise SpamoInputError("--name", f"a run named '{request.name}' exists in {run_dir}: "
                                         f"continue it with --resume {request.name} or pick another --name")
     search = load_search(request, run_dir)
-    connect_ray(request.address, log)  # before anything is written: a refused connection leaves nothing behind
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / RUN_FILE, dump_toml(request.to_toml()))
-    resources = trial_resources(request, log)
+    ray_cluster.connect(request.address, log)  # before anything is written: a refused connection leaves nothing
+    write_request(run_dir, request)
+    resources = ray_cluster.trial_resources(request.cpus_per_trial, request.gpus_per_trial, log)
     log(f"[bold]spamo tune[/] {request.name}: {search.prepared.name}, {search.prepared.n_spots} spots, "
         f"{request.num_samples} trials of {resources['cpu']:g} CPU + {resources['gpu']:g} GPU, metric "
         f"{search.metric}, scheduler {request.scheduler} -> {run_dir}")
@@ -302,7 +195,8 @@ def start_tune(request: TuneRequest, log=print) -> TuneOutcome:
 
 def resume_tune(name: str, storage: str | None = None, address: str | None = None,
                 results_root: str | Path = RESULTS_ROOT, log=print) -> TuneOutcome:
-    """Continue an interrupted search (Ctrl+C or a killed driver): finished trials are kept, not rerun."""
+    """Continue an interrupted search (Ctrl+C or a killed driver): finished trials are kept, not rerun, and
+    unfinished ones continue from their last checkpoint."""
     from ray import tune
 
     from search.ledger import finished_results, load_ledger
@@ -310,18 +204,21 @@ def resume_tune(name: str, storage: str | None = None, address: str | None = Non
     run_dir = run_folder(name, storage, results_root)
     if not (run_dir / RUN_FILE).is_file():
         raise SpamoInputError("--resume", f"no tune run named '{name}' in {run_dir.parent}")
-    with open(run_dir / RUN_FILE, "rb") as fh:
-        request = TuneRequest(**tomllib.load(fh)["tune"])
+    request = read_request(run_dir)
     if address is not None:
         request.address = address
+    if request.address:
+        ray_cluster.resolve(request.address)
     search = load_search(request, run_dir)
-    connect_ray(request.address, log)
-    experiment = f"{ray_storage_path(request.storage, request.results_root).rstrip('/')}/{request.name}"
+    experiment = experiment_path(request)
+    ray_cluster.connect(request.address, log)
     if not tune.Tuner.can_restore(experiment):
+        ray_cluster.disconnect()
         raise SpamoInputError("--resume", f"no Ray experiment state at {experiment} to resume from")
     finished = finished_results(load_ledger(run_dir))
     log(f"[bold]resuming[/] {name}: {len(finished)} trial(s) already finished are kept -> {run_dir}")
-    trainable = tune.with_resources(build_trainable(search, finished), trial_resources(request, log))
+    resources = ray_cluster.trial_resources(request.cpus_per_trial, request.gpus_per_trial, log)
+    trainable = tune.with_resources(build_trainable(search, finished), resources)
     tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False,
                                restart_errored=False)
     return finish(search, tuner, log)
@@ -329,8 +226,6 @@ def resume_tune(name: str, storage: str | None = None, address: str | None = Non
 
 def finish(search: Search, tuner, log) -> TuneOutcome:
     """Run the search, then write trials.parquet, best_config.toml and the pictures, and print the top trials."""
-    import ray
-
     started = time.time()
     try:
         grid = tuner.fit()
@@ -340,8 +235,7 @@ def finish(search: Search, tuner, log) -> TuneOutcome:
 
         log(f"[red]the search stopped[/]: {exception_summary(str(exc)) or type(exc).__name__}")
     finally:
-        if ray.is_initialized():
-            ray.shutdown()
+        ray_cluster.disconnect()
     log(f"search ran {time.time() - started:.0f} s")
     return write_outputs(search, grid, log)
 
@@ -377,7 +271,7 @@ def write_outputs(search: Search, grid, log) -> TuneOutcome:
             "ground_truth_sha256": truth_sha256(truth) if truth is not None else None,
             **{f"version_{k}": v for k, v in package_versions().items()}}
     frame = trials_frame(records, pending, meta)
-    write_parquet(frame, run_dir / "trials.parquet")
+    write_parquet(frame, run_dir / TRIALS_FILE)
     best = best_row(frame, metric)
     if best is not None:
         write_best_config(best, metric, run_dir / "best_config.toml", why=metric_reason(metric, request.metric))

@@ -1,28 +1,119 @@
-"""Write results so that an interrupted or refused run leaves nothing half-written.
+"""Write results so that an interrupted or refused run leaves nothing half-written, and nothing is mixed.
 
-Files go to a temporary sibling first and are renamed into place; whole output folders are assembled in a temporary
-sibling folder and renamed at the end.
+Files go to a temporary sibling first and are renamed into place. Whole output folders are assembled in a temporary
+sibling folder and swapped in whole at the end: an existing folder is *replaced*, never merged (a run without ground
+truth must not sit beside the previous run's `metrics.txt`). The old content is moved aside by the swap and removed
+only after it, so an interruption at any moment leaves either the old folder or the new one, never a mixture.
+
+Temporary names are `.<name>.<host>-<pid>-<random>.part` (and `.old` for content moved aside): the pid and a hash
+of the host name say who owns them, so the next writer of the same path removes those of processes that are dead
+(a SIGKILLed run cannot clean up after itself) and leaves those of live ones alone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import hashlib
 import os
+import re
+import secrets
 import shutil
-import tempfile
+import socket
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
+
+from spamo.errors import SpamoInputError
+
+TEMP_SUFFIXES = ("part", "old")
+RUN_FOLDER_FILES = ("run.toml", "labels.txt", "metrics.json")  # what every `spamo run` folder holds
+
+
+def _host_tag() -> str:
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def temp_sibling(path: Path, suffix: str = "part") -> Path:
+    """A fresh name beside `path` that records this process (host and pid); nothing is created."""
+    return path.with_name(f".{path.name}.{_host_tag()}-{os.getpid()}-{secrets.token_hex(4)}.{suffix}")
+
+
+def _owner(entry: Path, name: str) -> tuple[str, int, str] | None:
+    """(host tag, pid, suffix) of a temporary sibling of `name`, or None when `entry` is not one."""
+    match = re.fullmatch(rf"\.{re.escape(name)}\.([0-9a-f]{{8}})-(\d+)-[0-9a-f]+\.({'|'.join(TEMP_SUFFIXES)})",
+                         entry.name)
+    return (match.group(1), int(match.group(2)), match.group(3)) if match else None
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _remove(entry: Path) -> None:
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            entry.unlink()
+
+
+def clean_stale(path: str | Path) -> list[Path]:
+    """Remove the temporary siblings of `path` left by dead processes of this host; returns what was removed.
+
+    A folder moved aside (`.old`) by a writer killed in the middle of a two-step swap is put back when `path` itself
+    is missing, since it is then the only copy of the old content.
+    """
+    path = Path(path)
+    parent = path.parent
+    if not parent.is_dir():
+        return []
+    removed = []
+    host = _host_tag()
+    try:
+        entries = [e for e in parent.iterdir() if e.name.startswith(f".{path.name}.")]
+    except OSError:
+        return []
+    for entry in entries:
+        owner = _owner(entry, path.name)
+        if owner is None or owner[0] != host or _pid_alive(owner[1]):
+            continue
+        if owner[2] == "old" and not os.path.lexists(path):
+            with contextlib.suppress(OSError):
+                os.rename(entry, path)
+                continue
+        _remove(entry)
+        removed.append(entry)
+    return removed
+
+
+def _make_parent(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise SpamoInputError(path, "lies under a file, not a folder") from None
+    except PermissionError:
+        raise SpamoInputError(path, "its folder cannot be created (permission denied)") from None
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is renamed onto `path`, on error removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    _make_parent(path)
+    if path.is_dir():
+        raise SpamoInputError(path, "is a folder; give a file name")
+    clean_stale(path)
+    tmp_path = temp_sibling(path)
+    os.close(os.open(tmp_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # umask applies, as for any file
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -36,32 +127,119 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
-@contextlib.contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder beside `path`; on success its files are moved into `path` (created if needed).
+def check_output_folder(path: str | Path, keep_existing: bool = False, expect: Iterable[str] = (),
+                        option: str = "--out") -> Path:
+    """Refuse, before any work, an output folder that cannot be written or must not be replaced.
 
-    Files already in `path` that the run does not write are kept; on error the temporary folder is removed and
-    `path` is left as it was.
+    Refused: a path that is a file or lies under a file, a parent that cannot be written, an existing non-empty
+    folder when `keep_existing` is asked for, and an existing non-empty folder holding none of the files `expect`s
+    (the names this kind of output always writes): replacing it whole would delete something spamo did not write,
+    such as `--out .` or a folder of results. Stale temporary siblings of dead processes are removed.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a results folder should be as readable as any other
+    if os.path.lexists(path) and not path.is_dir():
+        raise SpamoInputError(option, f"{path} exists and is not a folder")
+    for ancestor in path.parents:
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise SpamoInputError(option, f"{path} lies under {ancestor}, which is a file")
+            if not os.access(ancestor, os.W_OK | os.X_OK):
+                raise SpamoInputError(option, f"{ancestor} is not writable")
+            break
+    if path.is_dir():
+        clean_stale(path)
+        content = sorted(p.name for p in path.iterdir())
+        if content and keep_existing:
+            raise SpamoInputError(option, f"{path} exists and is not empty (--keep-existing): remove it or choose "
+                                          f"another folder")
+        expect = set(expect)
+        if content and expect and not expect.intersection(content):
+            raise SpamoInputError(option, f"{path} exists and does not look like this kind of spamo output (none of "
+                                          f"{', '.join(sorted(expect))}); it would be replaced whole: remove it or "
+                                          f"choose another folder")
+    return path
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where not supported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def swap_in(new: Path, path: Path) -> None:
+    """Put folder `new` at `path`, replacing whatever folder is there whole; the old content is removed after."""
+    if not os.path.lexists(path):
+        os.rename(new, path)
+        return
+    if not path.is_dir() or path.is_symlink():
+        raise SpamoInputError(path, "exists and is not a folder; not replaced")
+    if _exchange(new, path):
+        shutil.rmtree(new, ignore_errors=True)  # `new` now holds the old content
+        return
+    aside = temp_sibling(path, "old")
+    os.rename(path, aside)
+    os.rename(new, path)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path, keep_existing: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside `path`; on success it replaces `path` whole (created if needed).
+
+    An existing `path` is replaced, never merged, and only if it is empty or holds at least one of the files the
+    new folder holds (the same kind of output); otherwise, or with `keep_existing` and a non-empty `path`, the
+    swap is refused with a one-line `SpamoInputError` and `path` is left as it was. On error the temporary folder
+    is removed and `path` is left as it was.
+    """
+    path = Path(path)
+    if path.is_symlink() and path.is_dir():
+        path = path.resolve()  # replace the folder the link points at, not the link
+    _make_parent(path)
+    if os.path.lexists(path) and not path.is_dir():
+        raise SpamoInputError(path, "exists and is not a folder")
+    clean_stale(path)
+    tmp = temp_sibling(path)
+    os.mkdir(tmp, 0o777)  # umask applies: a results folder is as readable as any other
     try:
         yield tmp
-        if not path.exists():
-            os.replace(tmp, path)
-        else:
-            for item in tmp.iterdir():
-                target = path / item.name
-                if target.is_dir() and not target.is_symlink():
-                    shutil.rmtree(target)
-                os.replace(item, target)
+        if path.is_dir():
+            check_output_folder(path, keep_existing=keep_existing, expect=[p.name for p in tmp.iterdir()],
+                                option=str(path))
+        swap_in(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def removed_on_refusal(path: str | Path) -> Iterator[None]:
+    """Remove `path` if it did not exist on entry and a refusal (`SpamoInputError`) leaves the block.
+
+    For data written on the way to a refusal, e.g. the built-in simulation generated under `./Data` for a
+    `spamo run --dataset sim` that is then refused: a refused command writes nothing.
+    """
+    path = Path(path)
+    existed = os.path.lexists(path)
+    try:
+        yield
+    except SpamoInputError:
+        if not existed and os.path.lexists(path):
+            _remove(path)
+        raise
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:

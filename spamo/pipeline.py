@@ -97,8 +97,11 @@ def cluster_and_score(prepared: PreparedData, fused: np.ndarray, config: SpamoCo
 
 
 def fit_and_cluster(prepared: PreparedData, config: SpamoConfig, graphs=None, callback=None, callback_every: int = 10,
-                    progress: bool = True) -> RunResult:
-    """Train on prepared data (graphs built here unless given) and cluster the embedding."""
+                    progress: bool = True, train_options: dict | None = None) -> RunResult:
+    """Train on prepared data (graphs built here unless given) and cluster the embedding.
+
+    `train_options` go to `spamo.training.train` as they are (checkpoints: `start_from`, `on_checkpoint`,
+    `checkpoint_every`)."""
     from spamo.graphs import build_graphs
     from spamo.training import train
 
@@ -108,7 +111,8 @@ def fit_and_cluster(prepared: PreparedData, config: SpamoConfig, graphs=None, ca
         graphs = build_graphs(prepared, config)
     timings["graphs_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    trained = train(prepared, graphs, config, callback=callback, callback_every=callback_every, progress=progress)
+    trained = train(prepared, graphs, config, callback=callback, callback_every=callback_every, progress=progress,
+                    **(train_options or {}))
     timings["train_s"] = time.perf_counter() - start
     timings["epoch_s"] = float(trained.epoch_seconds)
     start = time.perf_counter()

@@ -19,6 +19,7 @@ benchmarks), so a key renamed here is renamed everywhere. The folder appears ato
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -42,6 +43,25 @@ OBSM_SPATIAL = "spatial"
 OBSM_FUSED = "X_spamo"
 OBSM_MODALITY_PREFIX = "X_spamo_"
 UNS_KEY = "spamo"
+
+
+def check_output(path: str | Path, *, folder: bool, where: str = "--out") -> Path:
+    """Refuse, before any work, an output path that cannot be written: a file where a folder is wanted (or the
+    reverse), a path under a file, or a parent folder without write permission."""
+    path = Path(path)
+    if path.exists():
+        if folder and not path.is_dir():
+            raise SpamoInputError(where, f"{path} is a file, not a folder")
+        if not folder and path.is_dir():
+            raise SpamoInputError(where, f"{path} is a folder, not a file")
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise SpamoInputError(where, f"{path} is under {parent}, which is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise SpamoInputError(where, f"cannot write in {parent} (permission denied)")
+    return path
 
 
 def obsm_modality(name: str) -> str:

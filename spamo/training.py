@@ -41,6 +41,7 @@ class TrainResult:
     train_seconds: float = float("nan")  # wall time of the whole call
     device: str = "cpu"
     stopped_early: bool = False  # the callback asked to stop
+    start_epoch: int = 0  # the epoch training continued from (0 unless started from a checkpoint)
 
 
 # ---------------------------------------------------------------------------------------------- optimisers
@@ -84,6 +85,20 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def random_states() -> dict:
+    """The states of every generator training draws from (Python, NumPy, torch CPU and CUDA)."""
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_random_states(states: dict) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if states.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 @contextlib.contextmanager
@@ -205,6 +220,31 @@ class Trainer:
         """The current fused embedding (evaluation mode, L2-normalised) as a NumPy array."""
         return self.embeddings()[1].cpu().numpy()
 
+    # ------------------------------------------------------------------------------------------ checkpoints (h5)
+
+    def checkpoint_state(self) -> dict:
+        """Everything the next epoch depends on: model and feature-graph parameters and buffers (P, F and the EMA
+        target), optimiser and scheduler state, every random generator and the epoch. A Trainer built from the same
+        data and config and given this state by `restore_state` continues exactly as this one would (on CPU)."""
+        return {
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "graphs": self.graphs.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "rng": random_states(),
+        }
+
+    def restore_state(self, state: dict) -> None:
+        """Continue from `checkpoint_state()` of a trainer of the same data and config."""
+        self.model.load_state_dict(state["model"])
+        self.graphs.load_state_dict(state["graphs"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        set_random_states(state["rng"])
+        self.epoch = int(state["epoch"])
+
 
 # ---------------------------------------------------------------------------------------------- train()
 
@@ -231,13 +271,45 @@ def _describe(values: dict) -> str:
     return " ".join(f"{k}={v:.4g}" for k, v in shown.items())
 
 
-def train(prepared, graphs, config, callback=None, callback_every: int = 10, progress: bool = True) -> TrainResult:
+# A training checkpoint is written every CHECKPOINT_SECONDS of training, or every CHECKPOINT_MAX_EPOCHS epochs if that
+# comes first, unless a fixed `checkpoint_every` is given: frequent enough that a lost trial loses about a minute,
+# rare enough that saving (a few MB) costs nothing measurable.
+CHECKPOINT_SECONDS = 60.0
+CHECKPOINT_MAX_EPOCHS = 50
+
+
+class CheckpointClock:
+    """Decides after which epochs a checkpoint is due: every `every` epochs, or by the time rule above."""
+
+    def __init__(self, every: int | None = None):
+        self.every = every
+        self.last_epoch, self.last_time = 0, time.perf_counter()
+
+    def due(self, epoch: int) -> bool:
+        if self.every is not None:
+            due = epoch - self.last_epoch >= self.every
+        else:
+            due = (epoch - self.last_epoch >= CHECKPOINT_MAX_EPOCHS
+                   or time.perf_counter() - self.last_time >= CHECKPOINT_SECONDS)
+        if due:
+            self.last_epoch, self.last_time = epoch, time.perf_counter()
+        return due
+
+
+def train(prepared, graphs, config, callback=None, callback_every: int = 10, progress: bool = True, *,
+          start_from: dict | None = None, on_checkpoint: Callable[[dict], None] | None = None,
+          checkpoint_every: int | None = None) -> TrainResult:
     """Train SPAMO on prepared features and graphs; `config` is already `resolve()`d.
 
     `graphs` has `.spatial` and `.feature` (lists of symmetric normalised sparse tensors, one per modality).
     `callback(epoch, fused_embedding_fn, losses)` runs every `callback_every` epochs; `fused_embedding_fn()` returns
     the current fused embedding (eval mode, L2-normalised, N x d NumPy). A callback returning True stops training.
     Raises FloatingPointError naming the epoch and term when a loss turns NaN or infinite.
+
+    Checkpoints: with `on_checkpoint`, after each epoch a checkpoint is due at (see `CheckpointClock`; never after
+    the last epoch) it is called with `{"trainer": Trainer.checkpoint_state(), "history": [...]}` before that
+    epoch's `callback`; the dict holds live tensors, so save it (torch.save) before returning. `start_from` (such
+    a dict, loaded) continues training after its epoch: on CPU the result equals that of an uninterrupted run.
     """
     started = time.perf_counter()
     device = resolve_device(config.device)
@@ -248,14 +320,22 @@ def train(prepared, graphs, config, callback=None, callback_every: int = 10, pro
     stopped = False
     with deterministic_algorithms():
         trainer = Trainer(features, spatial, feature, config, device, prepared.modality_names)
+        if start_from is not None:
+            trainer.restore_state(start_from["trainer"])
+            history = [dict(h) for h in start_from["history"]]
+        start_epoch = trainer.epoch
+        clock = CheckpointClock(checkpoint_every)
+        clock.last_epoch = start_epoch
         with _progress_bar(config.epochs, progress) as bar:
-            task = bar.add_task("", total=config.epochs)
-            for _ in range(config.epochs):
+            task = bar.add_task("", total=config.epochs, completed=start_epoch)
+            for _ in range(start_epoch, config.epochs):
                 tick = time.perf_counter()
                 values = trainer.step()
                 epoch_time += time.perf_counter() - tick
                 history.append(values)
                 bar.update(task, advance=1, description=_describe(values))
+                if on_checkpoint is not None and trainer.epoch < config.epochs and clock.due(trainer.epoch):
+                    on_checkpoint({"trainer": trainer.checkpoint_state(), "history": history})
                 if callback is not None and callback_every > 0 and trainer.epoch % callback_every == 0:
                     if callback(trainer.epoch, trainer.fused_embedding, values) is True:
                         stopped = True
@@ -265,8 +345,9 @@ def train(prepared, graphs, config, callback=None, callback_every: int = 10, pro
         fused=fused.cpu().numpy(),
         per_modality=[e.cpu().numpy() for e in per_modality],
         history=history,
-        epoch_seconds=epoch_time / max(len(history), 1),
+        epoch_seconds=epoch_time / max(len(history) - start_epoch, 1),
         train_seconds=time.perf_counter() - started,
         device=str(device),
         stopped_early=stopped,
+        start_epoch=start_epoch,
     )

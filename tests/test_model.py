@@ -1,8 +1,7 @@
-"""Unit tests of the SPAMO network parts: blocked dropout attention, feature graph, fusion for any M."""
+"""Unit tests of the SPAMO network parts: feature graph, fusion for any M (attention: test_attention.py)."""
 
 from __future__ import annotations
 
-import importlib
 import math
 
 import pytest
@@ -10,94 +9,10 @@ import torch
 
 from model_problems import planted_problem
 from spamo.config import SpamoConfig
-from spamo.model import BlockedDropoutAttention, LearnableFeatureGraph, SpamoModule, attention, attention_keep_mask
-from spamo.model.attention import effective_drop_probability
+from spamo.model import LearnableFeatureGraph, SpamoModule
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def dense_dropout_attention(q, k, v, p, seed, block_size):
-    """softmax(q k^T / sqrt(d)) with the blocked function's own keep masks, times v, all N x N at once."""
-    n_q, n_k = q.shape[0], k.shape[0]
-    mask = torch.cat([
-        attention_keep_mask(seed, b, min(block_size, n_q - s), n_k, p) for b, s in enumerate(range(0, n_q, block_size))
-    ])
-    weights = torch.softmax(q @ k.t() / math.sqrt(q.shape[1]), dim=1)
-    return (weights * mask / (1 - effective_drop_probability(p))) @ v
-
-
-@pytest.mark.parametrize("n_q,n_k,block", [(70, 70, 16), (33, 50, 64), (40, 40, 7)])
-def test_blocked_dropout_attention_matches_dense_values_and_gradients(n_q, n_k, block):
-    gen = torch.Generator().manual_seed(0)
-    q = torch.randn(n_q, 8, dtype=torch.float64, generator=gen, requires_grad=True)
-    k = torch.randn(n_k, 8, dtype=torch.float64, generator=gen, requires_grad=True)
-    v = torch.randn(n_k, 5, dtype=torch.float64, generator=gen, requires_grad=True)
-    upstream = torch.randn(n_q, 5, dtype=torch.float64, generator=gen)
-    got = BlockedDropoutAttention.apply(q, k, v, 0.3, 99, block)
-    got_grads = torch.autograd.grad(got, (q, k, v), upstream)
-    want = dense_dropout_attention(q, k, v, 0.3, 99, block)
-    want_grads = torch.autograd.grad(want, (q, k, v), upstream)
-    assert torch.allclose(got, want, atol=1e-12)
-    for a, b in zip(got_grads, want_grads):
-        assert torch.allclose(a, b, atol=1e-12)
-
-
-def test_blocked_dropout_attention_gradcheck():
-    gen = torch.Generator().manual_seed(1)
-    q, k, v = (torch.randn(9, 4, dtype=torch.float64, generator=gen, requires_grad=True) for _ in range(3))
-    assert torch.autograd.gradcheck(lambda a, b, c: BlockedDropoutAttention.apply(a, b, c, 0.25, 5, 4), (q, k, v))
-
-
-def test_keep_mask_is_reproducible_and_drops_at_rate_p():
-    a = attention_keep_mask(3, 2, 200, 500, 0.1)
-    assert torch.equal(a, attention_keep_mask(3, 2, 200, 500, 0.1))
-    assert not torch.equal(a, attention_keep_mask(3, 3, 200, 500, 0.1))
-    assert abs((~a).float().mean().item() - 0.1) < 0.005
-    assert abs(effective_drop_probability(0.1) - 0.1) < 2**-16
-
-
-def test_keep_mask_drops_at_rate_p_in_every_bit_lane_and_independently():
-    """Each 64-bit draw feeds four neighbouring weights: every lane must drop at rate p, neighbours independently.
-
-    (A sign-extending shift in the integer mixer, say, leaves the top lane's sign bit at 0: never dropped.)
-    """
-    dropped = (~attention_keep_mask(11, 0, 500, 1000, 0.2)).float().view(-1)
-    for lane, rate in enumerate(dropped.view(-1, 4).mean(0).tolist()):
-        assert abs(rate - 0.2) < 0.005, f"lane {lane} drops at {rate:.3f}"
-    neighbours = torch.corrcoef(torch.stack([dropped[:-1], dropped[1:]]))[0, 1].item()
-    assert abs(neighbours) < 0.01
-    blocks = torch.corrcoef(torch.stack([dropped, (~attention_keep_mask(11, 1, 500, 1000, 0.2)).float().view(-1)]))
-    assert abs(blocks[0, 1].item()) < 0.01
-
-
-def test_keep_mask_words_are_splitmix64_outputs():
-    """The tensor arithmetic (wrapping int64 products, masked shifts) equals SplitMix64 written on Python ints."""
-    module = importlib.import_module("spamo.model.attention")  # the package re-exports the function of that name
-    u64 = (1 << 64) - 1
-    masks = module._KeepMasks(2024, 0.1, 4000)
-    masks.fill(5, torch.empty(4000))
-    key = module._mix64((module._mix64(2024) + 5 * module._GAMMA) & u64)
-    for j in (0, 1, 2, 517, 999):
-        want = module._mix64((key + (j + 1) * module._GAMMA) & u64)
-        assert int(masks.words[j]) & u64 == want, f"word {j}"
-
-
-def test_attention_without_dropout_is_exact_softmax_attention():
-    gen = torch.Generator().manual_seed(2)
-    q, k, v = (torch.randn(30, 6, generator=gen) for _ in range(3))
-    want = torch.softmax(q @ k.t() / math.sqrt(6), dim=1) @ v
-    assert torch.allclose(attention(q, k, v, 0.0), want, atol=1e-5)
-
-
-def test_attention_dropout_changes_output_and_keeps_expectation():
-    gen = torch.Generator().manual_seed(3)
-    q, k = (torch.randn(64, 6, generator=gen) for _ in range(2))
-    v = torch.ones(64, 3)
-    torch.manual_seed(0)
-    dropped = attention(q, k, v, 0.5, block_size=16)
-    assert not torch.allclose(dropped, v)  # rows of weights no longer sum to one
-    assert abs(dropped.mean().item() - 1.0) < 0.05  # inverse keep-probability scaling keeps the mean
 
 
 def _feature_graph(n=40, seed=0):
@@ -165,18 +80,6 @@ def test_learnable_feature_graph_accepts_csr_and_adds_a_missing_diagonal():
     learnable = LearnableFeatureGraph(no_diagonal)
     assert int(learnable.is_diagonal.sum()) == 3
     assert torch.allclose(learnable.refined_values().sum(), torch.tensor(3.0))  # I + [[0,1],[1,0]] blocks normalised
-
-
-def test_attention_without_dropout_runs_the_fused_kernel_not_the_n_by_n_math_path():
-    """The fused CPU kernel never materialises N x N; the math fallback (taken for 3-D inputs) does."""
-    from torch.profiler import profile
-
-    q, k, v = (torch.randn(300, 64, requires_grad=True) for _ in range(3))
-    with profile() as prof:
-        attention(q, k, v, 0.0).sum().backward()
-    kernels = {event.name for event in prof.events() if "attention" in event.name}
-    assert "aten::_scaled_dot_product_flash_attention_for_cpu" in kernels, kernels
-    assert not any("math" in name for name in kernels), kernels
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,178 @@
+"""The exact cross attention with dropout: blocked function vs dense softmax, both backends, and its keep masks.
+
+The keep masks are the published dropout: each weight kept with probability 1 - p, independently, the same from the
+seed on any thread count, block size or backend.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+
+import pytest
+import torch
+
+from spamo.model import BlockedDropoutAttention, attention, attention_keep_mask
+from spamo.model import attention_kernel
+from spamo.model.attention import call_key, default_backend, effective_drop_probability
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+# the compiled backend is tested wherever it builds; the tensor backend everywhere
+BACKENDS = ["tensor"] + (["compiled"] if attention_kernel.load() is not None else [])
+
+
+def dense_dropout_attention(q, k, v, p, seed):
+    """softmax(q k^T / sqrt(d)) with the blocked function's keep mask, times v, all N x N at once."""
+    mask = attention_keep_mask(seed, q.shape[0], k.shape[0], p)
+    weights = torch.softmax(q @ k.t() / math.sqrt(q.shape[1]), dim=1)
+    return (weights * mask / (1 - effective_drop_probability(p))) @ v
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n_q,n_k,block", [(70, 70, 16), (33, 50, 64), (40, 41, 7)])
+def test_blocked_dropout_attention_matches_dense_values_and_gradients(n_q, n_k, block, backend):
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(n_q, 8, dtype=torch.float64, generator=gen, requires_grad=True)
+    k = torch.randn(n_k, 8, dtype=torch.float64, generator=gen, requires_grad=True)
+    v = torch.randn(n_k, 5, dtype=torch.float64, generator=gen, requires_grad=True)
+    upstream = torch.randn(n_q, 5, dtype=torch.float64, generator=gen)
+    got = BlockedDropoutAttention.apply(q, k, v, 0.3, 99, block, backend)
+    got_grads = torch.autograd.grad(got, (q, k, v), upstream)
+    want = dense_dropout_attention(q, k, v, 0.3, 99)
+    want_grads = torch.autograd.grad(want, (q, k, v), upstream)
+    assert torch.allclose(got, want, atol=1e-12)
+    for a, b in zip(got_grads, want_grads):
+        assert torch.allclose(a, b, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_blocked_dropout_attention_gradcheck(backend):
+    gen = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(9, 4, dtype=torch.float64, generator=gen, requires_grad=True) for _ in range(3))
+    assert torch.autograd.gradcheck(lambda a, b, c: BlockedDropoutAttention.apply(a, b, c, 0.25, 5, 4, backend),
+                                    (q, k, v))
+
+
+@pytest.mark.skipif("compiled" not in BACKENDS, reason=f"C kernel unavailable: {attention_kernel.why_not()}")
+def test_compiled_and_tensor_backends_agree_in_float32_with_scores_far_below_the_row_max():
+    """float32 is where the kernel's own exp2 runs: same values and gradients as torch's exp2, to float rounding.
+
+    Large q, k make most weights underflow (scores far below the row maximum), the regime of the exp2 clamp.
+    """
+    gen = torch.Generator().manual_seed(4)
+    for spread in (1.0, 12.0):
+        q, k, v = (spread * torch.randn(300, 16, generator=gen) for _ in range(3))
+        q, k, v = (t.requires_grad_() for t in (q, k, v))
+        upstream = torch.randn(300, 16, generator=gen)
+        results = []
+        for backend, block in (("tensor", 64), ("compiled", 37)):  # different blocks: the mask must not care
+            out = BlockedDropoutAttention.apply(q, k, v, 0.1, 2024, block, backend)
+            results.append((out, *torch.autograd.grad(out, (q, k, v), upstream)))
+        for a, b in zip(*results):
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item()), (a - b).abs().max()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_keep_mask_is_reproducible_and_drops_at_rate_p(backend):
+    a = attention_keep_mask(3, 200, 500, 0.1, backend=backend)
+    assert torch.equal(a, attention_keep_mask(3, 200, 500, 0.1, backend=backend))
+    assert not torch.equal(a, attention_keep_mask(4, 200, 500, 0.1, backend=backend))
+    assert abs((~a).float().mean().item() - 0.1) < 0.005
+    assert abs(effective_drop_probability(0.1) - 0.1) < 2**-16
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_keep_mask_rows_do_not_depend_on_the_block_they_are_made_in(backend):
+    whole = attention_keep_mask(8, 90, 37, 0.3, backend=backend)  # 37 columns: blocks start at every lane
+    for first, rows in ((0, 1), (1, 5), (7, 30), (50, 40)):
+        part = attention_keep_mask(8, rows, 37, 0.3, first_row=first, backend=backend)
+        assert torch.equal(part, whole[first:first + rows])
+
+
+@pytest.mark.skipif("compiled" not in BACKENDS, reason=f"C kernel unavailable: {attention_kernel.why_not()}")
+def test_both_backends_make_the_same_keep_mask():
+    for p in (0.1, 0.5, 0.9):
+        assert torch.equal(attention_keep_mask(5, 123, 457, p, first_row=3, backend="compiled"),
+                           attention_keep_mask(5, 123, 457, p, first_row=3, backend="tensor"))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_keep_mask_drops_at_rate_p_in_every_bit_lane_and_independently(backend):
+    """Each 64-bit draw feeds four neighbouring weights: every lane must drop at rate p, neighbours independently.
+
+    (A sign-extending shift in the integer mixer, say, leaves the top lane's sign bit at 0: never dropped.)
+    """
+    dropped = (~attention_keep_mask(11, 500, 1000, 0.2, backend=backend)).float().view(-1)
+    for lane, rate in enumerate(dropped.view(-1, 4).mean(0).tolist()):
+        assert abs(rate - 0.2) < 0.005, f"lane {lane} drops at {rate:.3f}"
+    neighbours = torch.corrcoef(torch.stack([dropped[:-1], dropped[1:]]))[0, 1].item()
+    assert abs(neighbours) < 0.01
+    rows = dropped.view(500, 1000)
+    assert abs(torch.corrcoef(torch.stack([rows[:-1].reshape(-1), rows[1:].reshape(-1)]))[0, 1].item()) < 0.01
+    other_call = (~attention_keep_mask(12, 500, 1000, 0.2, backend=backend)).float().view(-1)
+    assert abs(torch.corrcoef(torch.stack([dropped, other_call]))[0, 1].item()) < 0.01
+
+
+def test_keep_mask_words_are_splitmix64_outputs():
+    """The tensor arithmetic (wrapping int64 products, masked shifts) equals SplitMix64 written on Python ints."""
+    module = importlib.import_module("spamo.model.attention")  # the package re-exports the function of that name
+    u64 = (1 << 64) - 1
+    masks = module._TensorMasks(2024, 0.1, 1000, 4)
+    masks.fill(0, torch.empty(4, 1000))
+    key = call_key(2024)
+    for j in (0, 1, 2, 517, 999):
+        want = module._mix64((key + (j + 1) * module._GAMMA) & u64)
+        assert int(masks.words[j]) & u64 == want, f"word {j}"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dropout_attention_is_the_same_on_one_and_two_threads(backend):
+    """Thread-count invariance: the same seed gives the same mask (so the same output) on 1 and 2 threads."""
+    gen = torch.Generator().manual_seed(6)
+    q, k, v = (torch.randn(257, 16, generator=gen) for _ in range(3))
+    outputs, masks = [], []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        torch.manual_seed(0)
+        outputs.append(attention(q, k, v, 0.2, block_size=64, backend=backend))
+        masks.append(attention_keep_mask(9, 257, 300, 0.2, backend=backend))
+    torch.set_num_threads(1)
+    assert torch.equal(masks[0], masks[1])
+    assert torch.allclose(outputs[0], outputs[1], rtol=1e-5, atol=1e-6)
+
+
+def test_attention_without_dropout_is_exact_softmax_attention():
+    gen = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(30, 6, generator=gen) for _ in range(3))
+    want = torch.softmax(q @ k.t() / math.sqrt(6), dim=1) @ v
+    assert torch.allclose(attention(q, k, v, 0.0), want, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_attention_dropout_changes_output_and_keeps_expectation(backend):
+    gen = torch.Generator().manual_seed(3)
+    q, k = (torch.randn(64, 6, generator=gen) for _ in range(2))
+    v = torch.ones(64, 3)
+    torch.manual_seed(0)
+    dropped = attention(q, k, v, 0.5, block_size=16, backend=backend)
+    assert not torch.allclose(dropped, v)  # rows of weights no longer sum to one
+    assert abs(dropped.mean().item() - 1.0) < 0.05  # inverse keep-probability scaling keeps the mean
+
+
+def test_default_backend_is_compiled_where_a_compiler_exists_and_unknown_backends_are_refused():
+    assert default_backend() == ("compiled" if attention_kernel.load() is not None else "tensor")
+    with pytest.raises(ValueError, match="backend"):
+        attention(torch.ones(4, 2), torch.ones(4, 2), torch.ones(4, 2), 0.1, backend="fast")
+
+
+def test_attention_without_dropout_runs_the_fused_kernel_not_the_n_by_n_math_path():
+    """The fused CPU kernel never materialises N x N; the math fallback (taken for 3-D inputs) does."""
+    from torch.profiler import profile
+
+    q, k, v = (torch.randn(300, 64, requires_grad=True) for _ in range(3))
+    with profile() as prof:
+        attention(q, k, v, 0.0).sum().backward()
+    kernels = {event.name for event in prof.events() if "attention" in event.name}
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu" in kernels, kernels
+    assert not any("math" in name for name in kernels), kernels
