@@ -238,9 +238,14 @@ def evaluate_best(request: EvaluateRequest, log=print, progress: bool = True) ->
     groups = group_by_dataset(runs)
     entries = {group.dataset: load_entry(group, request.top_k) for group in groups}
     jobs = build_jobs(entries, request.seed_list, request.cross)
+    from evaluation import selection  # h6: default vs annotation-tuned vs label-free-tuned, over the same seeds
+    from spamo.selection import DEFAULT_LABEL_FREE
+
+    chosen = selection.build_jobs(entries, request.seed_list, DEFAULT_LABEL_FREE)
+    selection_jobs = [job for group in chosen.values() for job in group]
     cache = SeedRunCache(out_dir)
-    pending = [job for job in jobs if not cache.has(job.key)]
-    reused = len({job.key for job in jobs}) - len({job.key for job in pending})
+    pending = [job for job in jobs + selection_jobs if not cache.has(job.key)]
+    reused = len({job.key for job in jobs + selection_jobs}) - len({job.key for job in pending})
     log(f"[bold]spamo evaluate[/]: {len(entries)} dataset(s), top {request.top_k}, {request.seeds} seed(s): "
         f"{len({j.key for j in jobs})} seed runs, {reused} already finished -> {out_dir}")
     trained = run_pending(pending, entries, cache, request, log, progress)
@@ -248,6 +253,12 @@ def evaluate_best(request: EvaluateRequest, log=print, progress: bool = True) ->
     tables = build_tables(entries, jobs, records, request.seed_list)
     files = write_tables(tables, out_dir)
     frames = {name: table.to_pandas() for name, table in tables.items()}
+    picked = selection.selection_table(entries, chosen, {job.key: cache.load(job.key) for job in selection_jobs},
+                                       DEFAULT_LABEL_FREE)
+    files += selection.write_selection(picked, out_dir)
+    frames["selection"] = picked
+    if request.plots and not picked.empty:
+        files += selection.draw_selection(picked, out_dir)
     if request.plots:
         files += report.draw_pictures(frames, entries, cache, out_dir)
     report.print_summary(frames, log)

@@ -23,7 +23,7 @@ from spamo.selection import CRITERIA, DEFAULT_LABEL_FREE, FOUND_FILE
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _cli(*args: str, timeout: int = 400) -> subprocess.CompletedProcess:
+def _cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout)
 
