@@ -17,10 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
+from evaluation import selection
 from evaluation.runs import DEFAULT_RUNS_ROOT, Candidate, DatasetRuns
 from evaluation.seed_runs import SeedJob, SeedRunCache, config_json
 from search import ray_cluster
 from spamo.errors import SpamoInputError
+from spamo.selection import DEFAULT_LABEL_FREE
 
 DEFAULT_OUT = Path("results/evaluate")
 FIRST_SEED = 2025
@@ -238,17 +240,22 @@ def evaluate_best(request: EvaluateRequest, log=print, progress: bool = True) ->
     groups = group_by_dataset(runs)
     entries = {group.dataset: load_entry(group, request.top_k) for group in groups}
     jobs = build_jobs(entries, request.seed_list, request.cross)
-    from evaluation import selection  # h6: default vs annotation-tuned vs label-free-tuned, over the same seeds
-    from spamo.selection import DEFAULT_LABEL_FREE
-
+    # h6: the published default vs annotation-tuned vs label-free-tuned, over the same seeds (evaluation.selection)
     chosen = selection.build_jobs(entries, request.seed_list, DEFAULT_LABEL_FREE)
     selection_jobs = [job for group in chosen.values() for job in group]
     cache = SeedRunCache(out_dir)
-    pending = [job for job in jobs + selection_jobs if not cache.has(job.key)]
-    reused = len({job.key for job in jobs + selection_jobs}) - len({job.key for job in pending})
+    pending = [job for job in jobs if not cache.has(job.key)]
+    reused = len({job.key for job in jobs}) - len({job.key for job in pending})
     log(f"[bold]spamo evaluate[/]: {len(entries)} dataset(s), top {request.top_k}, {request.seeds} seed(s): "
         f"{len({j.key for j in jobs})} seed runs, {reused} already finished -> {out_dir}")
     trained = run_pending(pending, entries, cache, request, log, progress)
+    # second phase (h6): the selection table's configurations not already trained above, over the same seeds
+    known = {job.key for job in jobs}
+    extra = [job for job in selection_jobs if job.key not in known]
+    extra_pending = [job for job in extra if not cache.has(job.key)]
+    trained += run_pending(extra_pending, entries, cache, request, log, progress)
+    log(f"selection table: {len({j.key for j in extra})} extra seed run(s) for the published default and the "
+        f"label-free choice ({len({j.key for j in extra}) - len({j.key for j in extra_pending})} already finished)")
     records = {job.key: cache.load(job.key) for job in jobs}
     tables = build_tables(entries, jobs, records, request.seed_list)
     files = write_tables(tables, out_dir)
@@ -257,6 +264,10 @@ def evaluate_best(request: EvaluateRequest, log=print, progress: bool = True) ->
                                        DEFAULT_LABEL_FREE)
     files += selection.write_selection(picked, out_dir)
     frames["selection"] = picked
+    for row in picked.itertuples():
+        mark = " (has seen the labels)" if row.selected_against_annotation else ""
+        log(f"selection {row.dataset}: {row.choice}{mark}: ARI {row.ari_mean:.3f} +- {row.ari_sd:.3f} "
+            f"over {row.n_seeds} seed(s)")
     if request.plots and not picked.empty:
         files += selection.draw_selection(picked, out_dir)
     if request.plots:

@@ -17,8 +17,8 @@ Criteria (machine names, as columns of trials.parquet and values of `--metric`):
   modality's neighbourhoods; an embedding unrelated to a modality scores about k / (N - 1).
 - ``stability``: ARI between the k-means domains (PCA-20, seeded) of the embedding at the last intermediate report
   and of the final embedding: a configuration whose domains still move at the end of training is not settled.
-  ``seed_stability`` (a trial option: it costs a second training) is the ARI between the final domains of two
-  trainings that differ only in seed.
+  (Agreement between two trainings that differ only in seed would cost a second training per trial; `stability`
+  takes that as two labellings, but no trial option runs the second training yet.)
 - ``asw`` and ``spatial_coherence``: see `spamo.metrics` (silhouette on <= 10,000 sampled spots; share of spatial
   6-NN edges inside one domain).
 - ``composite`` = (consistency + spatial_coherence + stability) / 3, each already in [0, 1] (ARI can dip just below
