@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import sys
 import typing
 from pathlib import Path
@@ -261,11 +262,9 @@ def run_command(
     """
     from rich.console import Console
 
-    from spamo import pipeline
+    from spamo import api
     from spamo.config import build_config, parse_weights
     from spamo.io import RUN_FOLDER_FILES, check_output_folder
-    from spamo.run_folder import check_output
-
     settings["modality_weights"] = parse_weights(settings.get("modality_weights"))
     base = None
     if reproduce is not None:
@@ -273,14 +272,13 @@ def run_command(
 
         base = published_config(profile_key(dataset, data_dir, settings.get("data_type")), reproduce)
     config = build_config(config_file, base=base, **settings)
-    check_output(out, folder=True, where="--out")
     check_output_folder(out, keep_existing=keep_existing, expect=RUN_FOLDER_FILES)
-    data = pipeline.load_data(dataset=dataset, data_dir=data_dir, data_type=config.data_type, data_root=data_root,
-                              modality_files=parse_mapping(modality_files, "--modality-files"),
-                              truth_file=truth_file, n_clusters=config.n_clusters, layer=layer)
+    data = api.load(dataset=dataset, data_dir=data_dir, data_type=config.data_type, data_root=data_root,
+                    modality_files=parse_mapping(modality_files, "--modality-files"), truth_file=truth_file,
+                    n_clusters=config.n_clusters, layer=layer)
     chosen = [m.strip() for m in modalities.split(",")] if modalities else None
-    result = pipeline.run(data, config, modalities=chosen, progress=not quiet)
-    pipeline.write_outputs(result, data, out, draw=not no_plot)
+    result = api.fit(data, config=config, modalities=chosen, progress=not quiet)
+    result.write(out, draw=not no_plot)
     console = Console()
     shown = {k: round(v, 4) for k, v in result.scores.items() if k in ("ari", "nmi", "ami", "avg", "asw")}
     console.print(f"[bold]{result.prepared.name}[/]: {result.prepared.n_spots} spots, "
@@ -299,11 +297,10 @@ def score_command(
     """Score predicted domains against a ground truth; print the reference's metrics text (six decimals)."""
     from spamo.io import atomic_write_text
     from spamo.metrics import format_metrics_text, score_label_files
-
-    from spamo.run_folder import check_output
+    from spamo.run_folder import check_output_file
 
     if out is not None:
-        check_output(out, folder=False, where="--out")
+        check_output_file(out, where="--out")
     text = format_metrics_text(score_label_files(truth, pred))
     if out is not None:
         atomic_write_text(out, text)
@@ -489,7 +486,14 @@ def reproduce_command(
     typer.echo(rep.comparison_text(done), nl=False)
 
 
+# Rich wraps and truncates at the terminal width, or at 80 columns when stdout is not a terminal (a pipe, a log
+# file): tables lose columns to ellipses and paths split over lines. Off a terminal, print as wide as it takes.
+UNTERMINATED_WIDTH = 1000
+
+
 def main() -> None:
+    if not sys.stdout.isatty() and "COLUMNS" not in os.environ:
+        os.environ["COLUMNS"] = str(UNTERMINATED_WIDTH)
     app()
 
 

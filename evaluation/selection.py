@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 
 from evaluation.seed_runs import SeedJob, config_json
+from evaluation.transfer import config_for
+from spamo.pipeline import truth_sha256
 
 SELECTION_FILE = "selection.parquet"
 SELECTION_PICTURE = "selection.png"
@@ -52,17 +54,14 @@ def choices(entry, label_free: str) -> list[tuple[str, str, pd.Series]]:
 
 def build_jobs(entries: dict, seeds: list[int], label_free: str) -> dict[tuple[str, str], list[SeedJob]]:
     """The seed runs of each (dataset, choice)."""
-    from evaluation.evaluate import truth_hash
-    from evaluation.transfer import config_for
-
     jobs = {}
     for name, entry in entries.items():
+        truth = truth_sha256(entry.prepared.truth) if entry.prepared.truth is not None else None
         for choice, _, row in choices(entry, label_free):
             source = json.loads(row["config_json"])
             jobs[(name, choice)] = [
                 SeedJob(name, name, CHOICE_RANK[choice], seed,
-                        config_json(config_for(source, entry.prepared, seed, same_dataset=True)),
-                        truth_hash(entry.prepared))
+                        config_json(config_for(source, entry.prepared, seed, same_dataset=True)), truth)
                 for seed in seeds]
     return jobs
 

@@ -186,7 +186,7 @@ class SpamoConfig:
         try:
             return cls(**clean)
         except SpamoInputError as exc:
-            written = next((k for k in values if REFERENCE_FLAGS.get(k, k) == exc.where), exc.where)
+            written = next((k for k in reversed(list(values)) if REFERENCE_FLAGS.get(k, k) == exc.where), exc.where)
             label = written if written == exc.where else f"{written} ({exc.where})"
             raise SpamoInputError(where, f"{label} {exc.problem}") from None
 

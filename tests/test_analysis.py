@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from cli import app
 from spamo.analysis import (ENRICHMENT_COLUMNS, MARKER_COLUMNS, PAGA_COLUMNS, benjamini_hochberg,
                             fetch_enrichr_library, parse_gmt_text)
+from spamo.datasets import load_folder
 from spamo.errors import MissingDependencyError, SpamoInputError
 from spamo.simulate import simulate
 
@@ -153,6 +154,25 @@ def test_python_api_is_deterministic_and_honours_groupby(analysed, tmp_path):
     assert first.enrichment.empty and pq.read_schema(tmp_path / "a" / "enrichment.parquet").names == \
         ENRICHMENT_COLUMNS
     assert set(first.figures) >= {"paga", "top_markers_spatial", "markers_RNA"}
+
+
+def test_in_memory_analysis_gives_the_run_folder_tables_and_writes_nothing_without_out_dir(analysed, tmp_path):
+    """analyze_data on the loaded data in memory = analyze on the run folder (one code path, one raw-file reader)."""
+    from spamo.analysis import analyze, analyze_data
+
+    run = analysed["root"] / "run"
+    from_folder = analyze(run, groupby="truth", out_dir=tmp_path / "folder", n_top=15, seed=2, permutations=0)
+    stored = ad.read_h5ad(run / "embedding.h5ad")
+    sim = load_folder(analysed["root"] / "data", "Simulation", modality_files=MODALITY_FILES)  # as `spamo run` does
+    labels = stored.obs["truth"].astype(int).to_numpy()  # integers, as a RunResult holds them
+    in_memory = analyze_data(sim, labels, stored.obsm["X_spamo"], spot_names=stored.obs_names, groupby="truth",
+                             n_top=15, seed=2, permutations=0)
+    assert in_memory.out_dir is None and not in_memory.figures
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"]
+    pd.testing.assert_frame_equal(in_memory.markers, from_folder.markers)
+    pd.testing.assert_frame_equal(in_memory.paga, from_folder.paga)
+    with pytest.raises(SpamoInputError, match="labels"):
+        analyze_data(sim, labels[:-1], stored.obsm["X_spamo"], spot_names=stored.obs_names)
 
 
 # ------------------------------------------------------------------------------------------------ refusals

@@ -83,7 +83,7 @@ def test_out_that_is_a_file_is_refused_before_training(tmp_path):
     (tmp_path / "taken").write_text("mine\n")
     result = CliRunner().invoke(app, ["run", "--dataset", "sim", "--data-root", str(tmp_path / "Data"),
                                       "--out", str(tmp_path / "taken"), "--quiet"])
-    one_line_refusal(result, "--out", "is a file")
+    one_line_refusal(result, "--out", "is not a folder")
     assert (tmp_path / "taken").read_text() == "mine\n"
     assert_nothing_written(tmp_path, "taken")
 
