@@ -38,13 +38,14 @@ from sklearn.metrics import adjusted_rand_score
 from sklearn.neighbors import NearestNeighbors
 
 from spamo.errors import SpamoInputError
+from spamo.metrics import SEARCH_CRITERIA
 
 CONSISTENCY_K = 10
 CONSISTENCY_QUERIES = 2000
 STABILITY_PCS = 20
 
 # Every label-free criterion a trial reports (machine names), beside asw and spatial_coherence of spamo.metrics.
-CRITERIA = ("consistency", "stability", "composite")
+CRITERIA = SEARCH_CRITERIA  # defined once, in spamo.metrics
 # What `spamo tune` optimises without a ground truth, and the one line it prints to say why (from the measured
 # table in benchmarks/results/selection.md; updated when the benchmark is re-run).
 DEFAULT_LABEL_FREE = "spatial_coherence"
