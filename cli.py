@@ -16,7 +16,7 @@ from typing import List, Optional
 
 import typer
 
-from spamo.errors import SpamoInputError
+from spamo.errors import SpamoInputError, quiet_readers
 
 app = typer.Typer(help="SPAMO spatial multi-omics integration: train, tune, evaluate.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -155,9 +155,10 @@ def data_info_command(
         raise SpamoInputError("--dataset", "give either a FOLDER or --dataset KEY")
     if dataset is not None:
         datasets.get_dataset_spec(dataset)
-    data = datasets.load(dataset if dataset is not None else Path(folder), data_type=data_type,
-                         modality_files=modalities, truth=truth, layer=layer, n_clusters=n_clusters,
-                         data_root=data_root)
+    with quiet_readers():
+        data = datasets.load(dataset if dataset is not None else Path(folder), data_type=data_type,
+                             modality_files=modalities, truth=truth, layer=layer, n_clusters=n_clusters,
+                             data_root=data_root)
     summary = datasets.dataset_summary(data)
     table = Table(title=f"{summary['name']} ({summary['data_type']}): {summary['n_spots']} spots")
     for column in ("modality", "features", "counts layer", "file"):
