@@ -7,9 +7,9 @@
 - `throughput`: `spamo tune` with the default ASHA settings and with `--scheduler none` (same seed, so the sampler
   proposes the same first configurations): wall time, trials/hour, epochs trained, best ARI of each.
 - `overhead`: the same search with reused Ray workers (the default) and with `--fresh-workers` (a new worker process
-  per trial, as before): per-trial overhead = (search wall x concurrent trials - sum of training and clustering
-  time) / trials, i.e. everything a trial costs besides training and clustering (worker start, imports, data and
-  graph fetch, reports, Tune's bookkeeping).
+  per trial, as before): per-trial overhead = (first trial start to last trial end x concurrent trials - sum of
+  training and clustering time) / trials, i.e. everything a trial costs besides training and clustering (worker
+  start, imports, data and graph fetch, reports, Tune's bookkeeping).
 - `memory`: a long search of a tiny dataset; the driver's resident memory is sampled every second and reported
   after the first 10% of the trials and at the end (growth per 100 trials).
 
@@ -82,9 +82,12 @@ def simulated(work: Path, n_spots: int) -> Path:
     return data
 
 
-def overhead_s(wall: float, frame: pd.DataFrame, slots: int) -> float:
+def overhead_s(frame: pd.DataFrame, slots: int) -> float:
+    """(span from the first trial's start to the last one's end x trials at once - training and clustering time)
+    / trials: the driver's own start (data, Ray) is left out, every later worker start is in."""
+    span = frame["finished_at"].max() - frame["started_at"].min()
     busy = (frame["train_s"].fillna(0) + frame["cluster_s"].fillna(0)).sum()
-    return (wall * slots - busy) / len(frame)
+    return (span * slots - busy) / len(frame)
 
 
 def header(title: str, args) -> list[str]:
@@ -121,7 +124,7 @@ def overhead(args, work: Path) -> list[str]:
                                                                                "--reuse-workers")):
         wall, frame = tune(data, work, flag.strip("-"), args, "--scheduler", "none", flag)
         in_trial = (frame["wall_s"] - frame["train_s"] - frame["cluster_s"]).mean()
-        rows.append((label, wall, frame, overhead_s(wall, frame, slots), in_trial))
+        rows.append((label, wall, frame, overhead_s(frame, slots), in_trial))
     lines = header(f"Per-trial overhead ({args.n_spots} spots, {args.epochs} epochs, {args.trials} trials, "
                    f"scheduler none, {slots} trials at once)", args)
     lines += ["| workers | wall (s) | trials / hour | mean train (s) | mean clustering (s) | overhead per trial (s) "
@@ -129,8 +132,9 @@ def overhead(args, work: Path) -> list[str]:
     for label, wall, frame, per_trial, in_trial in rows:
         lines.append(f"| {label} | {wall:.0f} | {3600 * len(frame) / wall:.1f} | {frame['train_s'].mean():.1f} | "
                      f"{frame['cluster_s'].mean():.1f} | {per_trial:.1f} | {in_trial:.1f} |")
-    lines += ["", "Overhead per trial = (wall x trials at once - sum of training and clustering) / trials; inside "
-                  "the trial = its wall time minus training and clustering (graph fetch, data, reports).", ""]
+    lines += ["", "Overhead per trial = (time from the first trial's start to the last trial's end x trials at once - "
+                  "sum of training and clustering) / trials (worker starts included, the driver's own start not); "
+                  "inside the trial = its wall time minus training and clustering (graph fetch, data, reports).", ""]
     return lines
 
 
