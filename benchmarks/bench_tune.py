@@ -90,6 +90,16 @@ def overhead_s(frame: pd.DataFrame, slots: int) -> float:
     return (span * slots - busy) / len(frame)
 
 
+def worker_processes(run_dir: Path) -> int:
+    """How many worker processes ran the trials (Ray records each result's process id)."""
+    import json
+
+    pids = set()
+    for path in run_dir.glob("trial_*/result.json"):
+        pids |= {json.loads(line)["pid"] for line in path.read_text().splitlines() if line.strip()}
+    return len(pids)
+
+
 def header(title: str, args) -> list[str]:
     return [f"### {title}", "", f"Machine: {machine()}. `uptime` at the start: `{args.uptime_start}`; at the end: "
             f"`{uptime()}`.", ""]
@@ -124,14 +134,15 @@ def overhead(args, work: Path) -> list[str]:
                                                                                "--reuse-workers")):
         wall, frame = tune(data, work, flag.strip("-"), args, "--scheduler", "none", flag)
         in_trial = (frame["wall_s"] - frame["train_s"] - frame["cluster_s"]).mean()
-        rows.append((label, wall, frame, overhead_s(frame, slots), in_trial))
+        rows.append((label, wall, frame, overhead_s(frame, slots), in_trial,
+                     worker_processes(work / "runs" / flag.strip("-"))))
     lines = header(f"Per-trial overhead ({args.n_spots} spots, {args.epochs} epochs, {args.trials} trials, "
                    f"scheduler none, {slots} trials at once)", args)
     lines += ["| workers | wall (s) | trials / hour | mean train (s) | mean clustering (s) | overhead per trial (s) "
-              "| of which inside the trial (s) |", "|---|---|---|---|---|---|---|"]
-    for label, wall, frame, per_trial, in_trial in rows:
+              "| of which inside the trial (s) | worker processes |", "|---|---|---|---|---|---|---|---|"]
+    for label, wall, frame, per_trial, in_trial, processes in rows:
         lines.append(f"| {label} | {wall:.0f} | {3600 * len(frame) / wall:.1f} | {frame['train_s'].mean():.1f} | "
-                     f"{frame['cluster_s'].mean():.1f} | {per_trial:.1f} | {in_trial:.1f} |")
+                     f"{frame['cluster_s'].mean():.1f} | {per_trial:.1f} | {in_trial:.1f} | {processes} |")
     lines += ["", "Overhead per trial = (time from the first trial's start to the last trial's end x trials at once - "
                   "sum of training and clustering) / trials (worker starts included, the driver's own start not); "
                   "inside the trial = its wall time minus training and clustering (graph fetch, data, reports).", ""]
