@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from evaluation.runs import DEFAULT_RUNS_ROOT, Candidate, DatasetRuns
-from evaluation.seed_runs import SeedJob, SeedRunCache, config_json
+from evaluation.seed_runs import CACHE_DIR, SeedJob, SeedRunCache, config_json
 from search import ray_cluster
 from spamo.errors import SpamoInputError
+from spamo.io import check_output_folder, replaced_outputs
 
 DEFAULT_OUT = Path("results/evaluate")
 FIRST_SEED = 2025
@@ -233,7 +234,7 @@ def evaluate_best(request: EvaluateRequest, log=print, progress: bool = True) ->
     from evaluation.tables import write_tables
 
     check_request(request)
-    out_dir = Path(request.out)
+    out_dir = check_output_folder(request.out, expect=(CACHE_DIR, "best_configs.parquet"))
     runs = [read_run(path) for path in find_runs(request.runs, request.runs_root)]
     groups = group_by_dataset(runs)
     entries = {group.dataset: load_entry(group, request.top_k) for group in groups}
@@ -246,13 +247,16 @@ def evaluate_best(request: EvaluateRequest, log=print, progress: bool = True) ->
     trained = run_pending(pending, entries, cache, request, log, progress)
     records = {job.key: cache.load(job.key) for job in jobs}
     tables = build_tables(entries, jobs, records, request.seed_list)
-    files = write_tables(tables, out_dir)
-    frames = {name: table.to_pandas() for name, table in tables.items()}
-    if request.plots:
-        files += report.draw_pictures(frames, entries, cache, out_dir)
+    # tables, pictures and best runs replace those of an earlier evaluation whole; the seed-run cache is kept
+    with replaced_outputs(out_dir, keep=(CACHE_DIR,)) as new:
+        files = write_tables(tables, new)
+        frames = {name: table.to_pandas() for name, table in tables.items()}
+        if request.plots:
+            files += report.draw_pictures(frames, entries, cache, new)
+        if request.analyze:
+            files += analyze_best(frames["best_configs"], entries, cache, request, new, log)
+    files = [out_dir / Path(f).relative_to(new) for f in files]
     report.print_summary(frames, log)
-    if request.analyze:
-        files += analyze_best(frames["best_configs"], entries, cache, request, out_dir, log)
     return EvaluationOutcome(out_dir, frames, trained, reused, files)
 
 
