@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from spamo import datasets, pipeline
+from evaluation.evaluate import EvaluateRequest, evaluate_best
+from search.tuning import TuneRequest, start_tune
+from spamo import analysis, datasets, pipeline
 from spamo.config import SpamoConfig
 from spamo.data import MultiOmicsData
 from spamo.errors import SpamoInputError
@@ -129,8 +131,6 @@ def tune(dataset: str | None = None, *, data_dir: str | Path | None = None, data
 
     import pandas as pd
 
-    from search.tuning import TuneRequest, start_tune
-
     known = {f.name for f in dataclasses.fields(TuneRequest)}
     unknown = sorted(set(options) - known)
     if unknown:
@@ -163,8 +163,6 @@ def evaluate(runs: list[str | Path] | None = None, *, log: Callable[..., None] |
 
     import pyarrow.feather as feather
 
-    from evaluation.evaluate import EvaluateRequest, evaluate_best
-
     known = {f.name for f in dataclasses.fields(EvaluateRequest)}
     unknown = sorted(set(options) - known)
     if unknown:
@@ -189,7 +187,6 @@ def analyze(run: RunResult | str | Path, **options: Any):
     `options` are those of `spamo.analysis.analyze` (groupby, gene_sets, out_dir, method, n_top, online_gene_sets,
     seed, permutations, ...). Returns the analysis result (markers, enrichment, PAGA tables; the folder it wrote).
     """
-    from spamo import analysis
 
     if isinstance(run, RunResult):
         analyze_data = getattr(analysis, "analyze_data", None)
