@@ -54,6 +54,8 @@ class TrialContext:
     finished: dict = field(default_factory=dict)  # trial id -> final report, for trials finished before a resume
     metric: str = "ari"  # the search's metric (every report must carry it, a failure report as NaN)
     checkpoint_every: int | None = None  # epochs between checkpoints (None: spamo.training's time rule)
+    run_dir: str | None = None  # the run folder: trial folders (and their found.npz) live under it
+    keep_embeddings: bool = True  # write found.npz (domains + float16 fused embedding) per finished trial (h6)
 
 
 CHECKPOINT_FILE = "trainer.pt"
@@ -92,9 +94,12 @@ class Probe:
     due checkpoint attached."""
 
     def __init__(self, prepared, config: SpamoConfig, started: float, node: dict, start_epoch: int = 0):
+        from spamo.selection import TrialFindings
+
         self.prepared, self.config, self.started, self.node = prepared, config, started, node
         self.start_epoch = start_epoch
         self.pending: bytes | None = None  # the last due checkpoint, serialised, not yet reported
+        self.findings = TrialFindings(config.n_clusters, config.seed)  # label-free criteria between reports (h6)
 
     def keep(self, checkpoint: dict) -> None:
         """`on_checkpoint` of spamo.training: serialise now (the dict holds live tensors), report with the next
@@ -110,6 +115,7 @@ class Probe:
         labels = np.asarray(cluster(embedding, self.config.n_clusters, method="kmeans", n_pcs=self.config.n_pcs,
                                     seed=self.config.seed))
         report = probe_scores(self.prepared, embedding, labels, self.config.seed)
+        report.update(self.findings.probe(self.prepared.features, embedding, labels, report["spatial_coherence"]))
         report.update(epoch=int(epoch), loss=float(losses["total"]), final=False, start_epoch=self.start_epoch,
                       wall_s=time.time() - self.started, **self.node)
         if self.pending is None:
@@ -169,6 +175,10 @@ def train_trial(sampled: dict, prepared, context: TrialContext, started: float, 
     result = fit_and_cluster(prepared, config, graphs=graphs, callback=probe, callback_every=context.report_every,
                              progress=False, train_options=options)
     final = dict(result.scores)
+    final.update(probe.findings.final(prepared.features, result.fused, final["spatial_coherence"]))
+    if context.keep_embeddings and context.run_dir:  # what the trial found, for --rescore and pictures (h6)
+        probe.findings.save(f"{context.run_dir}/{tune.get_context().get_trial_name()}", result.labels, result.fused,
+                            prepared.kept_index)
     final.update(
         epoch=len(result.history), loss=float(result.history[-1]["total"]) if result.history else float("nan"),
         final=True, start_epoch=start_epoch, graphs_s=graphs_s, graphs_cached=graphs_cached,
