@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import sys
 import typing
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import List, Optional
 
 import typer
 
-from spamo.errors import SpamoInputError
+from spamo.errors import SpamoInputError, quiet_readers
 
 app = typer.Typer(help="SPAMO spatial multi-omics integration: train, tune, evaluate.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -154,9 +155,10 @@ def data_info_command(
         raise SpamoInputError("--dataset", "give either a FOLDER or --dataset KEY")
     if dataset is not None:
         datasets.get_dataset_spec(dataset)
-    data = datasets.load(dataset if dataset is not None else Path(folder), data_type=data_type,
-                         modality_files=modalities, truth=truth, layer=layer, n_clusters=n_clusters,
-                         data_root=data_root)
+    with quiet_readers():
+        data = datasets.load(dataset if dataset is not None else Path(folder), data_type=data_type,
+                             modality_files=modalities, truth=truth, layer=layer, n_clusters=n_clusters,
+                             data_root=data_root)
     summary = datasets.dataset_summary(data)
     table = Table(title=f"{summary['name']} ({summary['data_type']}): {summary['n_spots']} spots")
     for column in ("modality", "features", "counts layer", "file"):
@@ -244,6 +246,10 @@ def run_command(
                                              help="Use only these modalities (comma-separated), e.g. RNA for an "
                                                   "ablation."),
     config_file: Optional[Path] = typer.Option(None, "--config", help="A TOML file of settings (flags win)."),
+    reproduce: Optional[str] = typer.Option(None, "--reproduce",
+                                            help="published: the settings the reference's run.sh really trained "
+                                                 "this dataset with (configs/search/<key>.toml [published]; flags "
+                                                 "given as well still win)."),
     out: Path = typer.Option(Path("results/run"), "--out", help="Output folder."),
     no_plot: bool = typer.Option(False, "--no-plot", help="Skip domains.png."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
@@ -257,21 +263,23 @@ def run_command(
     """
     from rich.console import Console
 
-    from spamo import pipeline
+    from spamo import api
     from spamo.config import build_config, parse_weights
     from spamo.io import RUN_FOLDER_FILES, check_output_folder
-    from spamo.run_folder import check_output
-
     settings["modality_weights"] = parse_weights(settings.get("modality_weights"))
-    config = build_config(config_file, **settings)
-    check_output(out, folder=True, where="--out")
+    base = None
+    if reproduce is not None:
+        from spamo.reproduce import profile_key, published_config
+
+        base = published_config(profile_key(dataset, data_dir, settings.get("data_type")), reproduce)
+    config = build_config(config_file, base=base, **settings)
     check_output_folder(out, keep_existing=keep_existing, expect=RUN_FOLDER_FILES)
-    data = pipeline.load_data(dataset=dataset, data_dir=data_dir, data_type=config.data_type, data_root=data_root,
-                              modality_files=parse_mapping(modality_files, "--modality-files"),
-                              truth_file=truth_file, n_clusters=config.n_clusters, layer=layer)
+    data = api.load(dataset=dataset, data_dir=data_dir, data_type=config.data_type, data_root=data_root,
+                    modality_files=parse_mapping(modality_files, "--modality-files"), truth_file=truth_file,
+                    n_clusters=config.n_clusters, layer=layer)
     chosen = [m.strip() for m in modalities.split(",")] if modalities else None
-    result = pipeline.run(data, config, modalities=chosen, progress=not quiet)
-    pipeline.write_outputs(result, data, out, draw=not no_plot)
+    result = api.fit(data, config=config, modalities=chosen, progress=not quiet)
+    result.write(out, draw=not no_plot)
     console = Console()
     shown = {k: round(v, 4) for k, v in result.scores.items() if k in ("ari", "nmi", "ami", "avg", "asw")}
     console.print(f"[bold]{result.prepared.name}[/]: {result.prepared.n_spots} spots, "
@@ -290,11 +298,10 @@ def score_command(
     """Score predicted domains against a ground truth; print the reference's metrics text (six decimals)."""
     from spamo.io import atomic_write_text
     from spamo.metrics import format_metrics_text, score_label_files
-
-    from spamo.run_folder import check_output
+    from spamo.run_folder import check_output_file
 
     if out is not None:
-        check_output(out, folder=False, where="--out")
+        check_output_file(out, where="--out")
     text = format_metrics_text(score_label_files(truth, pred))
     if out is not None:
         atomic_write_text(out, text)
@@ -315,8 +322,8 @@ def tune_command(
     num_samples: int = typer.Option(20, "--num-samples", help="Number of trials."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Fix every trial's epoch budget (short runs)."),
     space: Optional[Path] = typer.Option(None, "--space", help="Search-space TOML (default: the dataset's)."),
-    metric: Optional[str] = typer.Option(None, "--metric", help="Objective (default ari with ground truth, "
-                                                                 "else asw)."),
+    metric: Optional[str] = typer.Option(None, "--metric", help="Objective (default ari with ground truth, else "
+                                                                 "the label-free default of spamo.selection)."),
     scheduler: str = typer.Option("asha", "--scheduler", help="asha (stop poor trials early) or none."),
     cpus_per_trial: float = typer.Option(1.0, "--cpus-per-trial", help="CPUs each trial holds."),
     gpus_per_trial: float = typer.Option(0.25, "--gpus-per-trial",
@@ -336,6 +343,10 @@ def tune_command(
                                                         "report; default about every 60 s, at most 50 epochs)."),
     reuse_workers: bool = typer.Option(True, "--reuse-workers/--fresh-workers",
                                        help="Run trials one after another in the same Ray worker processes."),
+    keep_embeddings: bool = typer.Option(True, "--keep-embeddings/--no-keep-embeddings",
+                                         help="Each finished trial keeps found.npz (domains, float16 embedding)."),
+    rescore: Optional[str] = typer.Option(None, "--rescore", help="Recompute the label-free criteria of the "
+                                                                  "finished run NAME (no training); --metric picks."),
 ):
     """Search SPAMO's settings with Ray Tune + Optuna: trials.parquet, best_config.toml, pictures."""
     import time as _time
@@ -346,6 +357,11 @@ def tune_command(
 
     console = Console()
     log = console.print
+    if rescore:  # a finished search, scored again from what its trials kept (h6)
+        from search.rescore import rescore_run
+
+        rescore_run(rescore, metric=metric, storage=storage, log=log)
+        return
     try:
         if resume:
             outcome = resume_tune(resume, storage=storage, address=address, log=log)
@@ -358,7 +374,7 @@ def tune_command(
                 scheduler=scheduler, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
                 max_concurrent=max_concurrent, storage=storage, address=address, report_every=report_every,
                 seed=seed, layer=layer, max_retries=max_retries, checkpoint_every=checkpoint_every,
-                reuse_workers=reuse_workers), log=log)
+                reuse_workers=reuse_workers, keep_embeddings=keep_embeddings), log=log)
     except KeyboardInterrupt:
         typer.echo("interrupted before the search started; nothing to resume", err=True)
         raise typer.Exit(code=130) from None
@@ -445,7 +461,40 @@ def analyze_command(
 
 
 
+# ---------------------------------------------------------------------------------------------------------- reproduce
+@app.command("reproduce")
+@refusals_as_one_line
+def reproduce_command(
+    which: str = typer.Argument("all", help="hln, mb, sim or all."),
+    data_root: Path = typer.Option(Path("Data"), "--data-root", help="Folder holding HLN/, Mouse_Brain/, "
+                                                                     "Simulation/."),
+    out: Path = typer.Option(Path("results/reproduce"), "--out", help="One run folder per dataset goes here."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Depart from the profile's epochs (quick checks)."),
+    cluster_method: Optional[str] = typer.Option(None, "--cluster-method",
+                                                 help="Depart from the published mclust (e.g. gmm without R)."),
+    no_plot: bool = typer.Option(False, "--no-plot", help="Skip domains.png."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+):
+    """Replay the reference's run.sh (its published profiles) and print our scores beside the published ones."""
+    from rich.console import Console
+
+    from spamo import reproduce as rep
+
+    console = Console(stderr=True)
+    done = rep.reproduce(rep.selected_keys(which), data_root=data_root, out=out, epochs=epochs,
+                         cluster_method=cluster_method, draw=not no_plot, progress=not quiet,
+                         log=None if quiet else console.print)
+    typer.echo(rep.comparison_text(done), nl=False)
+
+
+# Rich wraps and truncates at the terminal width, or at 80 columns when stdout is not a terminal (a pipe, a log
+# file): tables lose columns to ellipses and paths split over lines. Off a terminal, print as wide as it takes.
+UNTERMINATED_WIDTH = 1000
+
+
 def main() -> None:
+    if not sys.stdout.isatty() and "COLUMNS" not in os.environ:
+        os.environ["COLUMNS"] = str(UNTERMINATED_WIDTH)
     app()
 
 

@@ -11,6 +11,7 @@ import pyarrow as pa
 from evaluation.published import load_published, published_key, same_data_note
 from evaluation.tables import (ALL_SCORES, MAIN_SCORES, SCORES, SPLIT_MERGE_PREFIX, TIMES, VERSIONS, config_columns,
                                mean_sd, to_arrow)
+from search.results import TRUTH_SCORES, metric_mode, selection_note
 
 
 def _num(value) -> float:
@@ -45,7 +46,6 @@ def split_merge_rows(job, record: dict) -> list[dict]:
 
 def best_config_rows(entries: dict, seed_rows: list[dict], seeds: list[int]) -> list[dict]:
     """Per dataset and rank: the configuration, and mean +- sd over seeds of every score."""
-    from search.results import TRUTH_SCORES, selection_note
 
     rows = []
     for name, entry in entries.items():
@@ -75,7 +75,6 @@ def rank_metric(entries: dict) -> str:
 
 def cross_rows(entries: dict, seed_rows: list[dict]) -> list[dict]:
     """Each dataset's best configuration on every dataset (itself included), ranked by its mean over datasets."""
-    from search.results import metric_mode
 
     metric = rank_metric(entries)
     rows = []
@@ -103,7 +102,6 @@ def published_rows(entries: dict, best_rows: list[dict]) -> list[dict]:
     """The published numbers beside our best mean scores, for datasets whose name matches a published key."""
     import pandas as pd
 
-    from evaluation.evaluate import best_choice
 
     published = load_published()
     frame = pd.DataFrame(best_rows)
@@ -139,3 +137,15 @@ def build_tables(entries: dict, jobs: list, records: dict, seeds: list[int]) -> 
         "cross_dataset": to_arrow("cross_dataset", cross_rows(entries, seed_rows)),
         "published": to_arrow("published", published_rows(entries, best_rows)),
     }
+
+
+def best_choice(best_configs, dataset: str):
+    """The dataset's best configuration after the seed runs: highest mean of its metric (lowest for a loss)."""
+
+    rows = best_configs[best_configs["dataset"] == dataset]
+    metric = rows["metric"].iloc[0]
+    column = f"{metric}_mean"
+    if column not in rows or rows[column].isna().all():
+        return rows.sort_values("rank").iloc[0]
+    ordered = rows.sort_values([column, "rank"], ascending=[metric_mode(metric) == "min", True], na_position="last")
+    return ordered.iloc[0]

@@ -5,8 +5,8 @@
 3. Seed runs: every configuration x seed on its own dataset, and each dataset's best configuration on every other
    dataset (cross-dataset). Each is one Ray task (one CPU, one torch thread). Finished seed runs are kept in
    `<out>/seed_runs/`, so a re-run trains only what is missing.
-4. Tables (evaluation.tables), pictures and a summary; with `analyze`, `spamo.analysis.analyze` on each dataset's
-   best configuration.
+4. Tables (evaluation.tables), pictures and a summary; with `analyze`, each dataset's best configuration is written
+   as a run folder and `spamo.analysis.analyze_data` analyses it from the data in memory.
 """
 
 from __future__ import annotations
@@ -17,11 +17,22 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluation.runs import DEFAULT_RUNS_ROOT, Candidate, DatasetRuns
-from evaluation.seed_runs import CACHE_DIR, SeedJob, SeedRunCache, config_json
+from evaluation import report, selection
+from evaluation.build import best_choice, build_tables
+from evaluation.runs import (Candidate, DEFAULT_RUNS_ROOT, DatasetRuns, find_runs, group_by_dataset, read_run,
+                             top_configs)
+from evaluation.seed_runs import CACHE_DIR, SeedJob, SeedRunCache, config_json, seed_task
+from evaluation.tables import write_tables
+from evaluation.transfer import config_for
 from search import ray_cluster
+from search.run_folder import load_data, load_prepared
+from spamo import pipeline
+from spamo.analysis import analyze_data
+from spamo.config import SpamoConfig
 from spamo.errors import SpamoInputError
 from spamo.io import check_output_folder, replaced_outputs
+from spamo.pipeline import RunResult, truth_sha256, write_outputs
+from spamo.selection import DEFAULT_LABEL_FREE
 
 DEFAULT_OUT = Path("results/evaluate")
 FIRST_SEED = 2025
@@ -106,9 +117,6 @@ def check_request(request: EvaluateRequest) -> None:
 
 def load_entry(group: DatasetRuns, top_k: int) -> DatasetEntry:
     """Choose the dataset's configurations, then load and preprocess its data as its tune run did."""
-    from evaluation.runs import top_configs
-    from search.run_folder import load_data, load_prepared
-    from spamo import pipeline
 
     candidates = top_configs(group, top_k)
     data = load_data(group.request)
@@ -121,14 +129,11 @@ def load_entry(group: DatasetRuns, top_k: int) -> DatasetEntry:
 
 
 def truth_hash(prepared) -> str | None:
-    from spamo.pipeline import truth_sha256
-
     return truth_sha256(prepared.truth) if prepared.truth is not None else None
 
 
 def build_jobs(entries: dict[str, DatasetEntry], seeds: list[int], cross: bool) -> list[SeedJob]:
     """Every top-K configuration x seed on its own dataset; each best configuration x seed on every other one."""
-    from evaluation.transfer import config_for
 
     jobs = []
     for name, entry in entries.items():
@@ -161,7 +166,6 @@ def run_pending(pending: list[SeedJob], entries: dict[str, DatasetEntry], cache:
     """
     import ray
 
-    from evaluation.seed_runs import seed_task
 
     unique = {job.key: job for job in pending}
     if not unique:
@@ -228,10 +232,6 @@ def _last_line(exc: BaseException) -> str:
 
 def evaluate_best(request: EvaluateRequest, log=print, progress: bool = True) -> EvaluationOutcome:
     """The whole evaluation; see the module docstring."""
-    from evaluation import report
-    from evaluation.build import build_tables
-    from evaluation.runs import find_runs, group_by_dataset, read_run
-    from evaluation.tables import write_tables
 
     check_request(request)
     out_dir = check_output_folder(request.out, expect=(CACHE_DIR, "best_configs.parquet"))
@@ -239,18 +239,38 @@ def evaluate_best(request: EvaluateRequest, log=print, progress: bool = True) ->
     groups = group_by_dataset(runs)
     entries = {group.dataset: load_entry(group, request.top_k) for group in groups}
     jobs = build_jobs(entries, request.seed_list, request.cross)
+    # h6: the published default vs annotation-tuned vs label-free-tuned, over the same seeds (evaluation.selection)
+    chosen = selection.build_jobs(entries, request.seed_list, DEFAULT_LABEL_FREE)
+    selection_jobs = [job for group in chosen.values() for job in group]
     cache = SeedRunCache(out_dir)
     pending = [job for job in jobs if not cache.has(job.key)]
     reused = len({job.key for job in jobs}) - len({job.key for job in pending})
     log(f"[bold]spamo evaluate[/]: {len(entries)} dataset(s), top {request.top_k}, {request.seeds} seed(s): "
         f"{len({j.key for j in jobs})} seed runs, {reused} already finished -> {out_dir}")
     trained = run_pending(pending, entries, cache, request, log, progress)
+    # second phase (h6): the selection table's configurations not already trained above, over the same seeds
+    known = {job.key for job in jobs}
+    extra = [job for job in selection_jobs if job.key not in known]
+    extra_pending = [job for job in extra if not cache.has(job.key)]
+    trained += run_pending(extra_pending, entries, cache, request, log, progress)
+    log(f"selection table: {len({j.key for j in extra})} extra seed run(s) for the published default and the "
+        f"label-free choice ({len({j.key for j in extra}) - len({j.key for j in extra_pending})} already finished)")
     records = {job.key: cache.load(job.key) for job in jobs}
     tables = build_tables(entries, jobs, records, request.seed_list)
+    frames = {name: table.to_pandas() for name, table in tables.items()}
+    picked = selection.selection_table(entries, chosen, {job.key: cache.load(job.key) for job in selection_jobs},
+                                       DEFAULT_LABEL_FREE)
+    frames["selection"] = picked
+    for row in picked.itertuples():
+        mark = " (has seen the labels)" if row.selected_against_annotation else ""
+        log(f"selection {row.dataset}: {row.choice}{mark}: ARI {row.ari_mean:.3f} +- {row.ari_sd:.3f} "
+            f"over {row.n_seeds} seed(s)")
     # tables, pictures and best runs replace those of an earlier evaluation whole; the seed-run cache is kept
     with replaced_outputs(out_dir, keep=(CACHE_DIR,)) as new:
         files = write_tables(tables, new)
-        frames = {name: table.to_pandas() for name, table in tables.items()}
+        files += selection.write_selection(picked, new)
+        if request.plots and not picked.empty:
+            files += selection.draw_selection(picked, new)
         if request.plots:
             files += report.draw_pictures(frames, entries, cache, new)
         if request.analyze:
@@ -260,24 +280,8 @@ def evaluate_best(request: EvaluateRequest, log=print, progress: bool = True) ->
     return EvaluationOutcome(out_dir, frames, trained, reused, files)
 
 
-def best_choice(best_configs, dataset: str):
-    """The dataset's best configuration after the seed runs: highest mean of its metric (lowest for a loss)."""
-    from search.results import metric_mode
-
-    rows = best_configs[best_configs["dataset"] == dataset]
-    metric = rows["metric"].iloc[0]
-    column = f"{metric}_mean"
-    if column not in rows or rows[column].isna().all():
-        return rows.sort_values("rank").iloc[0]
-    ordered = rows.sort_values([column, "rank"], ascending=[metric_mode(metric) == "min", True], na_position="last")
-    return ordered.iloc[0]
-
-
 def best_run_result(entry: DatasetEntry, row, seed: int, cache: SeedRunCache):
     """The cached seed run of a best configuration as a `RunResult` (what `write_outputs` takes)."""
-    from evaluation.seed_runs import SeedJob
-    from spamo.config import SpamoConfig
-    from spamo.pipeline import RunResult
 
     config = SpamoConfig.from_dict(json.loads(row["config_json"])).replace(seed=int(seed))
     config = config.resolve(entry.prepared.n_modalities, entry.prepared.n_spots)
@@ -293,15 +297,17 @@ def best_run_result(entry: DatasetEntry, row, seed: int, cache: SeedRunCache):
 def analyze_best(best_configs, entries: dict[str, DatasetEntry], cache: SeedRunCache, request: EvaluateRequest,
                  out_dir: Path, log) -> list[Path]:
     """Write each dataset's best configuration (first seed) as a `spamo run` folder and analyse its domains."""
-    from spamo.analysis import analyze
-    from spamo.pipeline import write_outputs
 
     written = []
     for name, entry in entries.items():
         row = best_choice(best_configs, name)
         result = best_run_result(entry, row, request.first_seed, cache)
         run_dir = write_outputs(result, entry.data, out_dir / "best_runs" / name, draw=False)
-        outcome = analyze(run_dir, gene_sets=request.gene_sets, seed=request.first_seed)
+        prepared = result.prepared
+        outcome = analyze_data(entry.data, result.labels, np.asarray(result.fused, dtype=np.float32),
+                               spot_names=prepared.spot_names, coords=prepared.coords,
+                               modalities=prepared.modality_names, gene_sets=request.gene_sets,
+                               seed=request.first_seed, out_dir=run_dir / "analysis")
         log(f"analysis of {name} (rank {int(row['rank'])}, seed {request.first_seed}) -> {outcome.out_dir}")
         written.append(Path(outcome.out_dir))
     return written

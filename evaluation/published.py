@@ -11,9 +11,11 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
+from spamo.datasets import dataset_registry
 from spamo.errors import SpamoInputError
+from spamo.package_data import CONFIG_DIR
 
-PUBLISHED_FILE = Path(__file__).resolve().parent.parent / "configs" / "published.toml"
+PUBLISHED_FILE = CONFIG_DIR / "published.toml"
 SIMULATED_NOTE = "spamo's simulated stand-in, not the authors' data"
 
 
@@ -29,7 +31,6 @@ def load_published(path: str | Path = PUBLISHED_FILE) -> dict[str, dict]:
 
 def published_key(dataset: str, published: dict[str, dict]) -> str | None:
     """The published key a dataset name stands for, or None."""
-    from spamo.datasets import dataset_registry
 
     name = dataset.lower()
     registry = dataset_registry()

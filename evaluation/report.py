@@ -8,6 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from evaluation.build import best_choice
+from spamo.io import atomic_path
+from spamo.plots import domain_colors
 
 
 def _pm(mean, sd) -> str:
@@ -76,8 +79,6 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> Path:
-    from spamo.io import atomic_path
-
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
         tmp.chmod(0o644)
@@ -87,7 +88,6 @@ def _save(fig, path: Path) -> Path:
 
 def plot_best_domains(prepared, labels: np.ndarray, sm_labels: np.ndarray, title: str, path: Path) -> Path:
     """Ground truth (when there is one), the plain clustering and the split-and-merge one, side by side in space."""
-    from spamo.plots import domain_colors
 
     plt = _pyplot()
     panels = ([("ground truth", prepared.truth)] if prepared.truth is not None else []) + [
@@ -140,7 +140,6 @@ def plot_seed_spread(seed_runs: pd.DataFrame, best: pd.DataFrame, path: Path) ->
 
 def draw_pictures(frames: dict[str, pd.DataFrame], entries: dict, cache, out_dir: Path) -> list[Path]:
     """domains_<dataset>.png for each dataset's best configuration (first seed), and seed_spread.png."""
-    from evaluation.evaluate import best_choice
 
     best = frames["best_configs"]
     seed_runs = frames["seed_runs"]

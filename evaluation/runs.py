@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from search.run_folder import RESULTS_ROOT as DEFAULT_RUNS_ROOT
-from search.run_folder import TuneRequest, TuneRun, find_runs
-from search.run_folder import read as read_run
+from search.results import metric_mode
+from search.run_folder import RESULTS_ROOT as DEFAULT_RUNS_ROOT, TuneRequest, TuneRun, find_runs, read as read_run
 from spamo.errors import SpamoInputError
 
 __all__ = ["DEFAULT_RUNS_ROOT", "TuneRun", "Candidate", "DatasetRuns", "find_runs", "read_run", "group_by_dataset",
@@ -70,7 +69,6 @@ def group_by_dataset(runs: list[TuneRun]) -> list[DatasetRuns]:
 
 def top_configs(group: DatasetRuns, k: int) -> list[Candidate]:
     """The K best finished trials of a dataset by its run's metric, distinct configurations only (seed ignored)."""
-    from search.results import metric_mode
 
     metric = group.metric
     frames = [run.trials.assign(_run=run.name) for run in group.runs]

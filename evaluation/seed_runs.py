@@ -18,7 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from spamo.clustering import split_merge
 from spamo.config import SpamoConfig
+from spamo.io import atomic_path, atomic_write_text
+from spamo.metrics import clustering_scores, score_against_truth
+from spamo.pipeline import fit_and_cluster, package_versions
 
 CACHE_DIR = "seed_runs"
 # a seed run's default starting K for split-and-merge when the configuration has no init_k: over-cluster by this
@@ -82,15 +86,11 @@ def limited_threads(n: int):
 
 
 def _scores(prepared, fused: np.ndarray, labels: np.ndarray, seed: int) -> dict[str, float]:
-    from spamo.metrics import clustering_scores
-
     return clustering_scores(labels, fused, coords=prepared.coords, truth=prepared.truth, seed=seed)
 
 
 def split_merge_record(prepared, fused: np.ndarray, config: SpamoConfig) -> tuple[dict, np.ndarray]:
     """Every K split-and-merge visits (criterion, ARI/NMI there, the pair merged or split) and the labels at K."""
-    from spamo.clustering import split_merge
-    from spamo.metrics import score_against_truth
 
     init_k = split_merge_init_k(config, prepared.n_spots)
     result = split_merge(fused, config.n_clusters, init_k, coords=prepared.coords, n_pcs=config.n_pcs)
@@ -125,7 +125,6 @@ def run_seed(prepared, config: SpamoConfig, threads: int = 1) -> tuple[dict, dic
     Returns (record, arrays): the record is JSON-safe (scores, split-merge path, times, versions); the arrays are the
     labels of both clusterings and the embeddings. Deterministic on CPU for a fixed config, seed and `threads`.
     """
-    from spamo.pipeline import fit_and_cluster, package_versions
 
     started = time.perf_counter()
     with limited_threads(threads):
@@ -182,8 +181,6 @@ class SeedRunCache:
             return {name: data[name] for name in data.files}
 
     def store(self, key: str, record: dict, arrays: dict) -> None:
-        from spamo.io import atomic_path, atomic_write_text
-
         record_path, arrays_path = self._paths(key)
         with atomic_path(arrays_path) as tmp, open(tmp, "wb") as fh:
             np.savez_compressed(fh, **arrays)

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.feather as feather
 import pyarrow.parquet as pq
 
+from spamo.io import atomic_path
 from spamo.metrics import SCORE_NAMES
 from spamo.pipeline import VERSIONED_PACKAGES
 
@@ -106,7 +107,6 @@ def _cell(value):
 
 def write_tables(tables: dict[str, pa.Table], out_dir: str | Path, ipc: bool = True) -> list[Path]:
     """Write every table (Parquet, and Arrow IPC when `ipc`) under temporary names, then rename them all."""
-    from spamo.io import atomic_path
 
     out_dir = Path(out_dir)
     written = []

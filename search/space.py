@@ -25,8 +25,9 @@ import optuna.distributions as od
 from spamo.config import REFERENCE_FLAGS, SpamoConfig
 from spamo.errors import SpamoInputError
 from spamo.io import read_toml
+from spamo.package_data import CONFIG_DIR
 
-SPACE_DIR = Path(__file__).resolve().parent.parent / "configs" / "search"
+SPACE_DIR = CONFIG_DIR / "search"
 DEFAULT_SPACE = "default"
 
 

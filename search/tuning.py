@@ -55,16 +55,30 @@ def _check_request(request: TuneRequest) -> None:
 
 
 def choose_metric(metric: str | None, has_truth: bool) -> str:
-    """`ari` when the data has a ground truth, else the label-free `asw`; a given metric is checked."""
+    """`ari` when the data has a ground truth, else the measured label-free default
+    (`spamo.selection.DEFAULT_LABEL_FREE`); a given metric is checked."""
     from search.results import METRICS, TRUTH_SCORES
+    from spamo.selection import DEFAULT_LABEL_FREE
 
     if metric is None:
-        return "ari" if has_truth else "asw"
+        return "ari" if has_truth else DEFAULT_LABEL_FREE
     if metric not in METRICS:
         raise SpamoInputError("--metric", f"'{metric}' is not one of {', '.join(METRICS)}")
     if metric in TRUTH_SCORES and not has_truth:
         raise SpamoInputError("--metric", f"'{metric}' needs a ground truth, which this data has not")
     return metric
+
+
+def metric_reason(metric: str, given: str | None) -> str:
+    """One line: which criterion the search optimises and why (printed by `spamo tune`, kept in best_config)."""
+    from search.results import TRUTH_SCORES
+    from spamo.selection import DEFAULT_REASON
+
+    if given is not None:
+        return f"{metric}: asked for with --metric"
+    if metric in TRUTH_SCORES:
+        return f"{metric}: the data has a ground truth (the choice will have seen the labels it is scored against)"
+    return DEFAULT_REASON
 
 
 # ------------------------------------------------------------------------------------------------ the search
@@ -103,6 +117,7 @@ def build_trainable(search: Search, finished: dict):
     cache_name = f"spamo-graphs-{search.request.name}"
     search.graph_cache = start_cache(cache_name)
     context = TrialContext(base=search.base, fixed=search.space.fixed, report_every=search.request.report_every,
+                           run_dir=str(search.run_dir), keep_embeddings=search.request.keep_embeddings,
                            cache_name=cache_name, cpus_per_trial=search.request.cpus_per_trial, finished=finished,
                            metric=search.metric, checkpoint_every=search.request.checkpoint_every)
     return tune.with_parameters(run_trial, prepared=search.prepared, context=context)
@@ -173,6 +188,7 @@ def start_tune(request: TuneRequest, log=print) -> TuneOutcome:
     log(f"[bold]spamo tune[/] {request.name}: {search.prepared.name}, {search.prepared.n_spots} spots, "
         f"{request.num_samples} trials of {resources['cpu']:g} CPU + {resources['gpu']:g} GPU, metric "
         f"{search.metric}, scheduler {request.scheduler} -> {run_dir}")
+    log(f"optimising {metric_reason(search.metric, request.metric)}")
     tuner = build_tuner(search, build_trainable(search, finished={}), resources)
     return finish(search, tuner, log)
 
@@ -258,7 +274,7 @@ def write_outputs(search: Search, grid, log) -> TuneOutcome:
     write_parquet(frame, run_dir / TRIALS_FILE)
     best = best_row(frame, metric)
     if best is not None:
-        write_best_config(best, metric, run_dir / "best_config.toml")
+        write_best_config(best, metric, run_dir / "best_config.toml", why=metric_reason(metric, request.metric))
     plot_history(frame, metric, run_dir / "optimization_history.png")
     study = optuna.load_study(study_name=request.name, storage=f"sqlite:///{run_dir / STUDY_FILE}")
     complete = grid is not None and len(frame) == request.num_samples and not pending

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import dataclass
+
+import scipy.sparse as sp
 
 
 @contextlib.contextmanager
@@ -29,3 +32,72 @@ def rpy2_environment_kept():
         for key, value in before.items():
             if key.startswith("LD_") and os.environ.get(key) != value:
                 os.environ[key] = value
+
+
+class CsrOutput:
+    """Wraps a kNN transformer so its graph comes back as `csr_matrix`.
+
+    scanpy 1.11.5's pynndescent path fails with scipy >= 1.15: the graph is a `csr_array`, which has no `getnnz`.
+    Handing scanpy a transformer whose output is converted avoids it.
+    Used by: `spamo.analysis.paga.knn_transformer` (above 50,000 spots).
+    Remove when: the scanpy in use accepts sparse arrays from a transformer (scanpy > 1.11.5).
+    """
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def get_params(self, deep: bool = True) -> dict:
+        return self.inner.get_params(deep)
+
+    def set_params(self, **params):
+        self.inner.set_params(**params)
+        return self
+
+    def fit(self, X, y=None):  # noqa: N803 - scikit-learn's argument names
+        self.inner.fit(X)
+        return self
+
+    def transform(self, X):  # noqa: N803
+        return sp.csr_matrix(self.inner.transform(X))
+
+    def fit_transform(self, X, y=None):  # noqa: N803
+        return sp.csr_matrix(self.inner.fit_transform(X))
+
+
+@dataclass(frozen=True)
+class Workaround:
+    """One workaround: what it avoids, where it lives, and when it can be deleted."""
+
+    name: str
+    where: str
+    why: str
+    remove_when: str
+
+
+WORKAROUNDS = (
+    Workaround("rpy2 environment", "spamo._compat.rpy2_environment_kept (used by spamo.clustering.mclust)",
+               "rpy2 prepends R's library folders to LD_LIBRARY_PATH; child Python processes then load the wrong "
+               "libpython", "rpy2 starts R without editing os.environ"),
+    Workaround("csr_matrix from kNN transformers", "spamo._compat.CsrOutput (used by spamo.analysis.paga)",
+               "scanpy 1.11.5's pynndescent path calls getnnz, which scipy >= 1.15's csr_array lacks",
+               "the scanpy in use accepts sparse arrays from a transformer (scanpy > 1.11.5)"),
+    Workaround("PAGA layout", "spamo.analysis.paga.paga_layout",
+               "scanpy's own PAGA layout step fails on scipy's current sparse indexing",
+               "sc.pl.paga without pos= draws on the scipy in use; then drop paga_layout"),
+    Workaround("kNN graph for leiden/louvain", "spamo.clustering.community.knn_graph",
+               "scanpy's pp.neighbors compiles numba code in every new process (every Ray worker) and failed with "
+               "scipy's sparse arrays above 4,096 spots", "scanpy's neighbours work with the scipy in use and "
+               "without a per-process compilation (the numba cost alone may justify keeping it)"),
+    Workaround("nullable strings in h5ad", "spamo.io.write_h5ad",
+               "under pandas 3 string columns and index are nullable string arrays, which anndata writes only with "
+               "allow_write_nullable_strings on", "anndata writes nullable strings by default"),
+    Workaround("resumable Optuna search", "search.searcher.ResumableOptunaSearch",
+               "after a killed driver Ray replays the result of a trial the Optuna study already closed, and Ray's "
+               "OptunaSearch lets Optuna's refusal stop the whole search",
+               "Ray's OptunaSearch ignores UpdateFinishedTrialError"),
+    Workaround("Tune snapshot period", "search.tuning (TUNE_GLOBAL_CHECKPOINT_S set when the user has not)",
+               "Ray Tune snapshots its experiment state rarely by default, so a killed driver loses finished trials",
+               "Ray Tune exposes the snapshot period as an argument (then pass it instead of the variable)"),
+    Workaround("CSR beta notice", "spamo.model.sparse.quiet_csr (scoped to each CSR construction)",
+               "torch prints a beta notice the first time a CSR tensor is made", "torch drops the notice"),
+)

@@ -186,7 +186,7 @@ class SpamoConfig:
         try:
             return cls(**clean)
         except SpamoInputError as exc:
-            written = next((k for k in values if REFERENCE_FLAGS.get(k, k) == exc.where), exc.where)
+            written = next((k for k in reversed(list(values)) if REFERENCE_FLAGS.get(k, k) == exc.where), exc.where)
             label = written if written == exc.where else f"{written} ({exc.where})"
             raise SpamoInputError(where, f"{label} {exc.problem}") from None
 
@@ -354,12 +354,16 @@ def _reference_flags() -> dict[str, str]:
 REFERENCE_FLAGS: dict[str, str] = _reference_flags()
 
 
-def build_config(config_file: str | Path | None = None, **overrides: Any) -> SpamoConfig:
-    """Defaults, then a TOML file, then the options given on the command line (`None` = not given).
+def build_config(config_file: str | Path | None = None, base: SpamoConfig | None = None,
+                 **overrides: Any) -> SpamoConfig:
+    """Defaults (or `base`, e.g. a published profile), then a TOML file, then the options given on the command line
+    (`None` = not given).
 
     Per-modality weights arrive as `modality_weight_<i>` keys; an `epochs` of 0 means the data type's default.
     """
-    config = SpamoConfig.from_toml(config_file) if config_file else SpamoConfig()
+    if config_file and base is not None:
+        raise SpamoInputError("--config", "give either --config or --reproduce, not both")
+    config = SpamoConfig.from_toml(config_file) if config_file else (base or SpamoConfig())
     given = {k: v for k, v in overrides.items() if v is not None}
     weights = {int(k.rsplit("_", 1)[1]): given.pop(k) for k in list(given) if k.startswith("modality_weight_")}
     if weights:

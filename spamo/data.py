@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from spamo.errors import SpamoInputError
+
 
 @dataclass
 class MultiOmicsData:
@@ -93,3 +95,13 @@ class PreparedData:
             truth=self.truth,
             n_clusters=self.n_clusters,
         )
+
+
+def input_matrix(adata, layer: str | None = None, where: Path | str = "--layer"):
+    """The matrix every stage reads: `.X` (as the reference does), or `layers[layer]` when a layer is named."""
+    if layer is None:
+        return adata.X
+    if layer not in adata.layers:
+        have = ", ".join(adata.layers.keys()) or "none"
+        raise SpamoInputError(where, f"has no layers['{layer}'] (layers here: {have})")
+    return adata.layers[layer]

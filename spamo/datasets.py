@@ -20,10 +20,7 @@ Two conventions follow the reference release (docs/method.md section 8), because
 
 from __future__ import annotations
 
-import functools
 import logging
-import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -31,47 +28,16 @@ import numpy as np
 import scipy.sparse as sp
 
 from spamo import modalities as modality_kinds
-from spamo.data import MultiOmicsData
+from spamo.data import MultiOmicsData, input_matrix
+from spamo.dataset_table import DATASETS_TOML, DatasetSpec, dataset_registry, get_dataset_spec
+from spamo.datatypes import get_data_type
 from spamo.errors import SpamoInputError
+from spamo.package_data import CONFIG_DIR
+from spamo.simulate import get_preset, is_preset, truth_from_spfac, write_simulation
 
 log = logging.getLogger(__name__)
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-DATASETS_TOML = CONFIG_DIR / "datasets.toml"
 ROW_BLOCK = 65536
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """One benchmark dataset: where its folder is (under the data root) and which file is which modality."""
-
-    key: str
-    folder: str
-    data_type: str
-    modality_files: dict  # modality name -> file name, in modality order (RNA first)
-    truth_file: str
-    n_clusters: int
-
-    def path(self, data_root: str | Path = "./Data") -> Path:
-        return Path(data_root) / self.folder
-
-
-@functools.lru_cache(maxsize=1)
-def dataset_registry() -> dict[str, DatasetSpec]:
-    """The dataset table of `configs/datasets.toml` (the one source of truth for the layouts)."""
-    with open(DATASETS_TOML, "rb") as fh:
-        table = tomllib.load(fh)
-    return {key: DatasetSpec(key=key, folder=entry["folder"], data_type=entry["data_type"],
-                             modality_files=dict(entry["modalities"]), truth_file=entry["truth_file"],
-                             n_clusters=int(entry["n_clusters"]))
-            for key, entry in table.items()}
-
-
-def get_dataset_spec(key: str) -> DatasetSpec:
-    registry = dataset_registry()
-    if key not in registry:
-        raise SpamoInputError("dataset", f"unknown dataset '{key}' (known: {', '.join(registry)})")
-    return registry[key]
 
 
 # ------------------------------------------------------------------------------------------------ public loaders
@@ -132,22 +98,16 @@ def load_dataset(key: str, data_root: str | Path = "./Data", n_clusters: int | N
     spec = get_dataset_spec(key)
     folder = spec.path(data_root)
     if key == "sim" and not folder.exists():
-        from spamo.simulate import write_simulation
-
         write_simulation(folder, n_spots=1296, seed=0, layout="sim")
     return load_layout(folder, spec, n_clusters, layer=layer, truth_file=truth_file)
 
 
 def _is_preset(key: str) -> bool:
-    from spamo.simulate import is_preset
-
     return is_preset(key)
 
 
 def _load_preset(key: str, data_root: str | Path, n_clusters: int | None, layer: str | None = None,
                  truth_file: str | Path | None = None) -> MultiOmicsData:
-    from spamo.simulate import get_preset
-
     preset = get_preset(key)
     folder = Path(data_root) / key
     if not folder.exists():
@@ -185,7 +145,6 @@ def load_folder(folder: str | Path, data_type: str, modality_files: dict | str |
     `adata_ATAC.h5ad` or `adata_peaks_normalized.h5ad`). Without `truth_file`, a known ground-truth file in the
     folder is used if present.
     """
-    from spamo.datatypes import get_data_type
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -213,7 +172,6 @@ def load_h5mu(path: str | Path, data_type: str, modalities: dict | list | str | 
     names and aliases (`spamo.modalities`). The ground truth is `truth_key`, an obs column (of the MuData or
     modality 1), or `truth_file`, a label file (row order of modality 1, or spot-id order for such data types).
     """
-    from spamo.datatypes import get_data_type
 
     path = Path(path)
     if not path.exists():
@@ -243,6 +201,59 @@ def load_h5mu(path: str | Path, data_type: str, modalities: dict | list | str | 
         raise SpamoInputError(truth_path, "file not found")
     data = _build(path.stem, dtype.name, adatas, sources, truth, truth_path, n_clusters, default_k=None, layer=layer)
     return data
+
+
+def from_memory(data, data_type: str, *, truth=None, n_clusters: int | None = None, layer: str | None = None,
+                name: str = "in_memory") -> MultiOmicsData:
+    """The in-memory counterpart of `load` (the Python API's entry): `data` is a MuData, a dict modality name ->
+    AnnData, or a list of AnnData in the data type's modality order (RNA first). The modalities are checked and
+    aligned by `obs_names` exactly as files are (the same refusals, naming `data['ADT']` etc. instead of a file);
+    coordinates come from `obsm['spatial']` (of a modality, or of the MuData). `truth` is N labels in row order of
+    modality 1, or the name of an obs column. Nothing is read from or written to disk; the caller's objects are not
+    modified.
+    """
+
+    dtype = get_data_type(data_type)
+    mdata = data if hasattr(data, "mod") and hasattr(data, "obsm") else None
+    if mdata is not None:
+        mapping = _h5mu_mapping(Path("MuData"), mdata, dtype.modalities, None)
+        adatas, sources = {}, {}
+        for modality, key in mapping.items():
+            adata = mdata.mod[key]
+            if "spatial" not in adata.obsm and "spatial" in mdata.obsm:
+                adata = adata.copy()  # the coordinates live on the MuData: give this modality its own
+                positions = mdata.obs_names.get_indexer(adata.obs_names)
+                adata.obsm["spatial"] = np.asarray(mdata.obsm["spatial"])[positions]
+            adatas[modality], sources[modality] = adata, f"mdata.mod['{key}']"
+    elif isinstance(data, dict):
+        if not data:
+            raise SpamoInputError("data", "no modality given (an empty dict)")
+        adatas = dict(data)
+        sources = {modality: f"data['{modality}']" for modality in adatas}
+    elif isinstance(data, (list, tuple)):
+        if not 1 <= len(data) <= len(dtype.modalities):
+            raise SpamoInputError("data", f"{len(data)} AnnData objects but data type {dtype.name} has the "
+                                          f"modalities {', '.join(dtype.modalities)} (give a dict to name them)")
+        adatas = dict(zip(dtype.modalities, data))
+        sources = {modality: f"data[{i}] ({modality})" for i, modality in enumerate(adatas)}
+    else:
+        raise SpamoInputError("data", f"expected a MuData, a dict of AnnData or a list of AnnData, got "
+                                      f"{type(data).__name__}")
+    for modality, adata in adatas.items():
+        if not (hasattr(adata, "obs_names") and hasattr(adata, "obsm")):
+            raise SpamoInputError(sources[modality], f"is not an AnnData ({type(adata).__name__})")
+    labels = None
+    if isinstance(truth, str):
+        first = adatas[next(iter(adatas))]
+        labels = _h5mu_truth(Path("obs"), mdata if mdata is not None else first, first, truth)
+    elif truth is not None:
+        labels = np.asarray(truth)
+        if labels.ndim != 1:
+            raise SpamoInputError("truth", f"expected one label per spot, got shape {labels.shape}")
+        if not np.issubdtype(labels.dtype, np.integer):
+            _, labels = np.unique(labels.astype(str), return_inverse=True)
+        labels = labels.astype(np.int64)
+    return _build(name, dtype.name, adatas, sources, labels, None, n_clusters, default_k=None, layer=layer)
 
 
 def _h5mu_truth_source(truth: str | Path | None) -> tuple[str | None, Path | None]:
@@ -285,7 +296,6 @@ def _build(name: str, data_type: str, adatas: dict, sources: dict, truth: np.nda
            truth_path: Path | None, n_clusters: int | None, default_k: int | None,
            layer: str | None = None) -> MultiOmicsData:
     """Check every modality, align them by spot name, attach coordinates, ground truth (in row order) and K."""
-    from spamo.datatypes import get_data_type
 
     first_name = next(iter(adatas))
     first_source = sources[first_name]
@@ -301,8 +311,6 @@ def _build(name: str, data_type: str, adatas: dict, sources: dict, truth: np.nda
         if truth.shape[0] == n_spots and spot_ids is not None:
             truth = truth[spot_ids]  # line i is the label of the spot whose id is i
     elif truth is None and "spfac" in first.obsm:
-        from spamo.simulate import truth_from_spfac
-
         truth = truth_from_spfac(_dense(first.obsm["spfac"]))
     if truth is not None and truth.shape[0] != n_spots:
         where = truth_path if truth_path is not None else first_source
@@ -379,16 +387,6 @@ def read_h5ad_checked(path: str | Path):
 
 
 # ------------------------------------------------------------------------------------------------ checks
-def input_matrix(adata, layer: str | None = None, where: Path | str = "--layer"):
-    """The matrix every stage reads: `.X` (as the reference does), or `layers[layer]` when a layer is named."""
-    if layer is None:
-        return adata.X
-    if layer not in adata.layers:
-        have = ", ".join(adata.layers.keys()) or "none"
-        raise SpamoInputError(where, f"has no layers['{layer}'] (layers here: {have})")
-    return adata.layers[layer]
-
-
 def matrix_label(layer: str | None) -> str:
     return ".X" if layer is None else f"layers['{layer}']"
 
@@ -634,6 +632,6 @@ def dataset_summary(data: MultiOmicsData) -> dict:
 
 
 __all__ = ["DatasetSpec", "dataset_registry", "get_dataset_spec", "load", "load_dataset", "load_layout", "load_folder",
-           "load_h5mu", "parse_modality_files", "input_matrix", "matrix_label", "raw_counts", "check_modality",
+           "load_h5mu", "from_memory", "parse_modality_files", "input_matrix", "matrix_label", "raw_counts", "check_modality",
            "align_modalities", "read_truth_file", "spot_ids_from_names", "detect_layout", "dataset_summary",
            "check_n_clusters"]

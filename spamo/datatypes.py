@@ -1,14 +1,16 @@
 """Registry of data types: each one names its modalities, its graph and training defaults, and its preprocessing.
 
-Adding a data type means registering one `DataType`; nothing else in spamo branches on the type's name.
+Adding a data type means adding its recipe to `spamo.preprocessing.RECIPES` and registering one `DataType` with it;
+nothing else in spamo branches on the type's name. This module imports the recipes (one way: preprocessing knows
+nothing of the registry).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 from spamo.errors import SpamoInputError
+from spamo.preprocessing import RECIPES, Recipe
 
 
 @dataclass(frozen=True)
@@ -18,11 +20,10 @@ class DataType:
     spatial_k: int  # k of the spatial kNN graph (docs/method.md section 2)
     weight_decay: float  # docs/method.md section 5
     epochs: int  # docs/method.md section 5
+    preprocess: Recipe  # the type's preprocessing recipe (docs/method.md section 1)
     # spot names are spot ids and the truth file / labels.txt are in spot-id order (the Simulation layout,
     # docs/data.md section 1: the reference parses each name as an integer id and writes label j at line id_j)
     spot_id_order: bool = False
-    # preprocessing recipe: filled by spamo.preprocessing when it registers its recipes
-    preprocess: Callable | None = None
 
 
 _REGISTRY: dict[str, DataType] = {}
@@ -34,7 +35,6 @@ def register(dtype: DataType) -> DataType:
 
 
 def get_data_type(name: str) -> DataType:
-    _load_recipes()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -42,18 +42,16 @@ def get_data_type(name: str) -> DataType:
 
 
 def data_type_names() -> list[str]:
-    _load_recipes()
     return list(_REGISTRY)
 
 
-def _load_recipes() -> None:
-    # Importing the preprocessing module registers the recipes on the types below.
-    import spamo.preprocessing  # noqa: F401
-
-
-register(DataType("10x", ("RNA", "ADT"), spatial_k=3, weight_decay=5e-3, epochs=200))
-register(DataType("SPOTS", ("RNA", "ADT"), spatial_k=3, weight_decay=5e-3, epochs=200))
-register(DataType("Stereo-CITE-seq", ("RNA", "ADT"), spatial_k=6, weight_decay=5e-2, epochs=300))
-register(DataType("Spatial-epigenome-transcriptome", ("RNA", "ATAC"), spatial_k=6, weight_decay=5e-2, epochs=300))
+register(DataType("10x", ("RNA", "ADT"), spatial_k=3, weight_decay=5e-3, epochs=200,
+                  preprocess=RECIPES["10x"]))
+register(DataType("SPOTS", ("RNA", "ADT"), spatial_k=3, weight_decay=5e-3, epochs=200,
+                  preprocess=RECIPES["SPOTS"]))
+register(DataType("Stereo-CITE-seq", ("RNA", "ADT"), spatial_k=6, weight_decay=5e-2, epochs=300,
+                  preprocess=RECIPES["Stereo-CITE-seq"]))
+register(DataType("Spatial-epigenome-transcriptome", ("RNA", "ATAC"), spatial_k=6, weight_decay=5e-2, epochs=300,
+                  preprocess=RECIPES["Spatial-epigenome-transcriptome"]))
 register(DataType("Simulation", ("RNA", "ADT", "ATAC"), spatial_k=3, weight_decay=2e-2, epochs=200,
-                  spot_id_order=True))
+                  preprocess=RECIPES["Simulation"], spot_id_order=True))

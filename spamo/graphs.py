@@ -32,6 +32,7 @@ import scipy.sparse as sp
 import torch
 from scipy.spatial import cKDTree
 from sklearn.neighbors import NearestNeighbors
+from spamo.datatypes import get_data_type
 
 log = logging.getLogger(__name__)
 
@@ -313,8 +314,8 @@ def sklearn_neighbours(coords: np.ndarray, k: int) -> np.ndarray:
 
     Its order decides ties, which are the rule on grids (a spot has 4 neighbours at the same distance and k = 3 keeps
     three), so this, not the index order, reproduces the reference's graph. As in the reference, a spot whose
-    coordinates repeat may keep itself and drop a twin (whichever comes first among equals). Memory O(N k); about as
-    fast as the index-ordered KD-tree search (100,000 spots: 1.2 s against 1.9 s here).
+    coordinates repeat may keep itself and drop a twin (whichever comes first among equals). Memory O(N k), and no
+    slower than the index-ordered KD-tree search (`benchmarks/bench_graphs.py`).
     """
     x = np.asarray(coords, dtype=np.float64)
     if x.ndim != 2 or not np.isfinite(x).all():
@@ -380,8 +381,6 @@ def build_graphs(prepared, config, method: str = "auto") -> GraphSet:
     """
     spatial_k = config.spatial_k
     if spatial_k is None:
-        from spamo.datatypes import get_data_type
-
         spatial_k = get_data_type(prepared.data_type).spatial_k
     spatial = spatial_graph(prepared.coords, spatial_k, ties=config.knn_ties)
     feature = feature_graphs(prepared, config.knn_k, weight=config.feature_graph_weight, method=method, seed=config.seed)

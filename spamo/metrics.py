@@ -15,9 +15,13 @@ Without a ground truth (`label_free_scores`), on the PCA-20 embedding (the embed
   other spots; undirected, each edge counted once) whose two ends carry the same predicted label. 1 means every spot
   agrees with all its neighbours; a random labelling with K equal clusters scores about 1 / K.
 
-Text format (`format_metrics_text`): one line per score, ``Name: value`` with six decimals, in the order of
-`TEXT_ORDER` (the reference's printout order: Jaccard, F_measure, Mutual Information, NMI, AMI, V-measure,
-Homogeneity, Completeness, ARI, FMI, Avg.), then any other score (ASW, ...) in the order given.
+Text format (`format_metrics_text`): exactly the file the reference's `cal_matrics.py` writes, so that results can be
+compared line by line with the authors' `results/*/metrics.txt`: one line per ground-truth score, in the order of
+`TEXT_ORDER` (Jaccard, F_measure, Mutual Information, NMI, AMI, V-measure, Homogeneity, Completeness, ARI, FMI, Avg.),
+each ``Our     <label>: <value>`` with five spaces after "Our", six decimals, and the reference's labels (`jaccard` in
+lower case, `(ARI)` and `(FMI)` in parentheses; see `REFERENCE_TEXT_LABELS`), e.g. ``Our     (ARI): 0.995721``.
+Label-free scores (ASW, ...) are not part of that file; they are in metrics.json. `parse_metrics_text` reads this
+layout and the older ``Name: value`` one, and returns `TEXT_ORDER` names either way.
 """
 
 from __future__ import annotations
@@ -64,14 +68,14 @@ SCORES: tuple[tuple[str, str, bool], ...] = (
     ("asw", "ASW", False),
     ("asw_gt", "ASW_gt", True),
     ("spatial_coherence", "Spatial coherence", False),
-    # label-free selection criteria of spamo.selection (h6): computed per trial by the search, not by every run
-    ("consistency", "Cross-modal consistency", False),
-    ("stability", "Stability", False),
-    ("composite", "Composite", False),
 )
 SCORE_NAMES: tuple[str, ...] = tuple(name for name, _, _ in SCORES)
 TRUTH_SCORES: tuple[str, ...] = tuple(name for name, _, truth in SCORES if truth)
-LABEL_FREE_SCORES: tuple[str, ...] = tuple(name for name, _, truth in SCORES if not truth)
+# The label-free selection criteria of spamo.selection (h6) are scored per search trial (they need the run's
+# intermediate reports), not by every run, so they are search metrics and trials.parquet columns but not columns of
+# the run/evaluation score tables.
+SEARCH_CRITERIA: tuple[str, ...] = ("consistency", "stability", "composite")
+LABEL_FREE_SCORES: tuple[str, ...] = tuple(name for name, _, truth in SCORES if not truth) + SEARCH_CRITERIA
 _MACHINE = {label: name for name, label, _ in SCORES}
 _LABEL = {name: label for name, label, _ in SCORES}
 ASW_MAX_SPOTS = 10_000
@@ -256,24 +260,49 @@ def clustering_scores(labels, embedding, coords=None, truth=None, seed: int = 0)
 # ------------------------------------------------------------------------------------------------ text format
 
 
+# TEXT_ORDER name -> the label the reference's cal_matrics.py writes for it
+REFERENCE_TEXT_LABELS = {
+    "Jaccard": "jaccard",
+    "F_measure": "F_measure",
+    "Mutual Information": "Mutual Information",
+    "NMI": "NMI",
+    "AMI": "AMI",
+    "V-measure": "V-measure",
+    "Homogeneity": "Homogeneity",
+    "Completeness": "Completeness",
+    "ARI": "(ARI)",
+    "FMI": "(FMI)",
+    "Avg.": "Avg.",
+}
+REFERENCE_TEXT_PREFIX = "Our     "
+
+
 def format_metrics_text(scores: dict[str, float]) -> str:
-    """One ``Name: value`` line per score, six decimals, reference order first (see module docstring)."""
-    names = [name for name in TEXT_ORDER if name in scores]
-    names += [name for name in scores if name not in TEXT_ORDER]
-    return "".join(f"{name}: {float(scores[name]):.6f}\n" for name in names)
+    """The reference's metrics.txt for the ground-truth scores among `scores` (keyed by `TEXT_ORDER` names), in
+    `TEXT_ORDER`, six decimals (see module docstring); other scores are left out."""
+    return "".join(f"{REFERENCE_TEXT_PREFIX}{REFERENCE_TEXT_LABELS[name]}: {float(scores[name]):.6f}\n"
+                   for name in TEXT_ORDER if name in scores)
+
+
+_FROM_REFERENCE_LABEL = {label.lower(): name for name, label in REFERENCE_TEXT_LABELS.items()} | {
+    name.lower(): name for name in TEXT_ORDER}
 
 
 def parse_metrics_text(text: str, where: str = "metrics") -> dict[str, float]:
-    """Read back what `format_metrics_text` wrote (blank lines ignored)."""
+    """Read a metrics.txt in the reference's layout (``Our     (ARI): 0.995721``) or the older ``ARI: 0.995721``
+    one (blank lines ignored); keys are `TEXT_ORDER` names where the label is one, else the label as written."""
     scores: dict[str, float] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         name, sep, value = line.rpartition(":")
+        label = name.strip()
+        if label.startswith("Our "):
+            label = label[4:].strip()
         try:
-            if not sep or not name.strip():
+            if not sep or not label:
                 raise ValueError
-            scores[name.strip()] = float(value)
+            scores[_FROM_REFERENCE_LABEL.get(label.lower(), label)] = float(value)
         except ValueError:
             raise SpamoInputError(where, f"line {number} is not 'Name: value': {line.strip()[:60]!r}") from None
     return scores

@@ -14,19 +14,32 @@ from pathlib import Path
 
 import numpy as np
 
+from spamo import datasets, run_folder
+from spamo.clustering import cluster
 from spamo.config import SpamoConfig
 from spamo.data import MultiOmicsData, PreparedData
 from spamo.errors import SpamoInputError
-from spamo import run_folder
+from spamo.graphs import build_graphs
 from spamo.io import atomic_dir, file_sha256
 from spamo.metrics import clustering_scores
+from spamo.preprocessing import preprocess
+from spamo.training import train
 
 VERSIONED_PACKAGES = ("spamo", "torch", "numpy", "scipy", "scikit-learn", "scanpy", "anndata", "ray", "optuna")
 
 
+DOMAIN_KEY = "spamo_domain"  # obs column that RunResult.annotate writes (a run folder's embedding.h5ad says 'domain')
+
+
 @dataclass
 class RunResult:
-    """Everything one run produced, in memory."""
+    """Everything one run produced, in memory (what `spamo.fit` returns).
+
+    `embedding` (= `fused`) is the fused, L2-normalised embedding, one row per kept spot in the order of
+    `spot_names`; `per_modality` the embedding of each modality (same rows); `labels` the domain of each kept spot;
+    `scores` the machine-named scores (`spamo.metrics.SCORES`: truth scores only with a ground truth); `config` the
+    resolved configuration. Preprocessing may drop spots (the Stereo-CITE-seq filters): `spot_names` lists those kept.
+    """
 
     prepared: PreparedData
     config: SpamoConfig  # resolved
@@ -37,6 +50,65 @@ class RunResult:
     history: list[dict]
     timings: dict = field(default_factory=dict)
     device: str = "cpu"
+    data: MultiOmicsData | None = None  # the loaded data it was trained on (for write(): provenance, label order)
+
+    @property
+    def embedding(self) -> np.ndarray:
+        return self.fused
+
+    @property
+    def spot_names(self) -> np.ndarray:
+        return np.asarray(self.prepared.spot_names).astype(str)
+
+    @property
+    def modality_names(self) -> list[str]:
+        return list(self.prepared.modality_names)
+
+    def annotate(self, target) -> None:
+        """Write the result into an AnnData or MuData, in place, matched by `obs_names`:
+
+        - ``obsm['X_spamo']``: the fused embedding (float32, n_obs x latent_dim);
+        - ``obsm['X_spamo_<modality>']``: each modality's embedding (``X_spamo_RNA``, ``X_spamo_ADT``, ...);
+        - ``obs['spamo_domain']``: the domain of each spot, categorical (categories '0', '1', ... in numeric order).
+
+        Spots the run did not keep (dropped by preprocessing) get NaN rows and a missing domain. A MuData gets the
+        keys on the MuData itself (``mdata.obsm`` / ``mdata.obs``), not on its modalities.
+        """
+        import pandas as pd
+
+        if not (hasattr(target, "obs_names") and hasattr(target, "obsm") and hasattr(target, "obs")):
+            raise SpamoInputError("annotate", f"expected an AnnData or a MuData, got {type(target).__name__}")
+        names = pd.Index(np.asarray(target.obs_names).astype(str))
+        rows = pd.Index(self.spot_names).get_indexer(names)
+        found = rows >= 0
+        if not found.any():
+            raise SpamoInputError("annotate", f"none of the {len(names)} obs_names is a spot of this result "
+                                              f"(e.g. '{names[0] if len(names) else ''}')")
+
+        def spread(matrix: np.ndarray) -> np.ndarray:
+            out = np.full((len(names), matrix.shape[1]), np.nan, dtype=np.float32)
+            out[found] = np.asarray(matrix, dtype=np.float32)[rows[found]]
+            return out
+
+        target.obsm[run_folder.OBSM_FUSED] = spread(self.fused)
+        for name, emb in zip(self.modality_names, self.per_modality):
+            target.obsm[run_folder.obsm_modality(name)] = spread(emb)
+        categories = [str(v) for v in sorted(np.unique(self.labels).astype(int))]
+        values = np.full(len(names), None, dtype=object)
+        values[found] = [str(int(v)) for v in np.asarray(self.labels)[rows[found]]]
+        target.obs[DOMAIN_KEY] = pd.Categorical(values, categories=categories)
+
+    def embedding_anndata(self):
+        """The AnnData a run folder stores as embedding.h5ad (`spamo.run_folder`), built in memory."""
+        if self.data is None:
+            raise SpamoInputError("result", "this result does not carry its data")
+        return run_embedding(self, self.data).to_anndata()
+
+    def write(self, out_dir: str | Path, draw: bool = True) -> Path:
+        """Write the run folder (what `spamo run --out` writes; see `spamo.run_folder`), atomically."""
+        if self.data is None:
+            raise SpamoInputError("result", "this result does not carry its data; use pipeline.write_outputs")
+        return write_outputs(self, self.data, out_dir, draw=draw)
 
 
 def load_data(
@@ -50,7 +122,6 @@ def load_data(
     layer: str | None = None,
 ) -> MultiOmicsData:
     """Load a named dataset (`hln`, `mb`, `sim`), a folder of .h5ad files, or one .h5mu file (`datasets.load`)."""
-    from spamo import datasets
 
     if dataset is not None and data_dir is not None:
         raise SpamoInputError("--dataset", "give either --dataset or --data-dir, not both")
@@ -66,7 +137,6 @@ def load_data(
 def prepare(data: MultiOmicsData, config: SpamoConfig, modalities: list[str] | None = None
             ) -> tuple[PreparedData, SpamoConfig]:
     """Preprocess the data and resolve the config against it (data type, modality count, spot count)."""
-    from spamo.preprocessing import preprocess
 
     config = config.replace(data_type=data.data_type,
                             n_clusters=config.n_clusters or data.n_clusters)
@@ -87,7 +157,6 @@ def prepare(data: MultiOmicsData, config: SpamoConfig, modalities: list[str] | N
 def cluster_and_score(prepared: PreparedData, fused: np.ndarray, config: SpamoConfig,
                       method: str | None = None) -> tuple[np.ndarray, dict]:
     """Cluster the fused embedding into n_clusters domains and score them (machine names, `metrics.SCORES`)."""
-    from spamo.clustering import cluster
 
     labels = cluster(fused, config.n_clusters, method=method or config.cluster_method, n_pcs=config.n_pcs,
                      coords=prepared.coords, smooth=config.smooth, init_k=config.init_k)
@@ -102,8 +171,6 @@ def fit_and_cluster(prepared: PreparedData, config: SpamoConfig, graphs=None, ca
 
     `train_options` go to `spamo.training.train` as they are (checkpoints: `start_from`, `on_checkpoint`,
     `checkpoint_every`)."""
-    from spamo.graphs import build_graphs
-    from spamo.training import train
 
     timings: dict = {}
     start = time.perf_counter()
@@ -130,6 +197,7 @@ def run(data: MultiOmicsData, config: SpamoConfig, modalities: list[str] | None 
     prepared, resolved = prepare(data, config, modalities)
     prep_s = time.perf_counter() - start
     result = fit_and_cluster(prepared, resolved, progress=progress)
+    result.data = data
     result.timings = {"preprocess_s": prep_s, **result.timings, "total_s": time.perf_counter() - start}
     return result
 
@@ -171,7 +239,7 @@ def run_embedding(result: RunResult, data: MultiOmicsData) -> run_folder.RunEmbe
         per_modality=dict(zip(prep.modality_names, result.per_modality)), labels=result.labels, truth=prep.truth,
         data_type=prep.data_type, dataset=prep.name,
         sources={name: str(Path(p).resolve()) for name, p in data.sources.items()
-                 if p is not None and name in prep.modality_names},
+                 if isinstance(p, Path) and name in prep.modality_names},  # in-memory data has no file
         n_clusters=int(result.config.n_clusters), seed=int(result.config.seed))
 
 

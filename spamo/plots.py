@@ -1,7 +1,18 @@
-"""Pictures of a run: the spatial domain map beside a UMAP of the fused embedding."""
+"""Pictures of a run: the spatial domain map beside a UMAP of the fused embedding.
+
+The UMAP's fixed cost is kept out of every run (it was about 17 s at 2,500 spots, whatever the data):
+* neighbours: below 4,096 points umap-learn finds them with scikit-learn's `pairwise_distances` and a Python-level
+  callable metric, one Python call per pair (3 million at 2,500 spots: most of those seconds). The exact 15 nearest
+  neighbours come from scikit-learn's vectorised `NearestNeighbors` instead and go in as `precomputed_knn`: the same
+  neighbours, the same layout algorithm;
+* compilation: umap-learn's numba functions are not cached on disk, so each process compiles them again;
+  `_cache_umap_compilation` switches numba's on-disk cache on for them (compiled once per machine and umap version).
+"""
 
 from __future__ import annotations
 
+import sys
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -11,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 UMAP_MAX_SPOTS = 50_000  # above this the UMAP is drawn on a seeded subsample: it is a picture, not a result
+UMAP_NEIGHBOURS = 15
 
 
 def domain_colors(labels: np.ndarray) -> tuple[np.ndarray, dict]:
@@ -25,11 +37,55 @@ def domain_colors(labels: np.ndarray) -> tuple[np.ndarray, dict]:
     return np.array([lookup[v] for v in labels]), lookup
 
 
+def _cache_umap_compilation() -> None:
+    """Switch numba's on-disk cache on for every jitted function of umap-learn and pynndescent not yet cached.
+
+    numba keeps the compiled code next to the package (or in its user-wide cache where that is read-only) and
+    checks the source's time stamp, so a new umap version recompiles. Best effort: an old numba without
+    `enable_caching` just compiles as before.
+    """
+    try:
+        from numba.core.registry import CPUDispatcher
+    except ImportError:
+        return
+    seen = set()
+    for name, module in list(sys.modules.items()):
+        if module is None or not name.startswith(("umap", "pynndescent")):
+            continue
+        for obj in list(vars(module).values()):
+            if not isinstance(obj, CPUDispatcher) or type(getattr(obj, "_cache", None)).__name__ != "NullCache":
+                continue
+            # numba's cache index does not key on options: of two dispatchers of one Python function (umap has a
+            # serial and a parallel layout epoch) only the serial one is cached, the one n_jobs=1 runs
+            if obj.targetoptions.get("parallel") or obj.py_func in seen:
+                continue
+            seen.add(obj.py_func)
+            try:
+                obj.enable_caching()
+            except Exception:  # noqa: BLE001 - a function numba cannot cache compiles as before
+                pass
+
+
+def nearest_neighbours(points: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest neighbours (euclidean) of every point, itself first: (indices, distances), both N x k."""
+    from sklearn.neighbors import NearestNeighbors
+
+    distances, indices = NearestNeighbors(n_neighbors=k).fit(points).kneighbors(points)
+    return indices.astype(np.int32), distances.astype(np.float32)
+
+
 def umap_coordinates(embedding: np.ndarray, seed: int = 0) -> np.ndarray:
     import umap
 
-    reducer = umap.UMAP(n_neighbors=15, min_dist=0.3, random_state=seed, n_jobs=1)
-    return reducer.fit_transform(np.asarray(embedding, dtype=np.float32))
+    _cache_umap_compilation()
+    points = np.asarray(embedding, dtype=np.float32)
+    k = min(UMAP_NEIGHBOURS, len(points) - 1)
+    indices, distances = nearest_neighbours(points, k)
+    reducer = umap.UMAP(n_neighbors=k, min_dist=0.3, random_state=seed, n_jobs=1,
+                        precomputed_knn=(indices, distances, None))
+    with warnings.catch_warnings():  # no search index is passed: `transform` is not needed for a picture
+        warnings.filterwarnings("ignore", message=r"precomputed_knn\[2\]")
+        return reducer.fit_transform(points)
 
 
 def plot_domains(coords: np.ndarray, embedding: np.ndarray, labels: np.ndarray, path: str | Path,

@@ -1,4 +1,5 @@
-"""Per-data-type preprocessing into model-ready features (docs/method.md section 1). Recipes register on the data types.
+"""Per-data-type preprocessing into model-ready features (docs/method.md section 1): `RECIPES`, one
+recipe per data type, which the registry `spamo.datatypes` takes its types' recipes from.
 
 A recipe maps each modality (by its conventional name, or its position) to a `ModalityRecipe`: feature and spot
 filters on raw counts, then a chain of small steps (`normalize_total`, `keep_hvg`, `log1p`, `scale`, `clr`, `pca`,
@@ -20,8 +21,7 @@ from typing import Callable
 import numpy as np
 import scipy.sparse as sp
 
-from spamo.data import MultiOmicsData, PreparedData
-from spamo.datatypes import _REGISTRY, register
+from spamo.data import MultiOmicsData, PreparedData, input_matrix
 from spamo.errors import SpamoInputError
 from spamo.modalities import kind_of, names_for
 
@@ -38,8 +38,6 @@ SCALE_MAX_VALUE = None  # scanpy's `sc.pp.scale` default: z-score without clippi
 def raw_counts(adata, layer: str | None = None) -> np.ndarray | sp.csr_matrix:
     """The input matrix of a modality, CSR if sparse, float64: `.X` as the reference reads it for every modality
     and data type (docs/method.md section 8), or `layers[layer]` when the user names a layer."""
-    from spamo.datasets import input_matrix
-
     matrix = input_matrix(adata, layer)
     if hasattr(matrix, "to_memory"):  # backed sparse dataset
         matrix = matrix.to_memory()
@@ -402,13 +400,13 @@ def _n_adt(recipe: Recipe, names: list[str], counts: list) -> int:
 
 
 def preprocess(data: MultiOmicsData, seed: int = 2025) -> PreparedData:
-    """Model-ready features of a loaded dataset, by the recipe registered on its data type."""
-    from spamo.datatypes import get_data_type
-
-    dtype = get_data_type(data.data_type)
-    if dtype.preprocess is None:
-        raise SpamoInputError("data_type", f"data type '{dtype.name}' has no preprocessing recipe")
-    return dtype.preprocess(data, seed)
+    """Model-ready features of a loaded dataset, by the recipe of its data type (`RECIPES`, which the data-type
+    registry `spamo.datatypes` registers each type with)."""
+    recipe = RECIPES.get(data.data_type)
+    if recipe is None:
+        raise SpamoInputError("data_type", f"data type '{data.data_type}' has no preprocessing recipe "
+                                           f"(known: {', '.join(RECIPES)})")
+    return recipe(data, seed)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -447,12 +445,3 @@ RECIPES: dict[str, Recipe] = {
         }
     ),
 }
-
-
-def _register_recipes() -> None:
-    for name, recipe in RECIPES.items():
-        if name in _REGISTRY:
-            register(dataclasses.replace(_REGISTRY[name], preprocess=recipe))
-
-
-_register_recipes()

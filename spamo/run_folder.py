@@ -45,22 +45,19 @@ OBSM_MODALITY_PREFIX = "X_spamo_"
 UNS_KEY = "spamo"
 
 
-def check_output(path: str | Path, *, folder: bool, where: str = "--out") -> Path:
-    """Refuse, before any work, an output path that cannot be written: a file where a folder is wanted (or the
-    reverse), a path under a file, or a parent folder without write permission."""
+def check_output_file(path: str | Path, where: str = "--out") -> Path:
+    """Refuse, before any work, an output file path that cannot be written: an existing folder, a path under a
+    file, or a parent folder without write permission (folders: `spamo.io.check_output_folder`)."""
     path = Path(path)
-    if path.exists():
-        if folder and not path.is_dir():
-            raise SpamoInputError(where, f"{path} is a file, not a folder")
-        if not folder and path.is_dir():
-            raise SpamoInputError(where, f"{path} is a folder, not a file")
+    if path.is_dir():
+        raise SpamoInputError(where, f"{path} is a folder, not a file")
     parent = path.absolute().parent
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
-        raise SpamoInputError(where, f"{path} is under {parent}, which is a file, not a folder")
+        raise SpamoInputError(where, f"{path} lies under {parent}, which is a file")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise SpamoInputError(where, f"cannot write in {parent} (permission denied)")
+        raise SpamoInputError(where, f"{parent} is not writable")
     return path
 
 

@@ -24,8 +24,9 @@ from typing import Callable
 import numpy as np
 import scipy.sparse as sp
 
+from spamo.dataset_table import get_dataset_spec
 from spamo.errors import SpamoInputError
-from spamo.io import read_toml, write_h5ad
+from spamo.io import atomic_dir, read_toml, write_h5ad
 
 CHUNK_SPOTS = 16384
 MIN_SPOTS, MAX_SPOTS = 300, 1_000_000
@@ -476,9 +477,6 @@ def write_simulation(out_dir: str | Path, n_spots: int = 1296, seed: int = 0, la
     Modalities are generated and written one at a time (peak memory: one modality), into a temporary sibling
     folder that is renamed into place at the end, so an interrupted run leaves nothing half-written.
     """
-    from spamo.datasets import get_dataset_spec
-    from spamo.io import atomic_dir
-
     check_simulation_args(n_spots, n_domains, layout, grid)
     check_difficulty(difficulty, layout, n_domains)
     spec = get_dataset_spec(layout)

@@ -20,6 +20,8 @@ from typer.testing import CliRunner
 from cli import app
 from spamo.analysis import (ENRICHMENT_COLUMNS, MARKER_COLUMNS, PAGA_COLUMNS, benjamini_hochberg,
                             fetch_enrichr_library, parse_gmt_text)
+from spamo import run_folder
+from spamo.datasets import load_folder
 from spamo.errors import MissingDependencyError, SpamoInputError
 from spamo.simulate import simulate
 
@@ -42,18 +44,12 @@ def write_run_folder(run_dir: Path, data_dir: Path, sim, seed: int = 0, drop_eve
     fused[np.arange(kept.sum()), truth] = 1.0
     fused += rng.normal(0, 0.3, size=fused.shape).astype(np.float32)
     fused /= np.linalg.norm(fused, axis=1, keepdims=True)
-    obs = pd.DataFrame(index=pd.Index(spot_names[kept], name="spot"))
-    obs["domain"] = pd.Categorical([str(int(v)) for v in truth])
-    obs["truth"] = pd.Categorical([str(int(v)) for v in truth])
-    emb = ad.AnnData(obs=obs)
-    emb.obsm["spatial"] = np.asarray(sim.coords, dtype=np.float64)[kept]
-    emb.obsm["X_spamo"] = fused
-    for name in sim.modalities:
-        emb.obsm[f"X_spamo_{name}"] = fused
-    emb.uns["spamo"] = {"data_type": "Simulation", "dataset": "sim", "modalities": list(sim.modalities),
-                        "sources": {n: str((data_dir / MODALITY_FILES[n]).resolve()) for n in sim.modalities}}
-    emb.write_h5ad(run_dir / "embedding.h5ad")
-    (run_dir / "labels.txt").write_text("\n".join(str(int(v)) for v in truth) + "\n")
+    embedding = run_folder.RunEmbedding(
+        spot_names=spot_names[kept], coords=np.asarray(sim.coords, dtype=np.float64)[kept], fused=fused,
+        per_modality={name: fused for name in sim.modalities}, labels=truth, truth=truth, data_type="Simulation",
+        dataset="sim", sources={n: str((data_dir / MODALITY_FILES[n]).resolve()) for n in sim.modalities})
+    run_folder.write_embedding(embedding, run_dir / run_folder.EMBEDDING_FILE)
+    run_folder.write_labels(truth, run_dir / run_folder.LABELS_FILE)
     return list(spot_names[kept])
 
 
@@ -153,6 +149,25 @@ def test_python_api_is_deterministic_and_honours_groupby(analysed, tmp_path):
     assert first.enrichment.empty and pq.read_schema(tmp_path / "a" / "enrichment.parquet").names == \
         ENRICHMENT_COLUMNS
     assert set(first.figures) >= {"paga", "top_markers_spatial", "markers_RNA"}
+
+
+def test_in_memory_analysis_gives_the_run_folder_tables_and_writes_nothing_without_out_dir(analysed, tmp_path):
+    """analyze_data on the loaded data in memory = analyze on the run folder (one code path, one raw-file reader)."""
+    from spamo.analysis import analyze, analyze_data
+
+    run = analysed["root"] / "run"
+    from_folder = analyze(run, groupby="truth", out_dir=tmp_path / "folder", n_top=15, seed=2, permutations=0)
+    stored = ad.read_h5ad(run / "embedding.h5ad")
+    sim = load_folder(analysed["root"] / "data", "Simulation", modality_files=MODALITY_FILES)  # as `spamo run` does
+    labels = stored.obs["truth"].astype(int).to_numpy()  # integers, as a RunResult holds them
+    in_memory = analyze_data(sim, labels, stored.obsm["X_spamo"], spot_names=stored.obs_names, groupby="truth",
+                             n_top=15, seed=2, permutations=0)
+    assert in_memory.out_dir is None and not in_memory.figures
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"]
+    pd.testing.assert_frame_equal(in_memory.markers, from_folder.markers)
+    pd.testing.assert_frame_equal(in_memory.paga, from_folder.paga)
+    with pytest.raises(SpamoInputError, match="labels"):
+        analyze_data(sim, labels[:-1], stored.obsm["X_spamo"], spot_names=stored.obs_names)
 
 
 # ------------------------------------------------------------------------------------------------ refusals

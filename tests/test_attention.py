@@ -176,3 +176,19 @@ def test_attention_without_dropout_runs_the_fused_kernel_not_the_n_by_n_math_pat
     kernels = {event.name for event in prof.events() if "attention" in event.name}
     assert "aten::_scaled_dot_product_flash_attention_for_cpu" in kernels, kernels
     assert not any("math" in name for name in kernels), kernels
+
+
+@pytest.mark.skipif("compiled" not in BACKENDS, reason=f"C kernel unavailable: {attention_kernel.why_not()}")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_sampled_row_dots_equal_the_gathered_products(dtype):
+    """The feature graph's edge-value gradient: <left_i, right_j> per edge, kernel against the tensor formula."""
+    gen = torch.Generator().manual_seed(7)
+    left, right = (torch.randn(60, 24, generator=gen, dtype=dtype) for _ in range(2))
+    rows = torch.randint(0, 60, (500,), generator=gen).sort().values
+    cols = torch.randint(0, 60, (500,), generator=gen)
+    want = (left[rows] * right[cols]).sum(1)
+    got = attention_kernel.sampled_row_dots(left, right, rows, cols)
+    assert torch.allclose(got, want, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=1e-6)
+    torch.set_num_threads(2)
+    assert torch.equal(attention_kernel.sampled_row_dots(left, right, rows, cols), got)  # any thread count
+    assert attention_kernel.sampled_row_dots(left.to(torch.bfloat16), right.to(torch.bfloat16), rows, cols) is None

@@ -249,7 +249,7 @@ def test_a_failing_seed_run_keeps_the_finished_ones_and_writes_no_table(evaluate
     assert len(list((out / "seed_runs").glob("*.json"))) == 1  # the rank-2 run finished and is kept
 
 
-def test_analyze_writes_a_run_folder_of_the_best_configuration_and_analyses_it(evaluated):
+def test_analyze_writes_a_run_folder_of_the_best_configuration_and_analyses_it(evaluated, tmp_path):
     """What --analyze does, on the two-modality dataset: a `spamo run` folder from the cached seed run, analysed."""
     from evaluation.evaluate import EvaluateRequest, analyze_best, load_entry
     from evaluation.runs import group_by_dataset, read_run
@@ -270,6 +270,12 @@ def test_analyze_writes_a_run_folder_of_the_best_configuration_and_analyses_it(e
     assert metrics["scores"]["ari"] == seeds.set_index("key").loc[key.iloc[0], "ari"]
     markers = pd.read_parquet(run_dir / "analysis" / "markers.parquet")
     assert set(markers["modality"]) == {"RNA", "ADT"}
+    # analysed from the data in memory: the same tables as `spamo analyze` on the folder it wrote
+    from spamo.analysis import analyze
+
+    again = analyze(run_dir, out_dir=tmp_path / "again", seed=2025)
+    pd.testing.assert_frame_equal(markers, pd.read_parquet(tmp_path / "again" / "markers.parquet"))
+    pd.testing.assert_frame_equal(pd.read_parquet(run_dir / "analysis" / "paga.parquet"), again.paga)
 
 
 def test_bad_input_is_refused_in_one_line(tmp_path):

@@ -214,7 +214,7 @@ def test_build_graphs_takes_the_tie_order_from_the_config():
 
 
 def test_distance_edges_equal_scikit_learn_distance_graph_capped_and_normalised():
-    """model.md section 2: the correlation distance is the edge value before the symmetrise-and-cap step."""
+    """docs/method.md section 2: the correlation distance is the edge value before the symmetrise-and-cap step."""
     x = _features(150, d=12, seed=8)
     k = 6
     sk = kneighbors_graph(x, k, mode="distance", metric="correlation", include_self=False).toarray()

@@ -77,15 +77,23 @@ def test_identical_partitions_score_one_and_length_mismatch_refused():
 
 def test_text_format_six_decimals_in_reference_order_and_round_trip():
     truth, pred = random_labels(5, 300, 4, 6)
-    scores = score_against_truth(truth, pred) | {"ASW": -0.1234567891}
+    truth_scores = score_against_truth(truth, pred)
+    scores = truth_scores | {"ASW": -0.1234567891}
     text = format_metrics_text(scores)
     lines = text.splitlines()
-    assert [line.split(": ")[0] for line in lines] == list(TEXT_ORDER) + ["ASW"]
-    assert all(re.fullmatch(r"[A-Za-z_. -]+: -?\d+\.\d{6}", line) for line in lines)
-    assert "ASW: -0.123457" in lines
+    # the reference's cal_matrics.py layout, label for label (its results/Simulation/metrics.txt starts
+    # "Our     jaccard: 0.993396" and has "Our     (ARI): 0.995721"); label-free scores are not in it
+    assert [line.split(": ")[0] for line in lines] == [
+        "Our     jaccard", "Our     F_measure", "Our     Mutual Information", "Our     NMI", "Our     AMI",
+        "Our     V-measure", "Our     Homogeneity", "Our     Completeness", "Our     (ARI)", "Our     (FMI)",
+        "Our     Avg."]
+    assert all(re.fullmatch(r"Our     [A-Za-z_.() -]+: -?\d+\.\d{6}", line) for line in lines)
+    assert text.endswith("\n") and f"Our     (ARI): {truth_scores['ARI']:.6f}" in lines
     back = parse_metrics_text(text)
-    assert back.keys() == scores.keys()
-    assert all(abs(back[k] - scores[k]) <= 5e-7 for k in scores)
+    assert back.keys() == truth_scores.keys()
+    assert all(abs(back[k] - truth_scores[k]) <= 5e-7 for k in truth_scores)
+    old = parse_metrics_text("Jaccard: 0.5\nARI: 0.25\nASW: -0.1\n")  # the older layout is still read
+    assert old == {"Jaccard": 0.5, "ARI": 0.25, "ASW": -0.1}
     with pytest.raises(SpamoInputError, match="line 2"):
         parse_metrics_text("ARI: 0.5\nnonsense\n")
 
@@ -142,8 +150,8 @@ def test_score_command_prints_and_writes_metrics(tmp_path):
     result = CliRunner().invoke(app, ["score", "--truth", str(gt), "--pred", str(labels), "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert result.stdout == out.read_text() == format_metrics_text(score_against_truth(truth, pred))
-    assert result.stdout.splitlines()[0].startswith("Jaccard: ")
-    assert result.stdout.splitlines()[-1].startswith("Avg.: ")
+    assert result.stdout.splitlines()[0].startswith("Our     jaccard: ")
+    assert result.stdout.splitlines()[-1].startswith("Our     Avg.: ")
 
 
 @pytest.mark.parametrize("case,problem", [

@@ -83,7 +83,7 @@ def test_learnable_feature_graph_accepts_csr_and_adds_a_missing_diagonal():
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# The reference's behaviours (model.md section 8), each against a direct computation
+# The reference's behaviours (docs/method.md section 8), each against a direct computation
 
 
 def test_spatial_smoothness_divides_by_row_sum_clamped_at_one():

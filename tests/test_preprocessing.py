@@ -55,13 +55,15 @@ def test_rna_adt_types_give_n_adt_minus_one_components(data_type):
     assert prepared.n_spots == N and np.array_equal(prepared.kept_index, np.arange(N))
 
 
-def test_counts_layer_is_preferred_over_x():
+def test_x_is_read_unless_a_layer_is_named():
+    """As the reference: `.X` is the input of every modality; `data.layer` (--layer NAME) reads that layer."""
     data = _dataset("10x", ["RNA", "ADT"], [(300, 0.5), (8, 30)])
     adt = data.modalities["ADT"]
-    adt.layers["counts"] = adt.X.copy()
-    adt.X = np.full(adt.shape, 7.0, dtype=np.float32)  # transformed values that would give constant CLR
-    prepared = preprocess(data)
-    assert prepared.features[1].std(axis=0).max() > 0.1
+    adt.layers["counts"] = np.full(adt.shape, 7.0, dtype=np.float32)  # a matrix that would give constant CLR
+    assert preprocess(data).features[1].std(axis=0).max() > 0.1  # .X read: informative features
+    data.layer = "counts"
+    data.modalities["RNA"].layers["counts"] = data.modalities["RNA"].X.copy()
+    assert preprocess(data).features[1].std(axis=0).max() < 1e-6  # the layer read: constant CLR
 
 
 def test_stereo_cite_seq_filters_genes_spots_and_proteins():

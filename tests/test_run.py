@@ -77,7 +77,7 @@ def test_run_writes_every_output_in_the_reference_formats(small_simulation, tmp_
     assert metrics["scores"]["ari"] == pytest.approx(score_against_truth(truth, labels)["ARI"])
     assert metrics["ground_truth"]["sha256"] and metrics["scored_against_truth"] is True
     text = (out / "metrics.txt").read_text().splitlines()
-    assert text[0].startswith("Jaccard: ") and any(line.startswith("ARI: ") for line in text)
+    assert text[0].startswith("Our     jaccard: ") and any(line.startswith("Our     (ARI): ") for line in text)
     assert all(len(line.split(": ")[1].split(".")[1]) == 6 for line in text)
     emb = ad.read_h5ad(out / "embedding.h5ad")
     assert emb.obsm["X_spamo"].shape == (400, 64) and emb.obsm["X_spamo_RNA"].shape == (400, 64)

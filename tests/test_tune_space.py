@@ -23,7 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_default_spaces_search_everything_the_issue_names_and_start_from_the_published_point(dataset, n_weights):
     space = load_space(space_path(dataset, None))
     wanted = {"dgi_weight", "spatial_weight", "knn_k", "optimizer", "lr", "weight_decay", "scheduler", "epochs",
-              "dropout", "use_cross_attn"} | {f"modality_weight_{i}" for i in range(n_weights)}
+              "dropout", "use_cross_attn", "ema_update"} | {f"modality_weight_{i}" for i in range(n_weights)}
+    if n_weights == 2:  # the 2-modality reference's distance-valued feature edges are searched against connectivity
+        wanted.add("feature_graph_weight")
     assert set(space.distributions) == wanted
     assert space.distributions["lr"].log and space.distributions["modality_weight_0"].log
     assert isinstance(space.distributions["knn_k"], od.IntDistribution)

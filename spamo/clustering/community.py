@@ -9,14 +9,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import igraph
 import numpy as np
 from scipy import sparse
 from sklearn.neighbors import NearestNeighbors
 
 from spamo.clustering.base import Backend, ClusteringFailed, ClusterRequest, register_backend, relabel_by_appearance
+
+if TYPE_CHECKING:
+    import igraph
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,8 @@ def knn_graph(points: np.ndarray, n_neighbors: int = GRAPH_NEIGHBOURS) -> igraph
     `spamo._compat.SCANPY_NEIGHBORS`): scanpy's compiles numba code in every new process (every Ray worker) and
     fails with scipy's sparse arrays above 4,096 spots. Unit edge weights; O(N k) memory.
     """
+    import igraph  # lazy: about a second of imports (its drawing modules) that runs not using it need not pay
+
     n_neighbors = min(n_neighbors, points.shape[0] - 1)
     found = NearestNeighbors(n_neighbors=n_neighbors + 1).fit(points).kneighbors(points, return_distance=False)
     rows = np.repeat(np.arange(points.shape[0]), n_neighbors + 1)
@@ -43,8 +47,10 @@ def knn_graph(points: np.ndarray, n_neighbors: int = GRAPH_NEIGHBOURS) -> igraph
 
 
 @contextlib.contextmanager
-def _igraph_seed(seed: int):
+def igraph_seed(seed: int):
     """igraph draws from Python's `random` by default; give it a private seeded generator for one call."""
+    import igraph
+
     igraph.set_random_number_generator(random.Random(seed))
     try:
         yield
@@ -54,7 +60,7 @@ def _igraph_seed(seed: int):
 
 def leiden_at(graph, resolution: float, seed: int) -> np.ndarray:
     """Leiden (modularity, 2 iterations): what scanpy's ``tl.leiden(flavor="igraph")`` runs on its graph."""
-    with _igraph_seed(seed):
+    with igraph_seed(seed):
         part = graph.community_leiden(objective_function="modularity", weights="weight", resolution=resolution,
                                       n_iterations=2)
     return np.asarray(part.membership, dtype=np.int64)
@@ -62,7 +68,7 @@ def leiden_at(graph, resolution: float, seed: int) -> np.ndarray:
 
 def louvain_at(graph, resolution: float, seed: int) -> np.ndarray:
     """Louvain (igraph's multilevel modularity optimisation with a resolution; the `louvain` package is not needed)."""
-    with _igraph_seed(seed):
+    with igraph_seed(seed):
         part = graph.community_multilevel(weights="weight", resolution=resolution)
     return np.asarray(part.membership, dtype=np.int64)
 

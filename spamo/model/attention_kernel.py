@@ -8,6 +8,8 @@ group in one cache-hot pass per row, with the mask bits made in registers:
 * `forward_rows`:  P = exp2(S - rowmax) (row max and row sum returned), S <- P o M         (one pass after the max)
 * `backward_probs`: P = exp2(S - lse) in place, PM <- P o M                                 (one pass)
 * `backward_scores`: dS = PM o dP - P o D, in place in dP                                   (one pass)
+* `sampled_row_dots`: <left_i, right_j> on the edges (i, j) of a sparse graph: the gradient of the learnable feature
+  graph's edge values (spamo/model/sparse.py), which tensor operations gather as two edges x d copies.
 
 M is the same keep mask as `attention.keep_mask_rows`: element e = row * cols + col of the call takes 16-bit lane
 e % 4 of SplitMix64(key + (e // 4 + 1) * gamma) read as a signed int16, kept when >= threshold. It depends only on
@@ -155,6 +157,21 @@ void backward_probs_SUFFIX(real *s, real *kept, const real *lse, int64_t rows, i
     }
 }
 
+/* out[e] = <left[rows[e]], right[cols[e]]> for every edge e (a sampled dense-dense product on a sparse support:
+   the gradient of a graph's edge values), without the edges x d gathers tensor operations need. */
+void sampled_row_dots_SUFFIX(const real *left, const real *right, const int64_t *rows, const int64_t *cols,
+                             int64_t edges, int64_t d, real *out, int threads) {
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t e = 0; e < edges; e++) {
+        const real *a = left + rows[e] * d;
+        const real *b = right + cols[e] * d;
+        real acc = 0;
+        #pragma omp simd reduction(+:acc)
+        for (int64_t k = 0; k < d; k++) acc += a[k] * b[k];
+        out[e] = acc;
+    }
+}
+
 /* dP <- dS = (P o M) o dP - P o D (D the per-row softmax-backward term), in place. */
 void backward_scores_SUFFIX(real *dp, const real *probs, const real *kept, const real *rowdot, int64_t rows,
                             int64_t cols, int threads) {
@@ -227,9 +244,11 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
         getattr(lib, f"forward_rows_{name}").argtypes = [p, i64, i64, i64, u64, i32, p, p, c]
         getattr(lib, f"backward_probs_{name}").argtypes = [p, p, p, i64, i64, i64, u64, i32, c]
         getattr(lib, f"backward_scores_{name}").argtypes = [p, p, p, p, i64, i64, c]
+        getattr(lib, f"sampled_row_dots_{name}").argtypes = [p, p, p, p, i64, i64, p, c]
     lib.keep_mask.argtypes = [p, i64, i64, i64, u64, i32, c]
     for fn in ("forward_rows_f32", "forward_rows_f64", "backward_probs_f32", "backward_probs_f64",
-               "backward_scores_f32", "backward_scores_f64", "keep_mask"):
+               "backward_scores_f32", "backward_scores_f64", "sampled_row_dots_f32", "sampled_row_dots_f64",
+               "keep_mask"):
         getattr(lib, fn).restype = None
     return lib
 
@@ -255,6 +274,29 @@ def load() -> ctypes.CDLL | None:
             _library, _why_not = None, str(error)
         _loaded = True
     return _library
+
+
+def sampled_row_dots(left, right, rows, cols):
+    """<left[rows[e]], right[cols[e]]> per edge through the kernel, or None where it does not apply.
+
+    Applies to CPU float32 / float64 matrices of one dtype and int64 edge indices; the caller falls back to tensor
+    operations on None (no compiler, CUDA, other dtypes). The per-edge sum order is fixed: thread-count invariant.
+    """
+    import torch
+
+    if (left.device.type != "cpu" or right.device.type != "cpu" or left.dtype != right.dtype
+            or left.dtype not in (torch.float32, torch.float64) or rows.dtype != torch.int64
+            or cols.dtype != torch.int64 or left.shape[1] != right.shape[1]):
+        return None
+    lib = load()
+    if lib is None:
+        return None
+    left, right, rows, cols = (t.contiguous() for t in (left, right, rows, cols))
+    out = torch.empty(rows.numel(), dtype=left.dtype)
+    fn = lib.sampled_row_dots_f32 if left.dtype == torch.float32 else lib.sampled_row_dots_f64
+    fn(left.data_ptr(), right.data_ptr(), rows.data_ptr(), cols.data_ptr(), rows.numel(), left.shape[1],
+       out.data_ptr(), torch.get_num_threads())
+    return out
 
 
 def why_not() -> str:
