@@ -37,6 +37,7 @@ import numpy as np
 from sklearn.metrics import adjusted_rand_score
 from sklearn.neighbors import NearestNeighbors
 
+from spamo.clustering import cluster
 from spamo.errors import SpamoInputError
 from spamo.metrics import SEARCH_CRITERIA
 
@@ -126,7 +127,6 @@ def stability(labels_a, labels_b) -> float:
 
 def kmeans_domains(embedding, n_clusters: int, seed: int, n_pcs: int = STABILITY_PCS) -> np.ndarray:
     """The cheap clustering the stability criterion compares (k-means on PCA, seeded)."""
-    from spamo.clustering import cluster
 
     return np.asarray(cluster(embedding, n_clusters, method="kmeans", n_pcs=n_pcs, seed=seed))
 
