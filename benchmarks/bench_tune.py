@@ -167,12 +167,13 @@ def memory(args, work: Path) -> list[str]:
     early = [s for s in samples if s[1] >= max(1, args.trials // 10)]
     at_early = max(s[2] for s in samples if s[1] <= early[0][1]) if early else float("nan")
     last = max(s[2] for s in samples)
-    tail = [s[2] for s in samples if s[1] >= args.trials * 0.9]
+    tail = [s[2] for s in samples if args.trials * 0.9 <= s[1] < args.trials]  # before the outputs are written
     growth = (max(tail) - at_early) / (args.trials * 0.8 / 100) if tail and early else float("nan")
     lines = header(f"Driver memory over a {args.trials}-trial search ({args.n_spots} spots, {args.epochs} epochs)",
                    args)
     lines += ["| trials | wall (s) | trials / hour | driver RSS after 10% of trials (MiB) | "
-              "driver RSS peak (MiB) | growth per 100 trials (MiB) |", "|---|---|---|---|---|---|",
+              "driver RSS peak, outputs included (MiB) | growth per 100 trials during the search (MiB) |",
+              "|---|---|---|---|---|---|",
               f"| {len(frame)} | {wall:.0f} | {3600 * len(frame) / wall:.1f} | {at_early:.0f} | {last:.0f} | "
               f"{growth:.1f} |", ""]
     return lines
