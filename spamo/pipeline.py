@@ -128,7 +128,7 @@ def load_data(
     if dataset is None and data_dir is None:
         raise SpamoInputError("--dataset", "give --dataset hln|mb|sim or --data-dir DIR --data-type TYPE")
     if dataset is not None:
-        datasets.get_dataset_spec(dataset)  # an unknown key is refused as a key, not looked up as a folder
+        datasets.check_dataset_key(dataset)  # an unknown key is refused as a key, not looked up as a folder
     source = dataset if dataset is not None else Path(data_dir)
     return datasets.load(source, data_type=data_type, modality_files=modality_files, truth=truth_file,
                          layer=layer, n_clusters=n_clusters, data_root=data_root)
