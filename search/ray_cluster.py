@@ -47,9 +47,7 @@ def connect(address: str | None, log=print, num_cpus: int | None = None) -> bool
                  configure_logging=False)
         start_reaper()
         return True
-    bootstrap = resolve(address)
-    if not bootstrap.startswith("ray://"):
-        check_token(bootstrap)
+    resolve(address)
     try:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
     except Exception as exc:  # noqa: BLE001 - any connection problem is one line for the user
@@ -69,7 +67,8 @@ def disconnect() -> None:
 
 
 def resolve(address: str) -> str:
-    """HOST:PORT (or ray://HOST:PORT) that `address` means, checked to answer; `auto` is looked up as Ray does."""
+    """HOST:PORT (or ray://HOST:PORT) that `address` means, checked to answer (and to accept this driver's token);
+    `auto` is looked up as Ray does."""
     if address == "auto":
         from ray._private.services import get_ray_address_from_environment
 
@@ -79,9 +78,12 @@ def resolve(address: str) -> str:
                                                "no registration of a `ray start`): give HOST:PORT, or run without "
                                                "--address for a local search")
         reachable(found, stale_hint=True)
-        return found
-    reachable(address)
-    return address
+    else:
+        found = address
+        reachable(found)
+    if not found.startswith("ray://"):
+        check_token(found)
+    return found
 
 
 def reachable(address: str, timeout_s: float = PROBE_TIMEOUT_S, stale_hint: bool = False) -> None:

@@ -30,7 +30,14 @@ import ray
 import torch
 from ray import tune
 
+from search.graph_cache import cached_graphs
+from search.space import trial_config
+from spamo.clustering import cluster
 from spamo.config import SpamoConfig
+from spamo.graphs import build_graphs
+from spamo.metrics import label_free_scores, machine_named, score_against_truth, spatial_coherence
+from spamo.pipeline import fit_and_cluster
+from spamo.selection import TrialFindings
 
 # At most this many spots enter the silhouette of an intermediate report (it is quadratic in the spots).
 PROBE_ASW_SPOTS = 1500
@@ -70,7 +77,6 @@ def where_am_i() -> dict:
 
 def probe_scores(prepared, embedding: np.ndarray, labels: np.ndarray, seed: int) -> dict:
     """Cheap scores of an intermediate clustering: truth scores, silhouette on a subsample, spatial coherence."""
-    from spamo.metrics import label_free_scores, machine_named, score_against_truth, spatial_coherence
 
     scores = {}
     if prepared.truth is not None:
@@ -89,8 +95,6 @@ class Probe:
     due checkpoint attached."""
 
     def __init__(self, prepared, config: SpamoConfig, started: float, node: dict, start_epoch: int = 0):
-        from spamo.selection import TrialFindings
-
         self.prepared, self.config, self.started, self.node = prepared, config, started, node
         self.start_epoch = start_epoch
         self.pending: bytes | None = None  # the last due checkpoint, serialised, not yet reported
@@ -104,8 +108,6 @@ class Probe:
         self.pending = buffer.getvalue()
 
     def __call__(self, epoch: int, embedding_fn, losses: dict) -> bool:
-        from spamo.clustering import cluster
-
         if epoch >= self.config.epochs:  # the final report follows at once
             return False
         embedding = embedding_fn()
@@ -159,10 +161,6 @@ def run_trial(sampled: dict, prepared=None, context: TrialContext | None = None)
 
 def train_trial(sampled: dict, prepared, context: TrialContext, started: float, node: dict) -> dict:
     """Train and cluster one trial (from its checkpoint when it has one); the final report."""
-    from search.graph_cache import cached_graphs
-    from search.space import trial_config
-    from spamo.graphs import build_graphs
-    from spamo.pipeline import fit_and_cluster
 
     torch.set_num_threads(max(1, int(round(context.cpus_per_trial))))
     config = trial_config(context.base, context.fixed, sampled, prepared.n_modalities, prepared.n_spots)

@@ -33,7 +33,7 @@ from spamo.dataset_table import DATASETS_TOML, DatasetSpec, dataset_registry, ge
 from spamo.datatypes import get_data_type
 from spamo.errors import SpamoInputError
 from spamo.package_data import CONFIG_DIR
-from spamo.simulate import truth_from_spfac, write_simulation
+from spamo.simulate import get_preset, is_preset, truth_from_spfac, write_simulation
 
 log = logging.getLogger(__name__)
 
@@ -103,15 +103,11 @@ def load_dataset(key: str, data_root: str | Path = "./Data", n_clusters: int | N
 
 
 def _is_preset(key: str) -> bool:
-    from spamo.simulate import is_preset
-
     return is_preset(key)
 
 
 def _load_preset(key: str, data_root: str | Path, n_clusters: int | None, layer: str | None = None,
                  truth_file: str | Path | None = None) -> MultiOmicsData:
-    from spamo.simulate import get_preset
-
     preset = get_preset(key)
     folder = Path(data_root) / key
     if not folder.exists():
@@ -216,7 +212,6 @@ def from_memory(data, data_type: str, *, truth=None, n_clusters: int | None = No
     modality 1, or the name of an obs column. Nothing is read from or written to disk; the caller's objects are not
     modified.
     """
-    from spamo.datatypes import get_data_type
 
     dtype = get_data_type(data_type)
     mdata = data if hasattr(data, "mod") and hasattr(data, "obsm") else None

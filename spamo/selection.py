@@ -37,8 +37,10 @@ import numpy as np
 from sklearn.metrics import adjusted_rand_score
 from sklearn.neighbors import NearestNeighbors
 
+from spamo.clustering import cluster
 from spamo.errors import SpamoInputError
-from spamo.metrics import SEARCH_CRITERIA
+from spamo.io import atomic_path
+from spamo.metrics import SEARCH_CRITERIA, label_free_scores, spatial_coherence
 
 CONSISTENCY_K = 10
 CONSISTENCY_QUERIES = 2000
@@ -126,7 +128,6 @@ def stability(labels_a, labels_b) -> float:
 
 def kmeans_domains(embedding, n_clusters: int, seed: int, n_pcs: int = STABILITY_PCS) -> np.ndarray:
     """The cheap clustering the stability criterion compares (k-means on PCA, seeded)."""
-    from spamo.clustering import cluster
 
     return np.asarray(cluster(embedding, n_clusters, method="kmeans", n_pcs=n_pcs, seed=seed))
 
@@ -181,7 +182,6 @@ class TrialFindings:
     def save(self, folder, labels, fused, kept_index=None) -> None:
         from pathlib import Path
 
-        from spamo.io import atomic_path
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -197,7 +197,6 @@ class TrialFindings:
 
 def rescore_found(path, features, coords, seed: int = 0) -> dict[str, float]:
     """Every label-free criterion of a finished trial, from its `found.npz` and the (re-prepared) data."""
-    from spamo.metrics import label_free_scores, spatial_coherence
 
     with np.load(path) as found:
         labels = found["labels"]
