@@ -276,7 +276,7 @@ def run_command(
     check_output_folder(out, keep_existing=keep_existing, expect=RUN_FOLDER_FILES)
     data = api.load(dataset=dataset, data_dir=data_dir, data_type=config.data_type, data_root=data_root,
                     modality_files=parse_mapping(modality_files, "--modality-files"), truth_file=truth_file,
-                    n_clusters=config.n_clusters, layer=layer)
+                    layer=layer)  # n_clusters lives in the config; the loader only suggests one
     chosen = [m.strip() for m in modalities.split(",")] if modalities else None
     result = api.fit(data, config=config, modalities=chosen, progress=not quiet)
     result.write(out, draw=not no_plot)

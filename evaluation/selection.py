@@ -22,6 +22,8 @@ import pandas as pd
 
 from evaluation.seed_runs import SeedJob, config_json
 from evaluation.transfer import config_for
+from search.results import write_parquet
+from spamo.io import atomic_path
 from spamo.pipeline import truth_sha256
 
 SELECTION_FILE = "selection.parquet"
@@ -89,7 +91,6 @@ def selection_table(entries: dict, jobs: dict, records: dict, label_free: str) -
 def write_selection(frame: pd.DataFrame, out_dir) -> list:
     from pathlib import Path
 
-    from search.results import write_parquet
 
     path = Path(out_dir) / SELECTION_FILE
     write_parquet(frame, path)
@@ -105,7 +106,6 @@ def draw_selection(frame: pd.DataFrame, out_dir) -> list:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from spamo.io import atomic_path
 
     path = Path(out_dir) / SELECTION_PICTURE
     datasets = list(dict.fromkeys(frame["dataset"]))

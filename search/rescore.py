@@ -11,7 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from search.results import best_row, write_best_config, write_parquet
+from search.run_folder import RESULTS_ROOT, RUN_FILE, read_request, run_folder
+from search.tuning import choose_metric, load_search, metric_reason
 from spamo.errors import SpamoInputError
+from spamo.selection import FOUND_FILE, rescore_found
 
 
 @dataclass
@@ -27,10 +31,6 @@ def rescore_run(name: str, metric: str | None = None, storage: str | None = None
                 log=print) -> RescoreOutcome:
     import pandas as pd
 
-    from search.results import best_row, write_best_config, write_parquet
-    from search.run_folder import RESULTS_ROOT, RUN_FILE, read_request, run_folder
-    from search.tuning import choose_metric, load_search, metric_reason
-    from spamo.selection import FOUND_FILE, rescore_found
 
     run_dir = run_folder(name, storage, results_root or RESULTS_ROOT)
     if not (run_dir / RUN_FILE).is_file():

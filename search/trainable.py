@@ -37,6 +37,7 @@ from spamo.config import SpamoConfig
 from spamo.graphs import build_graphs
 from spamo.metrics import label_free_scores, machine_named, score_against_truth, spatial_coherence
 from spamo.pipeline import fit_and_cluster
+from spamo.selection import TrialFindings
 
 # At most this many spots enter the silhouette of an intermediate report (it is quadratic in the spots).
 PROBE_ASW_SPOTS = 1500
@@ -94,8 +95,6 @@ class Probe:
     due checkpoint attached."""
 
     def __init__(self, prepared, config: SpamoConfig, started: float, node: dict, start_epoch: int = 0):
-        from spamo.selection import TrialFindings
-
         self.prepared, self.config, self.started, self.node = prepared, config, started, node
         self.start_epoch = start_epoch
         self.pending: bytes | None = None  # the last due checkpoint, serialised, not yet reported

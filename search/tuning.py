@@ -12,9 +12,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from search import ray_cluster
+from search.graph_cache import start_cache
+from search.ledger import TrialLedger, TrialLog, exception_summary, finished_results, load_ledger
+from search.results import (METRICS, TRUTH_SCORES, best_row, metric_mode, plot_history, plot_importances,
+                            selection_note, top_table, trials_frame, write_best_config, write_parquet)
 from search.run_folder import (RESULTS_ROOT, RUN_FILE, STUDY_FILE, TRIALS_FILE, TuneRequest, experiment_path,
                                is_uri, load_prepared, ray_storage_path, read_request, run_folder, write_request)
+from search.searcher import ResumableOptunaSearch
+from search.space import load_space, space_path
+from search.trainable import TrialContext, run_trial, trial_dirname
 from spamo.errors import SpamoInputError
+from spamo.pipeline import package_versions, truth_sha256
+from spamo.selection import DEFAULT_LABEL_FREE, DEFAULT_REASON
 
 __all__ = ["TuneRequest", "TuneOutcome", "start_tune", "resume_tune", "run_folder", "is_uri", "choose_metric"]
 
@@ -57,8 +66,6 @@ def _check_request(request: TuneRequest) -> None:
 def choose_metric(metric: str | None, has_truth: bool) -> str:
     """`ari` when the data has a ground truth, else the measured label-free default
     (`spamo.selection.DEFAULT_LABEL_FREE`); a given metric is checked."""
-    from search.results import METRICS, TRUTH_SCORES
-    from spamo.selection import DEFAULT_LABEL_FREE
 
     if metric is None:
         return "ari" if has_truth else DEFAULT_LABEL_FREE
@@ -71,8 +78,6 @@ def choose_metric(metric: str | None, has_truth: bool) -> str:
 
 def metric_reason(metric: str, given: str | None) -> str:
     """One line: which criterion the search optimises and why (printed by `spamo tune`, kept in best_config)."""
-    from search.results import TRUTH_SCORES
-    from spamo.selection import DEFAULT_REASON
 
     if given is not None:
         return f"{metric}: asked for with --metric"
@@ -99,7 +104,6 @@ class Search:
 
 def load_search(request: TuneRequest, run_dir: Path) -> Search:
     """Load and preprocess the data once, resolve the base config, read the search space."""
-    from search.space import load_space, space_path
 
     space = load_space(space_path(request.dataset, request.space))
     prepared, base = load_prepared(request)
@@ -111,8 +115,6 @@ def load_search(request: TuneRequest, run_dir: Path) -> Search:
 def build_trainable(search: Search, finished: dict):
     from ray import tune
 
-    from search.graph_cache import start_cache
-    from search.trainable import TrialContext, run_trial
 
     cache_name = f"spamo-graphs-{search.request.name}"
     search.graph_cache = start_cache(cache_name)
@@ -133,10 +135,6 @@ def build_tuner(search: Search, trainable, resources: dict):
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from search.ledger import TrialLedger, TrialLog
-    from search.searcher import ResumableOptunaSearch
-    from search.results import metric_mode
-    from search.trainable import trial_dirname
 
     request, mode = search.request, metric_mode(search.metric)
     sampler = optuna.samplers.TPESampler(seed=request.seed, multivariate=True)
@@ -199,7 +197,6 @@ def resume_tune(name: str, storage: str | None = None, address: str | None = Non
     unfinished ones continue from their last checkpoint."""
     from ray import tune
 
-    from search.ledger import finished_results, load_ledger
 
     run_dir = run_folder(name, storage, results_root)
     if not (run_dir / RUN_FILE).is_file():
@@ -231,7 +228,6 @@ def finish(search: Search, tuner, log) -> TuneOutcome:
         grid = tuner.fit()
     except Exception as exc:  # noqa: BLE001 - Ray's controller itself failed (e.g. workers killed for memory)
         grid = None
-        from search.ledger import exception_summary
 
         log(f"[red]the search stopped[/]: {exception_summary(str(exc)) or type(exc).__name__}")
     finally:
@@ -254,10 +250,6 @@ def write_outputs(search: Search, grid, log) -> TuneOutcome:
     import optuna
     from rich.console import Console
 
-    from search.ledger import load_ledger
-    from search.results import (best_row, plot_history, plot_importances, selection_note, top_table,
-                                trials_frame, write_best_config, write_parquet)
-    from spamo.pipeline import package_versions, truth_sha256
 
     run_dir, request, metric = search.run_dir, search.request, search.metric
     known = _ray_trials(grid) if grid is not None else []

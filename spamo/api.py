@@ -78,8 +78,7 @@ def fit(data, *, data_type: str | None = None, n_clusters: int | None = None,
         if config.data_type is None:
             raise SpamoInputError("data_type", "give the data type of in-memory data (data_type=...)")
         with quiet_readers():
-            loaded = datasets.from_memory(data, config.data_type, truth=truth, n_clusters=config.n_clusters,
-                                          layer=layer)
+            loaded = datasets.from_memory(data, config.data_type, truth=truth, layer=layer)
     return pipeline.run(loaded, config, modalities=modalities, progress=progress)
 
 

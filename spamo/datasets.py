@@ -52,6 +52,8 @@ def load(source: str | Path, data_type: str | None = None, modality_files: dict 
     ground truth: a label file (any source) or, for `.h5mu`, an obs column name. `layer` names the matrix to read
     instead of `.X`.
     """
+    if isinstance(source, str) and source not in dataset_registry() and _is_preset(source):
+        return load_dataset(source, data_root=data_root, n_clusters=n_clusters, layer=layer, truth_file=truth)
     if isinstance(source, str) and source in dataset_registry():
         if modality_files:
             raise SpamoInputError("--modality-files", f"applies to a folder of your own, not to dataset '{source}'")
@@ -100,6 +102,16 @@ def load_dataset(key: str, data_root: str | Path = "./Data", n_clusters: int | N
     if key == "sim" and not folder.exists():
         write_simulation(folder, n_spots=1296, seed=0, layout="sim")
     return load_layout(folder, spec, n_clusters, layer=layer, truth_file=truth_file)
+
+
+def check_dataset_key(key: str) -> None:
+    """Refuse a --dataset that is neither a dataset of configs/datasets.toml nor a simulation preset (one line)."""
+    if key in dataset_registry() or _is_preset(key):
+        return
+    from spamo.simulate import load_presets
+
+    raise SpamoInputError("--dataset", f"unknown dataset '{key}' (known: {', '.join(dataset_registry())}; "
+                                       f"simulation presets: {', '.join(load_presets())})")
 
 
 def _is_preset(key: str) -> bool:
@@ -631,7 +643,7 @@ def dataset_summary(data: MultiOmicsData) -> dict:
     return summary
 
 
-__all__ = ["DatasetSpec", "dataset_registry", "get_dataset_spec", "load", "load_dataset", "load_layout", "load_folder",
+__all__ = ["DatasetSpec", "dataset_registry", "get_dataset_spec", "check_dataset_key", "load", "load_dataset", "load_layout", "load_folder",
            "load_h5mu", "from_memory", "parse_modality_files", "input_matrix", "matrix_label", "raw_counts", "check_modality",
            "align_modalities", "read_truth_file", "spot_ids_from_names", "detect_layout", "dataset_summary",
            "check_n_clusters"]

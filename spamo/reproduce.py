@@ -27,8 +27,8 @@ from spamo.config import SpamoConfig
 from spamo.datasets import dataset_registry, detect_layout, get_dataset_spec
 from spamo.errors import SpamoInputError
 from spamo.io import atomic_write_text, dump_toml, read_toml
+from spamo.package_data import CONFIG_DIR
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 PROFILE_DIR = CONFIG_DIR / "search"
 PUBLISHED_FILE = CONFIG_DIR / "published.toml"
 PROFILES = ("published",)  # the value of --reproduce

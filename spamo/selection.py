@@ -39,7 +39,8 @@ from sklearn.neighbors import NearestNeighbors
 
 from spamo.clustering import cluster
 from spamo.errors import SpamoInputError
-from spamo.metrics import SEARCH_CRITERIA
+from spamo.io import atomic_path
+from spamo.metrics import SEARCH_CRITERIA, label_free_scores, spatial_coherence
 
 CONSISTENCY_K = 10
 CONSISTENCY_QUERIES = 2000
@@ -181,7 +182,6 @@ class TrialFindings:
     def save(self, folder, labels, fused, kept_index=None) -> None:
         from pathlib import Path
 
-        from spamo.io import atomic_path
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -197,7 +197,6 @@ class TrialFindings:
 
 def rescore_found(path, features, coords, seed: int = 0) -> dict[str, float]:
     """Every label-free criterion of a finished trial, from its `found.npz` and the (re-prepared) data."""
-    from spamo.metrics import label_free_scores, spatial_coherence
 
     with np.load(path) as found:
         labels = found["labels"]
