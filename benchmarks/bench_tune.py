@@ -7,9 +7,9 @@
 - `throughput`: `spamo tune` with the default ASHA settings and with `--scheduler none` (same seed, so the sampler
   proposes the same first configurations): wall time, trials/hour, epochs trained, best ARI of each.
 - `overhead`: the same search with reused Ray workers (the default) and with `--fresh-workers` (a new worker process
-  per trial, as before): per-trial overhead = (search wall x concurrent trials - sum of training and clustering
-  time) / trials, i.e. everything a trial costs besides training and clustering (worker start, imports, data and
-  graph fetch, reports, Tune's bookkeeping).
+  per trial, as before): per-trial overhead = (first trial start to last trial end x concurrent trials - sum of
+  training and clustering time) / trials, i.e. everything a trial costs besides training and clustering (worker
+  start, imports, data and graph fetch, reports, Tune's bookkeeping).
 - `memory`: a long search of a tiny dataset; the driver's resident memory is sampled every second and reported
   after the first 10% of the trials and at the end (growth per 100 trials).
 
@@ -82,9 +82,22 @@ def simulated(work: Path, n_spots: int) -> Path:
     return data
 
 
-def overhead_s(wall: float, frame: pd.DataFrame, slots: int) -> float:
+def overhead_s(frame: pd.DataFrame, slots: int) -> float:
+    """(span from the first trial's start to the last one's end x trials at once - training and clustering time)
+    / trials: the driver's own start (data, Ray) is left out, every later worker start is in."""
+    span = frame["finished_at"].max() - frame["started_at"].min()
     busy = (frame["train_s"].fillna(0) + frame["cluster_s"].fillna(0)).sum()
-    return (wall * slots - busy) / len(frame)
+    return (span * slots - busy) / len(frame)
+
+
+def worker_processes(run_dir: Path) -> int:
+    """How many worker processes ran the trials (Ray records each result's process id)."""
+    import json
+
+    pids = set()
+    for path in run_dir.glob("trial_*/result.json"):
+        pids |= {json.loads(line)["pid"] for line in path.read_text().splitlines() if line.strip()}
+    return len(pids)
 
 
 def header(title: str, args) -> list[str]:
@@ -121,16 +134,18 @@ def overhead(args, work: Path) -> list[str]:
                                                                                "--reuse-workers")):
         wall, frame = tune(data, work, flag.strip("-"), args, "--scheduler", "none", flag)
         in_trial = (frame["wall_s"] - frame["train_s"] - frame["cluster_s"]).mean()
-        rows.append((label, wall, frame, overhead_s(wall, frame, slots), in_trial))
+        rows.append((label, wall, frame, overhead_s(frame, slots), in_trial,
+                     worker_processes(work / "runs" / flag.strip("-"))))
     lines = header(f"Per-trial overhead ({args.n_spots} spots, {args.epochs} epochs, {args.trials} trials, "
                    f"scheduler none, {slots} trials at once)", args)
     lines += ["| workers | wall (s) | trials / hour | mean train (s) | mean clustering (s) | overhead per trial (s) "
-              "| of which inside the trial (s) |", "|---|---|---|---|---|---|---|"]
-    for label, wall, frame, per_trial, in_trial in rows:
+              "| of which inside the trial (s) | worker processes |", "|---|---|---|---|---|---|---|---|"]
+    for label, wall, frame, per_trial, in_trial, processes in rows:
         lines.append(f"| {label} | {wall:.0f} | {3600 * len(frame) / wall:.1f} | {frame['train_s'].mean():.1f} | "
-                     f"{frame['cluster_s'].mean():.1f} | {per_trial:.1f} | {in_trial:.1f} |")
-    lines += ["", "Overhead per trial = (wall x trials at once - sum of training and clustering) / trials; inside "
-                  "the trial = its wall time minus training and clustering (graph fetch, data, reports).", ""]
+                     f"{frame['cluster_s'].mean():.1f} | {per_trial:.1f} | {in_trial:.1f} | {processes} |")
+    lines += ["", "Overhead per trial = (time from the first trial's start to the last trial's end x trials at once - "
+                  "sum of training and clustering) / trials (worker starts included, the driver's own start not); "
+                  "inside the trial = its wall time minus training and clustering (graph fetch, data, reports).", ""]
     return lines
 
 
@@ -152,12 +167,13 @@ def memory(args, work: Path) -> list[str]:
     early = [s for s in samples if s[1] >= max(1, args.trials // 10)]
     at_early = max(s[2] for s in samples if s[1] <= early[0][1]) if early else float("nan")
     last = max(s[2] for s in samples)
-    tail = [s[2] for s in samples if s[1] >= args.trials * 0.9]
+    tail = [s[2] for s in samples if args.trials * 0.9 <= s[1] < args.trials]  # before the outputs are written
     growth = (max(tail) - at_early) / (args.trials * 0.8 / 100) if tail and early else float("nan")
     lines = header(f"Driver memory over a {args.trials}-trial search ({args.n_spots} spots, {args.epochs} epochs)",
                    args)
     lines += ["| trials | wall (s) | trials / hour | driver RSS after 10% of trials (MiB) | "
-              "driver RSS peak (MiB) | growth per 100 trials (MiB) |", "|---|---|---|---|---|---|",
+              "driver RSS peak, outputs included (MiB) | growth per 100 trials during the search (MiB) |",
+              "|---|---|---|---|---|---|",
               f"| {len(frame)} | {wall:.0f} | {3600 * len(frame) / wall:.1f} | {at_early:.0f} | {last:.0f} | "
               f"{growth:.1f} |", ""]
     return lines
