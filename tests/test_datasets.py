@@ -139,6 +139,13 @@ def test_h5mu(sim_dir, tmp_path):
     np.testing.assert_allclose(data.coords, rna.obsm["spatial"])
     with pytest.raises(SpamoInputError, match="no modality for ATAC"):
         datasets.load_h5mu(path, "Simulation")
+    # through the one dispatcher: a truth FILE is read for .h5mu too (it used to be ignored), a name is an obs column
+    shuffled = np.random.default_rng(2).permutation(rna.obs["domain"].to_numpy())
+    (tmp_path / "mine.txt").write_text("".join(f"{v}\n" for v in shuffled))
+    np.testing.assert_array_equal(datasets.load(path, "10x", truth=tmp_path / "mine.txt", n_clusters=5).truth, shuffled)
+    np.testing.assert_array_equal(datasets.load(path, "10x", truth="domain", n_clusters=5).truth, data.truth)
+    with pytest.raises(SpamoInputError, match="missing.txt: file not found"):
+        datasets.load(path, "10x", truth=tmp_path / "missing.txt")
 
 
 def test_shuffled_modality_is_realigned_by_name(sim_dir):

@@ -157,6 +157,13 @@ def test_profiles_replay_what_run_sh_really_ran():
         build_config("x.toml", base=profile)
 
 
+def test_run_refuses_an_unknown_profile_in_one_line(tmp_path):
+    result = CliRunner().invoke(app, ["run", "--dataset", "sim", "--data-root", str(tmp_path), "--reproduce", "best",
+                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "'best' is not a known profile" in result.stderr and not (tmp_path / "out").exists()
+
+
 def test_profile_key_and_unknown_profile():
     assert reproduce.profile_key("hln") == "hln"
     assert reproduce.profile_key(None, None, "Spatial-epigenome-transcriptome") == "mb"
