@@ -16,7 +16,7 @@ from typing import List, Optional
 
 import typer
 
-from spamo.errors import SpamoInputError
+from spamo.errors import SpamoInputError, quiet_readers
 
 app = typer.Typer(help="SPAMO spatial multi-omics integration: train, tune, evaluate.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -155,9 +155,10 @@ def data_info_command(
         raise SpamoInputError("--dataset", "give either a FOLDER or --dataset KEY")
     if dataset is not None:
         datasets.get_dataset_spec(dataset)
-    data = datasets.load(dataset if dataset is not None else Path(folder), data_type=data_type,
-                         modality_files=modalities, truth=truth, layer=layer, n_clusters=n_clusters,
-                         data_root=data_root)
+    with quiet_readers():
+        data = datasets.load(dataset if dataset is not None else Path(folder), data_type=data_type,
+                             modality_files=modalities, truth=truth, layer=layer, n_clusters=n_clusters,
+                             data_root=data_root)
     summary = datasets.dataset_summary(data)
     table = Table(title=f"{summary['name']} ({summary['data_type']}): {summary['n_spots']} spots")
     for column in ("modality", "features", "counts layer", "file"):
@@ -275,7 +276,7 @@ def run_command(
     check_output_folder(out, keep_existing=keep_existing, expect=RUN_FOLDER_FILES)
     data = api.load(dataset=dataset, data_dir=data_dir, data_type=config.data_type, data_root=data_root,
                     modality_files=parse_mapping(modality_files, "--modality-files"), truth_file=truth_file,
-                    n_clusters=config.n_clusters, layer=layer)
+                    layer=layer)  # n_clusters lives in the config; the loader only suggests one
     chosen = [m.strip() for m in modalities.split(",")] if modalities else None
     result = api.fit(data, config=config, modalities=chosen, progress=not quiet)
     result.write(out, draw=not no_plot)
@@ -321,8 +322,8 @@ def tune_command(
     num_samples: int = typer.Option(20, "--num-samples", help="Number of trials."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Fix every trial's epoch budget (short runs)."),
     space: Optional[Path] = typer.Option(None, "--space", help="Search-space TOML (default: the dataset's)."),
-    metric: Optional[str] = typer.Option(None, "--metric", help="Objective (default ari with ground truth, "
-                                                                 "else asw)."),
+    metric: Optional[str] = typer.Option(None, "--metric", help="Objective (default ari with ground truth, else "
+                                                                 "the label-free default of spamo.selection)."),
     scheduler: str = typer.Option("asha", "--scheduler", help="asha (stop poor trials early) or none."),
     cpus_per_trial: float = typer.Option(1.0, "--cpus-per-trial", help="CPUs each trial holds."),
     gpus_per_trial: float = typer.Option(0.25, "--gpus-per-trial",
@@ -342,6 +343,10 @@ def tune_command(
                                                         "report; default about every 60 s, at most 50 epochs)."),
     reuse_workers: bool = typer.Option(True, "--reuse-workers/--fresh-workers",
                                        help="Run trials one after another in the same Ray worker processes."),
+    keep_embeddings: bool = typer.Option(True, "--keep-embeddings/--no-keep-embeddings",
+                                         help="Each finished trial keeps found.npz (domains, float16 embedding)."),
+    rescore: Optional[str] = typer.Option(None, "--rescore", help="Recompute the label-free criteria of the "
+                                                                  "finished run NAME (no training); --metric picks."),
 ):
     """Search SPAMO's settings with Ray Tune + Optuna: trials.parquet, best_config.toml, pictures."""
     import time as _time
@@ -352,6 +357,11 @@ def tune_command(
 
     console = Console()
     log = console.print
+    if rescore:  # a finished search, scored again from what its trials kept (h6)
+        from search.rescore import rescore_run
+
+        rescore_run(rescore, metric=metric, storage=storage, log=log)
+        return
     try:
         if resume:
             outcome = resume_tune(resume, storage=storage, address=address, log=log)
@@ -364,7 +374,7 @@ def tune_command(
                 scheduler=scheduler, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
                 max_concurrent=max_concurrent, storage=storage, address=address, report_every=report_every,
                 seed=seed, layer=layer, max_retries=max_retries, checkpoint_every=checkpoint_every,
-                reuse_workers=reuse_workers), log=log)
+                reuse_workers=reuse_workers, keep_embeddings=keep_embeddings), log=log)
     except KeyboardInterrupt:
         typer.echo("interrupted before the search started; nothing to resume", err=True)
         raise typer.Exit(code=130) from None

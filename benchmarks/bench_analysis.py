@@ -24,10 +24,9 @@ FILES = {"RNA": "adata_RNA.h5ad", "ADT": "adata_ADT.h5ad", "ATAC": "adata_ATAC.h
 
 def write_run(root: Path, n_spots: int, seed: int = 0) -> tuple[Path, Path]:
     """Simulated modality files, a GMT, and a run folder whose embedding is the noisy one-hot truth."""
-    import anndata as ad
     import numpy as np
-    import pandas as pd
 
+    from spamo import run_folder
     from spamo.simulate import simulate
 
     sim = simulate(n_spots, seed=seed, layout="sim")
@@ -38,16 +37,12 @@ def write_run(root: Path, n_spots: int, seed: int = 0) -> tuple[Path, Path]:
     rng = np.random.default_rng(seed)
     fused = np.eye(64, dtype=np.float32)[sim.truth] + rng.normal(0, 0.3, (n_spots, 64)).astype(np.float32)
     fused /= np.linalg.norm(fused, axis=1, keepdims=True)
-    obs = pd.DataFrame(index=pd.Index(sim.modalities["RNA"].obs_names.astype(str)))
-    obs["domain"] = pd.Categorical([str(int(v)) for v in sim.truth])
-    emb = ad.AnnData(obs=obs)
-    emb.obsm["spatial"] = sim.coords
-    emb.obsm["X_spamo"] = fused
-    emb.uns["spamo"] = {"data_type": "Simulation", "dataset": "sim", "modalities": list(sim.modalities),
-                        "sources": {n: str((data / FILES[n]).resolve()) for n in sim.modalities}}
     run = root / "run"
     run.mkdir()
-    emb.write_h5ad(run / "embedding.h5ad")
+    run_folder.write_embedding(run_folder.RunEmbedding(
+        spot_names=np.asarray(sim.modalities["RNA"].obs_names).astype(str), coords=sim.coords, fused=fused,
+        per_modality={n: fused for n in sim.modalities}, labels=sim.truth, data_type="Simulation", dataset="sim",
+        sources={n: str((data / FILES[n]).resolve()) for n in sim.modalities}), run / run_folder.EMBEDDING_FILE)
     genes = list(sim.modalities["RNA"].var_names)
     lines = [f"PLANTED_{d}\tplanted\t" + "\t".join(g) for d, g in sim.modalities["RNA"].uns["planted_features"].items()]
     lines += [f"RANDOM_{i}\trandom\t" + "\t".join(rng.choice(genes, 30, replace=False)) for i in range(200)]

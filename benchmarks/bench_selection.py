@@ -181,7 +181,7 @@ def machine_line() -> str:
     return f"{platform.node()}: {os.cpu_count()} cores ({cpu}), Python {platform.python_version()}; `uptime`: {uptime}"
 
 
-def summarise(path: Path, out_md: Path) -> str:
+def summarise(path: Path, out_md: Path, note: str | None = None) -> str:
     import pandas as pd
 
     files = sorted(path.parent.glob(path.stem + "*.csv"))
@@ -192,7 +192,14 @@ def summarise(path: Path, out_md: Path) -> str:
              f"Trials: {shown} "
              f"({len(frame)} rows, {frame['dataset'].nunique()} datasets, "
              f"{int((frame['status'] == 'finished').sum())} finished). Written by `benchmarks/bench_selection.py "
-             "--summary`.", "", f"Machine: {machine_line()}", ""]
+             "--summary`.", "", f"Machine: {machine_line()}", *([note, ""] if note else [""]),
+             f"Setup: per dataset {frame.groupby('dataset').size().max()} trials from `configs/search/default.toml` "
+             f"(trial 0 = the published default of the data type, the rest seeded random samples, seed "
+             f"{int(frame['seed'].iloc[0])}), {int(frame['epochs'].iloc[0])} epochs each, one torch thread, "
+             f"clustering gmm; median trial wall time {frame['wall_s'].median():.0f} s, total "
+             f"{frame['wall_s'].sum() / 60:.0f} min of trial time. Spearman = rank correlation of the criterion "
+             "with ARI over a dataset's finished trials; regret = best trial's ARI - ARI of the trial the "
+             "criterion picks; 'pick beats default' counts datasets where the pick's ARI exceeds trial 0's.", ""]
     lines += ["## Per criterion (over datasets)", "",
               "| criterion | median Spearman with ARI | range | median regret | mean regret | "
               "pick beats default (datasets) |", "|---|---|---|---|---|---|"]
@@ -216,6 +223,14 @@ def summarise(path: Path, out_md: Path) -> str:
         first = part.iloc[0]
         lines.append(f"| {name} | {first.n_trials} | {first.default_ari:.3f} | {first.best_ari:.3f} | "
                      + " | ".join(cells) + " |")
+    scale_file = ROOT / "benchmarks" / "results" / "selection_scale.json"
+    if scale_file.is_file():
+        info = json.loads(scale_file.read_text())
+        lines += ["", "## Criteria alone at scale (`--scale`)", "",
+                  f"{info['n_spots']:,} spots (64-d fused embedding, two 50-d modalities, 8 labels): all criteria "
+                  f"(asw on a 10,000-spot sample, spatial coherence, consistency on 2,000 query spots, stability, "
+                  f"composite) in {info['wall_s']} s, peak resident memory {info['peak_rss_mib']} MiB "
+                  f"(process before: {info['rss_before_mib']} MiB). Machine: {info.get('machine', '')}"]
     text = "\n".join(lines) + "\n"
     out_md.write_text(text)
     return text
@@ -241,8 +256,11 @@ def scale(n_spots: int) -> None:
     values = criteria(fused, features, base["Spatial coherence"], labels, rng.integers(0, 8, n_spots))
     wall = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"n_spots": n_spots, "wall_s": round(wall, 2), "peak_rss_mib": round(peak),
-                      "rss_before_mib": round(before), **{k: round(v, 4) for k, v in {**base, **values}.items()}}))
+    info = {"n_spots": n_spots, "wall_s": round(wall, 2), "peak_rss_mib": round(peak),
+            "rss_before_mib": round(before), "machine": machine_line(),
+            **{k: round(v, 4) for k, v in {**base, **values}.items()}}
+    (ROOT / "benchmarks" / "results" / "selection_scale.json").write_text(json.dumps(info, indent=1) + "\n")
+    print(json.dumps(info))
 
 
 def main() -> None:
@@ -257,6 +275,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=TRIALS_CSV)
     parser.add_argument("--summary", action="store_true", help="only write the table from --out")
     parser.add_argument("--scale", type=int, help="measure the criteria alone on this many spots")
+    parser.add_argument("--note", help="a line for the table's header (e.g. how loaded the machine was)")
     args = parser.parse_args()
     if args.scale:
         scale(args.scale)
@@ -270,7 +289,7 @@ def main() -> None:
         for name in names:
             run_preset(presets[name], args, args.out, lambda message: print(message, flush=True))
             summarise(args.out, RESULT_MD)
-    print(summarise(args.out, RESULT_MD))
+    print(summarise(args.out, RESULT_MD, args.note))
 
 
 if __name__ == "__main__":

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluation import report
+from evaluation import report, selection
 from evaluation.build import best_choice, build_tables
 from evaluation.runs import (Candidate, DEFAULT_RUNS_ROOT, DatasetRuns, find_runs, group_by_dataset, read_run,
                              top_configs)
-from evaluation.seed_runs import SeedJob, SeedRunCache, config_json, seed_task
+from evaluation.seed_runs import CACHE_DIR, SeedJob, SeedRunCache, config_json, seed_task
 from evaluation.tables import write_tables
 from evaluation.transfer import config_for
 from search import ray_cluster
@@ -30,7 +30,9 @@ from spamo import pipeline
 from spamo.analysis import analyze_data
 from spamo.config import SpamoConfig
 from spamo.errors import SpamoInputError
+from spamo.io import check_output_folder, replaced_outputs
 from spamo.pipeline import RunResult, truth_sha256, write_outputs
+from spamo.selection import DEFAULT_LABEL_FREE
 
 DEFAULT_OUT = Path("results/evaluate")
 FIRST_SEED = 2025
@@ -232,26 +234,49 @@ def evaluate_best(request: EvaluateRequest, log=print, progress: bool = True) ->
     """The whole evaluation; see the module docstring."""
 
     check_request(request)
-    out_dir = Path(request.out)
+    out_dir = check_output_folder(request.out, expect=(CACHE_DIR, "best_configs.parquet"))
     runs = [read_run(path) for path in find_runs(request.runs, request.runs_root)]
     groups = group_by_dataset(runs)
     entries = {group.dataset: load_entry(group, request.top_k) for group in groups}
     jobs = build_jobs(entries, request.seed_list, request.cross)
+    # h6: the published default vs annotation-tuned vs label-free-tuned, over the same seeds (evaluation.selection)
+    chosen = selection.build_jobs(entries, request.seed_list, DEFAULT_LABEL_FREE)
+    selection_jobs = [job for group in chosen.values() for job in group]
     cache = SeedRunCache(out_dir)
     pending = [job for job in jobs if not cache.has(job.key)]
     reused = len({job.key for job in jobs}) - len({job.key for job in pending})
     log(f"[bold]spamo evaluate[/]: {len(entries)} dataset(s), top {request.top_k}, {request.seeds} seed(s): "
         f"{len({j.key for j in jobs})} seed runs, {reused} already finished -> {out_dir}")
     trained = run_pending(pending, entries, cache, request, log, progress)
+    # second phase (h6): the selection table's configurations not already trained above, over the same seeds
+    known = {job.key for job in jobs}
+    extra = [job for job in selection_jobs if job.key not in known]
+    extra_pending = [job for job in extra if not cache.has(job.key)]
+    trained += run_pending(extra_pending, entries, cache, request, log, progress)
+    log(f"selection table: {len({j.key for j in extra})} extra seed run(s) for the published default and the "
+        f"label-free choice ({len({j.key for j in extra}) - len({j.key for j in extra_pending})} already finished)")
     records = {job.key: cache.load(job.key) for job in jobs}
     tables = build_tables(entries, jobs, records, request.seed_list)
-    files = write_tables(tables, out_dir)
     frames = {name: table.to_pandas() for name, table in tables.items()}
-    if request.plots:
-        files += report.draw_pictures(frames, entries, cache, out_dir)
+    picked = selection.selection_table(entries, chosen, {job.key: cache.load(job.key) for job in selection_jobs},
+                                       DEFAULT_LABEL_FREE)
+    frames["selection"] = picked
+    for row in picked.itertuples():
+        mark = " (has seen the labels)" if row.selected_against_annotation else ""
+        log(f"selection {row.dataset}: {row.choice}{mark}: ARI {row.ari_mean:.3f} +- {row.ari_sd:.3f} "
+            f"over {row.n_seeds} seed(s)")
+    # tables, pictures and best runs replace those of an earlier evaluation whole; the seed-run cache is kept
+    with replaced_outputs(out_dir, keep=(CACHE_DIR,)) as new:
+        files = write_tables(tables, new)
+        files += selection.write_selection(picked, new)
+        if request.plots and not picked.empty:
+            files += selection.draw_selection(picked, new)
+        if request.plots:
+            files += report.draw_pictures(frames, entries, cache, new)
+        if request.analyze:
+            files += analyze_best(frames["best_configs"], entries, cache, request, new, log)
+    files = [out_dir / Path(f).relative_to(new) for f in files]
     report.print_summary(frames, log)
-    if request.analyze:
-        files += analyze_best(frames["best_configs"], entries, cache, request, out_dir, log)
     return EvaluationOutcome(out_dir, frames, trained, reused, files)
 
 

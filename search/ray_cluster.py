@@ -29,6 +29,7 @@ PROBE_TIMEOUT_S = 5.0
 TOKEN_HELP = ("start the driver with the cluster's token: RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH=FILE "
               "(or RAY_AUTH_TOKEN, or the file ~/.ray/auth_token); see the README, 'Cluster runs'")
 REAPER = Path(__file__).with_name("reaper.py")
+_REAPER_PIPES: list[int] = []  # write ends of the reapers' stdin pipes (closed by `disconnect`)
 
 
 def connect(address: str | None, log=print, num_cpus: int | None = None) -> bool:
@@ -43,13 +44,12 @@ def connect(address: str | None, log=print, num_cpus: int | None = None) -> bool
         return False
     if address is None:
         os.environ.pop("RAY_ADDRESS", None)  # nor may Ray Tune or a child process find a cluster through it
+        children_before = _children(os.getpid())  # not Ray's: the reaper leaves them alone
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
                  configure_logging=False)
-        start_reaper()
+        start_reaper(exclude=children_before)
         return True
-    bootstrap = resolve(address)
-    if not bootstrap.startswith("ray://"):
-        check_token(bootstrap)
+    resolve(address)
     try:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
     except Exception as exc:  # noqa: BLE001 - any connection problem is one line for the user
@@ -69,7 +69,8 @@ def disconnect() -> None:
 
 
 def resolve(address: str) -> str:
-    """HOST:PORT (or ray://HOST:PORT) that `address` means, checked to answer; `auto` is looked up as Ray does."""
+    """HOST:PORT (or ray://HOST:PORT) that `address` means, checked to answer (and to accept this driver's token);
+    `auto` is looked up as Ray does."""
     if address == "auto":
         from ray._private.services import get_ray_address_from_environment
 
@@ -79,9 +80,12 @@ def resolve(address: str) -> str:
                                                "no registration of a `ray start`): give HOST:PORT, or run without "
                                                "--address for a local search")
         reachable(found, stale_hint=True)
-        return found
-    reachable(address)
-    return address
+    else:
+        found = address
+        reachable(found)
+    if not found.startswith("ray://"):
+        check_token(found)
+    return found
 
 
 def reachable(address: str, timeout_s: float = PROBE_TIMEOUT_S, stale_hint: bool = False) -> None:
@@ -148,11 +152,29 @@ def trial_resources(cpus: float, gpus: float, log=print) -> dict:
     return {"cpu": cpus, "gpu": gpus}
 
 
-def start_reaper() -> subprocess.Popen | None:
-    """Start the reaper of this driver's Ray processes (see search/reaper.py); it ends itself with the driver."""
+def _children(pid: int) -> set[int]:
+    """Live child processes of `pid` (from /proc; empty where /proc is not there)."""
+    found = set()
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if entry.isdigit():
+            try:
+                text = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(text[text.rindex(")") + 2:].split()[1]) == pid:
+                found.add(int(entry))
+    return found
+
+
+def start_reaper(exclude: set[int] = frozenset()) -> subprocess.Popen | None:
+    """Start the reaper of this driver's Ray processes (see search/reaper.py; `exclude`: children of the driver
+    that are not Ray's); it ends itself with the driver."""
+    if not os.path.isdir("/proc"):
+        return None
     read_end, write_end = os.pipe()
     try:
-        process = subprocess.Popen([sys.executable, str(REAPER), str(os.getpid())], stdin=read_end,
+        process = subprocess.Popen([sys.executable, str(REAPER), str(os.getpid()),
+                                    ",".join(str(p) for p in sorted(exclude))], stdin=read_end,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True)
     except OSError:
         os.close(write_end)
@@ -162,6 +184,3 @@ def start_reaper() -> subprocess.Popen | None:
     os.set_inheritable(write_end, False)  # only this driver holds it: the reaper sees EOF when the driver is gone
     _REAPER_PIPES.append(write_end)
     return process
-
-
-_REAPER_PIPES: list[int] = []

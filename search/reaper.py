@@ -1,10 +1,11 @@
-"""Ends the Ray processes a driver started, once the driver is gone (run as `python reaper.py DRIVER_PID`).
+"""Ends the Ray processes a driver started, once the driver is gone (`python reaper.py DRIVER_PID [EXCLUDED,...]`).
 
 A driver that starts its own Ray (`search.ray_cluster.connect` without an address) starts this process right after
 `ray.init`. Ray's GCS and raylet share the driver's fate, but its dashboard and runtime-env agents outlive a
 SIGKILLed driver (observed with Ray 2.60: both ignore the raylet's end and SIGTERM). The reaper remembers, every
 second, the processes descending from the driver's children of that moment (the Ray processes `ray.init` just
-started, and what they start later), identified by process id and start time. When its stdin - a pipe only the
+started, and what they start later; children the driver had before `ray.init` are excluded), identified by process
+id and start time. When its stdin - a pipe only the
 driver holds - reaches end of file (the driver exited, was killed, or called `ray_cluster.disconnect`), it waits a
 few seconds for Ray's own shutdown and SIGKILLs those of them still running. It imports nothing heavy and never
 selects a process by name.
@@ -53,11 +54,11 @@ def _descendants(roots: set[int], table: dict[int, tuple[int, int]]) -> set[int]
     return found
 
 
-def main(driver: int) -> None:
+def main(driver: int, exclude: set[int]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is for the driver, which then shuts Ray down itself
     me = os.getpid()
     table = _processes()
-    roots = {pid for pid, (ppid, _) in table.items() if ppid == driver and pid != me}
+    roots = {pid for pid, (ppid, _) in table.items() if ppid == driver and pid != me and pid not in exclude}
     known: dict[int, int] = {}  # pid -> start time
     while True:
         table = _processes()
@@ -79,4 +80,4 @@ def main(driver: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]))
+    main(int(sys.argv[1]), {int(p) for p in sys.argv[2].split(",") if p} if len(sys.argv) > 2 else set())

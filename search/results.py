@@ -64,11 +64,13 @@ def best_row(frame: pd.DataFrame, metric: str) -> pd.Series | None:
     return done.loc[values.idxmin() if metric_mode(metric) == "min" else values.idxmax()]
 
 
-def write_best_config(row: pd.Series, metric: str, path: Path) -> None:
+def write_best_config(row: pd.Series, metric: str, path: Path, why: str | None = None) -> None:
     """The best trial's full config as `[spamo]` (readable by `spamo run --config`), and how it was chosen."""
     config = {k: v for k, v in json.loads(row["config_json"]).items() if v is not None}
     record = {"spamo": config, "tune": {"metric": metric, "value": float(row[metric]), "trial_id": row["trial_id"],
                                         "trial_number": int(row["number"]), "selection": selection_note(metric)}}
+    if why:
+        record["tune"]["why"] = why
     header = f"# Best configuration of a spamo tune run, {selection_note(metric)} ({metric}).\n"
     atomic_write_text(path, header + dump_toml(record))
 

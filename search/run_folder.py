@@ -19,7 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from spamo import pipeline
+from spamo.config import SpamoConfig
 from spamo.errors import SpamoInputError
+from spamo.io import atomic_write_text, dump_toml, read_toml
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -61,6 +64,7 @@ class TuneRequest:
     checkpoint_every: int | None = None  # epochs between trial checkpoints (None: about every 60 s of training)
     reuse_workers: bool = True  # trials run one after another in the same Ray worker process
     layer: str | None = None  # read layers[layer] instead of .X (spamo.datasets.load)
+    keep_embeddings: bool = True  # each finished trial keeps found.npz (domains, float16 fused embedding) (h6)
 
     def to_toml(self) -> dict:
         return {"tune": {k: v for k, v in dataclasses.asdict(self).items() if v is not None}}
@@ -99,8 +103,6 @@ def experiment_path(request: TuneRequest) -> str:
 
 
 def write_request(run_dir: Path, request: TuneRequest) -> None:
-    from spamo.io import atomic_write_text, dump_toml
-
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / RUN_FILE, dump_toml(request.resolved().to_toml()))
 
@@ -108,7 +110,6 @@ def write_request(run_dir: Path, request: TuneRequest) -> None:
 def read_request(run_dir: str | Path, check_paths: bool = True) -> TuneRequest:
     """The request of a run folder; unknown fields, wrong types and data that is no longer where it was are refused
     in one line (a relative path, from an older spamo, is taken relative to the current folder as it was then)."""
-    from spamo.io import read_toml
 
     run_file = Path(run_dir) / RUN_FILE
     table = read_toml(run_file, "tune run file").get("tune")
@@ -148,8 +149,6 @@ def _check_paths(request: TuneRequest, run_file: Path) -> None:
 def load_prepared(request: TuneRequest, data=None):
     """Load (unless `data` is given) and preprocess the data a request names, as the search did:
     (prepared data, base config)."""
-    from spamo import pipeline
-    from spamo.config import SpamoConfig
 
     data = load_data(request) if data is None else data
     base = SpamoConfig(seed=request.seed, n_clusters=request.n_clusters, epochs=request.epochs)
@@ -158,7 +157,6 @@ def load_prepared(request: TuneRequest, data=None):
 
 def load_data(request: TuneRequest):
     """The raw data a request names (MultiOmicsData)."""
-    from spamo import pipeline
 
     return pipeline.load_data(dataset=request.dataset, data_dir=request.data_dir, data_type=request.data_type,
                               data_root=request.data_root, n_clusters=request.n_clusters, layer=request.layer)

@@ -30,7 +30,14 @@ import ray
 import torch
 from ray import tune
 
+from search.graph_cache import cached_graphs
+from search.space import trial_config
+from spamo.clustering import cluster
 from spamo.config import SpamoConfig
+from spamo.graphs import build_graphs
+from spamo.metrics import label_free_scores, machine_named, score_against_truth, spatial_coherence
+from spamo.pipeline import fit_and_cluster
+from spamo.selection import TrialFindings
 
 # At most this many spots enter the silhouette of an intermediate report (it is quadratic in the spots).
 PROBE_ASW_SPOTS = 1500
@@ -48,6 +55,8 @@ class TrialContext:
     finished: dict = field(default_factory=dict)  # trial id -> final report, for trials finished before a resume
     metric: str = "ari"  # the search's metric (every report must carry it, a failure report as NaN)
     checkpoint_every: int | None = None  # epochs between checkpoints (None: spamo.training's time rule)
+    run_dir: str | None = None  # the run folder: trial folders (and their found.npz) live under it
+    keep_embeddings: bool = True  # write found.npz (domains + float16 fused embedding) per finished trial (h6)
 
 
 CHECKPOINT_FILE = "trainer.pt"
@@ -68,7 +77,6 @@ def where_am_i() -> dict:
 
 def probe_scores(prepared, embedding: np.ndarray, labels: np.ndarray, seed: int) -> dict:
     """Cheap scores of an intermediate clustering: truth scores, silhouette on a subsample, spatial coherence."""
-    from spamo.metrics import label_free_scores, machine_named, score_against_truth, spatial_coherence
 
     scores = {}
     if prepared.truth is not None:
@@ -90,6 +98,7 @@ class Probe:
         self.prepared, self.config, self.started, self.node = prepared, config, started, node
         self.start_epoch = start_epoch
         self.pending: bytes | None = None  # the last due checkpoint, serialised, not yet reported
+        self.findings = TrialFindings(config.n_clusters, config.seed)  # label-free criteria between reports (h6)
 
     def keep(self, checkpoint: dict) -> None:
         """`on_checkpoint` of spamo.training: serialise now (the dict holds live tensors), report with the next
@@ -99,14 +108,13 @@ class Probe:
         self.pending = buffer.getvalue()
 
     def __call__(self, epoch: int, embedding_fn, losses: dict) -> bool:
-        from spamo.clustering import cluster
-
         if epoch >= self.config.epochs:  # the final report follows at once
             return False
         embedding = embedding_fn()
         labels = np.asarray(cluster(embedding, self.config.n_clusters, method="kmeans", n_pcs=self.config.n_pcs,
                                     seed=self.config.seed))
         report = probe_scores(self.prepared, embedding, labels, self.config.seed)
+        report.update(self.findings.probe(self.prepared.features, embedding, labels, report["spatial_coherence"]))
         report.update(epoch=int(epoch), loss=float(losses["total"]), final=False, start_epoch=self.start_epoch,
                       wall_s=time.time() - self.started, **self.node)
         if self.pending is None:
@@ -153,10 +161,6 @@ def run_trial(sampled: dict, prepared=None, context: TrialContext | None = None)
 
 def train_trial(sampled: dict, prepared, context: TrialContext, started: float, node: dict) -> dict:
     """Train and cluster one trial (from its checkpoint when it has one); the final report."""
-    from search.graph_cache import cached_graphs
-    from search.space import trial_config
-    from spamo.graphs import build_graphs
-    from spamo.pipeline import fit_and_cluster
 
     torch.set_num_threads(max(1, int(round(context.cpus_per_trial))))
     config = trial_config(context.base, context.fixed, sampled, prepared.n_modalities, prepared.n_spots)
@@ -170,6 +174,10 @@ def train_trial(sampled: dict, prepared, context: TrialContext, started: float, 
     result = fit_and_cluster(prepared, config, graphs=graphs, callback=probe, callback_every=context.report_every,
                              progress=False, train_options=options)
     final = dict(result.scores)
+    final.update(probe.findings.final(prepared.features, result.fused, final["spatial_coherence"]))
+    if context.keep_embeddings and context.run_dir:  # what the trial found, for --rescore and pictures (h6)
+        probe.findings.save(f"{context.run_dir}/{tune.get_context().get_trial_name()}", result.labels, result.fused,
+                            prepared.kept_index)
     final.update(
         epoch=len(result.history), loss=float(result.history[-1]["total"]) if result.history else float("nan"),
         final=True, start_epoch=start_epoch, graphs_s=graphs_s, graphs_cached=graphs_cached,

@@ -12,9 +12,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from search import ray_cluster
+from search.graph_cache import start_cache
+from search.ledger import TrialLedger, TrialLog, exception_summary, finished_results, load_ledger
+from search.results import (METRICS, TRUTH_SCORES, best_row, metric_mode, plot_history, plot_importances,
+                            selection_note, top_table, trials_frame, write_best_config, write_parquet)
 from search.run_folder import (RESULTS_ROOT, RUN_FILE, STUDY_FILE, TRIALS_FILE, TuneRequest, experiment_path,
                                is_uri, load_prepared, ray_storage_path, read_request, run_folder, write_request)
+from search.searcher import ResumableOptunaSearch
+from search.space import load_space, space_path
+from search.trainable import TrialContext, run_trial, trial_dirname
 from spamo.errors import SpamoInputError
+from spamo.pipeline import package_versions, truth_sha256
+from spamo.selection import DEFAULT_LABEL_FREE, DEFAULT_REASON
 
 __all__ = ["TuneRequest", "TuneOutcome", "start_tune", "resume_tune", "run_folder", "is_uri", "choose_metric"]
 
@@ -55,16 +64,26 @@ def _check_request(request: TuneRequest) -> None:
 
 
 def choose_metric(metric: str | None, has_truth: bool) -> str:
-    """`ari` when the data has a ground truth, else the label-free `asw`; a given metric is checked."""
-    from search.results import METRICS, TRUTH_SCORES
+    """`ari` when the data has a ground truth, else the measured label-free default
+    (`spamo.selection.DEFAULT_LABEL_FREE`); a given metric is checked."""
 
     if metric is None:
-        return "ari" if has_truth else "asw"
+        return "ari" if has_truth else DEFAULT_LABEL_FREE
     if metric not in METRICS:
         raise SpamoInputError("--metric", f"'{metric}' is not one of {', '.join(METRICS)}")
     if metric in TRUTH_SCORES and not has_truth:
         raise SpamoInputError("--metric", f"'{metric}' needs a ground truth, which this data has not")
     return metric
+
+
+def metric_reason(metric: str, given: str | None) -> str:
+    """One line: which criterion the search optimises and why (printed by `spamo tune`, kept in best_config)."""
+
+    if given is not None:
+        return f"{metric}: asked for with --metric"
+    if metric in TRUTH_SCORES:
+        return f"{metric}: the data has a ground truth (the choice will have seen the labels it is scored against)"
+    return DEFAULT_REASON
 
 
 # ------------------------------------------------------------------------------------------------ the search
@@ -85,7 +104,6 @@ class Search:
 
 def load_search(request: TuneRequest, run_dir: Path) -> Search:
     """Load and preprocess the data once, resolve the base config, read the search space."""
-    from search.space import load_space, space_path
 
     space = load_space(space_path(request.dataset, request.space))
     prepared, base = load_prepared(request)
@@ -97,12 +115,11 @@ def load_search(request: TuneRequest, run_dir: Path) -> Search:
 def build_trainable(search: Search, finished: dict):
     from ray import tune
 
-    from search.graph_cache import start_cache
-    from search.trainable import TrialContext, run_trial
 
     cache_name = f"spamo-graphs-{search.request.name}"
     search.graph_cache = start_cache(cache_name)
     context = TrialContext(base=search.base, fixed=search.space.fixed, report_every=search.request.report_every,
+                           run_dir=str(search.run_dir), keep_embeddings=search.request.keep_embeddings,
                            cache_name=cache_name, cpus_per_trial=search.request.cpus_per_trial, finished=finished,
                            metric=search.metric, checkpoint_every=search.request.checkpoint_every)
     return tune.with_parameters(run_trial, prepared=search.prepared, context=context)
@@ -118,10 +135,6 @@ def build_tuner(search: Search, trainable, resources: dict):
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from search.ledger import TrialLedger, TrialLog
-    from search.searcher import ResumableOptunaSearch
-    from search.results import metric_mode
-    from search.trainable import trial_dirname
 
     request, mode = search.request, metric_mode(search.metric)
     sampler = optuna.samplers.TPESampler(seed=request.seed, multivariate=True)
@@ -173,6 +186,7 @@ def start_tune(request: TuneRequest, log=print) -> TuneOutcome:
     log(f"[bold]spamo tune[/] {request.name}: {search.prepared.name}, {search.prepared.n_spots} spots, "
         f"{request.num_samples} trials of {resources['cpu']:g} CPU + {resources['gpu']:g} GPU, metric "
         f"{search.metric}, scheduler {request.scheduler} -> {run_dir}")
+    log(f"optimising {metric_reason(search.metric, request.metric)}")
     tuner = build_tuner(search, build_trainable(search, finished={}), resources)
     return finish(search, tuner, log)
 
@@ -183,7 +197,6 @@ def resume_tune(name: str, storage: str | None = None, address: str | None = Non
     unfinished ones continue from their last checkpoint."""
     from ray import tune
 
-    from search.ledger import finished_results, load_ledger
 
     run_dir = run_folder(name, storage, results_root)
     if not (run_dir / RUN_FILE).is_file():
@@ -215,7 +228,6 @@ def finish(search: Search, tuner, log) -> TuneOutcome:
         grid = tuner.fit()
     except Exception as exc:  # noqa: BLE001 - Ray's controller itself failed (e.g. workers killed for memory)
         grid = None
-        from search.ledger import exception_summary
 
         log(f"[red]the search stopped[/]: {exception_summary(str(exc)) or type(exc).__name__}")
     finally:
@@ -238,10 +250,6 @@ def write_outputs(search: Search, grid, log) -> TuneOutcome:
     import optuna
     from rich.console import Console
 
-    from search.ledger import load_ledger
-    from search.results import (best_row, plot_history, plot_importances, selection_note, top_table,
-                                trials_frame, write_best_config, write_parquet)
-    from spamo.pipeline import package_versions, truth_sha256
 
     run_dir, request, metric = search.run_dir, search.request, search.metric
     known = _ray_trials(grid) if grid is not None else []
@@ -258,7 +266,7 @@ def write_outputs(search: Search, grid, log) -> TuneOutcome:
     write_parquet(frame, run_dir / TRIALS_FILE)
     best = best_row(frame, metric)
     if best is not None:
-        write_best_config(best, metric, run_dir / "best_config.toml")
+        write_best_config(best, metric, run_dir / "best_config.toml", why=metric_reason(metric, request.metric))
     plot_history(frame, metric, run_dir / "optimization_history.png")
     study = optuna.load_study(study_name=request.name, storage=f"sqlite:///{run_dir / STUDY_FILE}")
     complete = grid is not None and len(frame) == request.num_samples and not pending

@@ -15,31 +15,25 @@ Every refusal of bad input is a `spamo.errors.SpamoInputError` carrying the one 
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from spamo import datasets, pipeline
+import pandas as pd
+import pyarrow.feather as feather
+
+from evaluation.evaluate import EvaluateRequest, evaluate_best
+from search.tuning import TuneRequest, start_tune
+from spamo import analysis, datasets, pipeline
 from spamo.config import SpamoConfig
 from spamo.data import MultiOmicsData
-from spamo.errors import SpamoInputError
+from spamo.errors import SpamoInputError, quiet_readers
 from spamo.pipeline import RunResult
 
 __all__ = ["fit", "tune", "evaluate", "analyze", "RunResult", "TuneResult", "build_run_config", "quiet_readers"]
-
-
-@contextlib.contextmanager
-def quiet_readers():
-    """Silence anndata's / mudata's warnings while data is read and checked: a refusal (say, duplicated spot names)
-    is then the one line of the SpamoInputError, not four library warnings before it."""
-    with warnings.catch_warnings():
-        for module in (r"anndata(\..*)?", r"mudata(\..*)?"):
-            warnings.filterwarnings("ignore", module=module)
-        warnings.filterwarnings("ignore", message=r".*names are not unique")
-        yield
 
 
 def build_run_config(config: SpamoConfig | dict | str | Path | None = None, where: str = "spamo.fit",
@@ -84,8 +78,7 @@ def fit(data, *, data_type: str | None = None, n_clusters: int | None = None,
         if config.data_type is None:
             raise SpamoInputError("data_type", "give the data type of in-memory data (data_type=...)")
         with quiet_readers():
-            loaded = datasets.from_memory(data, config.data_type, truth=truth, n_clusters=config.n_clusters,
-                                          layer=layer)
+            loaded = datasets.from_memory(data, config.data_type, truth=truth, layer=layer)
     return pipeline.run(loaded, config, modalities=modalities, progress=progress)
 
 
@@ -125,12 +118,6 @@ def tune(dataset: str | None = None, *, data_dir: str | Path | None = None, data
     gpus_per_trial, max_concurrent, storage, address, report_every, seed, results_root, layer, ...). Writes the tune
     run folder (`results_root/name`), as `spamo tune` does, and returns its content.
     """
-    import dataclasses
-
-    import pandas as pd
-
-    from search.tuning import TuneRequest, start_tune
-
     known = {f.name for f in dataclasses.fields(TuneRequest)}
     unknown = sorted(set(options) - known)
     if unknown:
@@ -159,12 +146,6 @@ def evaluate(runs: list[str | Path] | None = None, *, log: Callable[..., None] |
     `options` are the other fields of `evaluation.evaluate.EvaluateRequest` (runs_root, top_k, seeds, first_seed,
     out, address, num_cpus, cpus_per_run, gpus_per_run, cross, plots, analyze, gene_sets).
     """
-    import dataclasses
-
-    import pyarrow.feather as feather
-
-    from evaluation.evaluate import EvaluateRequest, evaluate_best
-
     known = {f.name for f in dataclasses.fields(EvaluateRequest)}
     unknown = sorted(set(options) - known)
     if unknown:
@@ -183,22 +164,17 @@ def evaluate(runs: list[str | Path] | None = None, *, log: Callable[..., None] |
 
 
 def analyze(run: RunResult | str | Path, **options: Any):
-    """Markers per modality, PAGA and gene-set enrichment of the domains, for a `RunResult` in memory (its data
-    and embedding, nothing re-read from disk) or a run folder written by `spamo run` / `RunResult.write`.
+    """Markers per modality, PAGA and gene-set enrichment of the domains, for a `RunResult` in memory (its data,
+    labels and embedding; nothing re-read from disk, nothing written without `out_dir`) or a run folder written by
+    `spamo run` / `RunResult.write` (written into RUN_DIR/analysis by default).
 
-    `options` are those of `spamo.analysis.analyze` (groupby, gene_sets, out_dir, method, n_top, online_gene_sets,
-    seed, permutations, ...). Returns the analysis result (markers, enrichment, PAGA tables; the folder it wrote).
+    `options` are those of `spamo.analysis.analyze_data` / `analyze` (groupby, gene_sets, out_dir, method, n_top,
+    online_gene_sets, seed, permutations, ...). Returns the `AnalysisResult` (markers, enrichment, PAGA tables).
     """
-    from spamo import analysis
-
     if isinstance(run, RunResult):
-        analyze_data = getattr(analysis, "analyze_data", None)
-        if analyze_data is None:
-            raise SpamoInputError("spamo.analyze", "this version analyses run folders only: result.write(folder) "
-                                                   "first, then analyze(folder)")
         if run.data is None:
             raise SpamoInputError("spamo.analyze", "this result does not carry its data")
-        if "out_dir" not in options:
-            raise SpamoInputError("spamo.analyze", "give out_dir= for the analysis of a result in memory")
-        return analyze_data(run.embedding_anndata(), dict(run.data.modalities), **options)
+        prepared = run.prepared
+        return analysis.analyze_data(run.data, run.labels, run.fused, spot_names=prepared.spot_names,
+                                     coords=prepared.coords, modalities=prepared.modality_names, **options)
     return analysis.analyze(run, **options)

@@ -33,7 +33,7 @@ from spamo.dataset_table import DATASETS_TOML, DatasetSpec, dataset_registry, ge
 from spamo.datatypes import get_data_type
 from spamo.errors import SpamoInputError
 from spamo.package_data import CONFIG_DIR
-from spamo.simulate import truth_from_spfac, write_simulation
+from spamo.simulate import get_preset, is_preset, truth_from_spfac, write_simulation
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,8 @@ def load(source: str | Path, data_type: str | None = None, modality_files: dict 
     ground truth: a label file (any source) or, for `.h5mu`, an obs column name. `layer` names the matrix to read
     instead of `.X`.
     """
+    if isinstance(source, str) and source not in dataset_registry() and _is_preset(source):
+        return load_dataset(source, data_root=data_root, n_clusters=n_clusters, layer=layer, truth_file=truth)
     if isinstance(source, str) and source in dataset_registry():
         if modality_files:
             raise SpamoInputError("--modality-files", f"applies to a folder of your own, not to dataset '{source}'")
@@ -102,16 +104,22 @@ def load_dataset(key: str, data_root: str | Path = "./Data", n_clusters: int | N
     return load_layout(folder, spec, n_clusters, layer=layer, truth_file=truth_file)
 
 
-def _is_preset(key: str) -> bool:
-    from spamo.simulate import is_preset
+def check_dataset_key(key: str) -> None:
+    """Refuse a --dataset that is neither a dataset of configs/datasets.toml nor a simulation preset (one line)."""
+    if key in dataset_registry() or _is_preset(key):
+        return
+    from spamo.simulate import load_presets
 
+    raise SpamoInputError("--dataset", f"unknown dataset '{key}' (known: {', '.join(dataset_registry())}; "
+                                       f"simulation presets: {', '.join(load_presets())})")
+
+
+def _is_preset(key: str) -> bool:
     return is_preset(key)
 
 
 def _load_preset(key: str, data_root: str | Path, n_clusters: int | None, layer: str | None = None,
                  truth_file: str | Path | None = None) -> MultiOmicsData:
-    from spamo.simulate import get_preset
-
     preset = get_preset(key)
     folder = Path(data_root) / key
     if not folder.exists():
@@ -216,7 +224,6 @@ def from_memory(data, data_type: str, *, truth=None, n_clusters: int | None = No
     modality 1, or the name of an obs column. Nothing is read from or written to disk; the caller's objects are not
     modified.
     """
-    from spamo.datatypes import get_data_type
 
     dtype = get_data_type(data_type)
     mdata = data if hasattr(data, "mod") and hasattr(data, "obsm") else None
@@ -636,7 +643,7 @@ def dataset_summary(data: MultiOmicsData) -> dict:
     return summary
 
 
-__all__ = ["DatasetSpec", "dataset_registry", "get_dataset_spec", "load", "load_dataset", "load_layout", "load_folder",
+__all__ = ["DatasetSpec", "dataset_registry", "get_dataset_spec", "check_dataset_key", "load", "load_dataset", "load_layout", "load_folder",
            "load_h5mu", "from_memory", "parse_modality_files", "input_matrix", "matrix_label", "raw_counts", "check_modality",
            "align_modalities", "read_truth_file", "spot_ids_from_names", "detect_layout", "dataset_summary",
            "check_n_clusters"]

@@ -226,6 +226,34 @@ def atomic_dir(path: str | Path, keep_existing: bool = False) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
+def replaced_outputs(path: str | Path, keep: Iterable[str] = ()) -> Iterator[Path]:
+    """Like `atomic_dir`, for a folder that also holds a cache outliving one command (an evaluation's seed runs).
+
+    The new outputs are written into the yielded temporary folder; on success the entries of the old folder named
+    in `keep` are moved into it (renames: the cache's files keep their times) and the whole is swapped in, so no
+    table or picture of an earlier command is left beside the new ones. Check the folder with `check_output_folder`
+    before the command writes its cache into it.
+    """
+    path = Path(path)
+    _make_parent(path)
+    clean_stale(path)
+    tmp = temp_sibling(path)
+    os.mkdir(tmp, 0o777)
+    try:
+        yield tmp
+        for name in keep:
+            if os.path.lexists(path / name) and not os.path.lexists(tmp / name):
+                os.rename(path / name, tmp / name)
+        swap_in(tmp, path)
+    finally:
+        if tmp.exists():
+            for name in keep:  # a failure after the cache moved: put it back
+                if os.path.lexists(tmp / name) and path.is_dir() and not os.path.lexists(path / name):
+                    os.rename(tmp / name, path / name)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def removed_on_refusal(path: str | Path) -> Iterator[None]:
     """Remove `path` if it did not exist on entry and a refusal (`SpamoInputError`) leaves the block.
 

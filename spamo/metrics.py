@@ -68,14 +68,14 @@ SCORES: tuple[tuple[str, str, bool], ...] = (
     ("asw", "ASW", False),
     ("asw_gt", "ASW_gt", True),
     ("spatial_coherence", "Spatial coherence", False),
-    # label-free selection criteria of spamo.selection (h6): computed per trial by the search, not by every run
-    ("consistency", "Cross-modal consistency", False),
-    ("stability", "Stability", False),
-    ("composite", "Composite", False),
 )
 SCORE_NAMES: tuple[str, ...] = tuple(name for name, _, _ in SCORES)
 TRUTH_SCORES: tuple[str, ...] = tuple(name for name, _, truth in SCORES if truth)
-LABEL_FREE_SCORES: tuple[str, ...] = tuple(name for name, _, truth in SCORES if not truth)
+# The label-free selection criteria of spamo.selection (h6) are scored per search trial (they need the run's
+# intermediate reports), not by every run, so they are search metrics and trials.parquet columns but not columns of
+# the run/evaluation score tables.
+SEARCH_CRITERIA: tuple[str, ...] = ("consistency", "stability", "composite")
+LABEL_FREE_SCORES: tuple[str, ...] = tuple(name for name, _, truth in SCORES if not truth) + SEARCH_CRITERIA
 _MACHINE = {label: name for name, label, _ in SCORES}
 _LABEL = {name: label for name, label, _ in SCORES}
 ASW_MAX_SPOTS = 10_000

@@ -14,12 +14,17 @@ from pathlib import Path
 
 import numpy as np
 
+from spamo import datasets, run_folder
+from spamo.clustering import cluster
 from spamo.config import SpamoConfig
 from spamo.data import MultiOmicsData, PreparedData
+from spamo.datasets import check_n_clusters
 from spamo.errors import SpamoInputError
-from spamo import run_folder
+from spamo.graphs import build_graphs
 from spamo.io import atomic_dir, file_sha256
 from spamo.metrics import clustering_scores
+from spamo.preprocessing import preprocess
+from spamo.training import train
 
 VERSIONED_PACKAGES = ("spamo", "torch", "numpy", "scipy", "scikit-learn", "scanpy", "anndata", "ray", "optuna")
 
@@ -118,14 +123,13 @@ def load_data(
     layer: str | None = None,
 ) -> MultiOmicsData:
     """Load a named dataset (`hln`, `mb`, `sim`), a folder of .h5ad files, or one .h5mu file (`datasets.load`)."""
-    from spamo import datasets
 
     if dataset is not None and data_dir is not None:
         raise SpamoInputError("--dataset", "give either --dataset or --data-dir, not both")
     if dataset is None and data_dir is None:
         raise SpamoInputError("--dataset", "give --dataset hln|mb|sim or --data-dir DIR --data-type TYPE")
     if dataset is not None:
-        datasets.get_dataset_spec(dataset)  # an unknown key is refused as a key, not looked up as a folder
+        datasets.check_dataset_key(dataset)  # an unknown key is refused as a key, not looked up as a folder
     source = dataset if dataset is not None else Path(data_dir)
     return datasets.load(source, data_type=data_type, modality_files=modality_files, truth=truth_file,
                          layer=layer, n_clusters=n_clusters, data_root=data_root)
@@ -134,17 +138,18 @@ def load_data(
 def prepare(data: MultiOmicsData, config: SpamoConfig, modalities: list[str] | None = None
             ) -> tuple[PreparedData, SpamoConfig]:
     """Preprocess the data and resolve the config against it (data type, modality count, spot count)."""
-    from spamo.preprocessing import preprocess
 
+    # K is the config's; the loader's `data.n_clusters` (the registry's K, a simulation's domains) only fills a gap
     config = config.replace(data_type=data.data_type,
                             n_clusters=config.n_clusters or data.n_clusters)
     if config.n_clusters is None:
         raise SpamoInputError("--n-clusters", "the number of clusters is not known for this data: pass --n-clusters")
+    check_n_clusters(config.n_clusters, data.n_spots)  # before the preprocessing, which can take a while
+    unknown = [m for m in modalities or () if m not in data.modality_names]
+    if unknown:
+        raise SpamoInputError("--modalities", f"unknown modality {unknown[0]!r} (have {data.modality_names})")
     prepared = preprocess(data, seed=config.seed)
     if modalities:
-        unknown = [m for m in modalities if m not in prepared.modality_names]
-        if unknown:
-            raise SpamoInputError("--modalities", f"unknown modality {unknown[0]!r} (have {prepared.modality_names})")
         prepared = prepared.subset_modalities(list(modalities))
         if config.modality_weights is not None and len(config.modality_weights) != len(modalities):
             config = config.replace(modality_weights=None)
@@ -155,7 +160,6 @@ def prepare(data: MultiOmicsData, config: SpamoConfig, modalities: list[str] | N
 def cluster_and_score(prepared: PreparedData, fused: np.ndarray, config: SpamoConfig,
                       method: str | None = None) -> tuple[np.ndarray, dict]:
     """Cluster the fused embedding into n_clusters domains and score them (machine names, `metrics.SCORES`)."""
-    from spamo.clustering import cluster
 
     labels = cluster(fused, config.n_clusters, method=method or config.cluster_method, n_pcs=config.n_pcs,
                      coords=prepared.coords, smooth=config.smooth, init_k=config.init_k)
@@ -170,8 +174,6 @@ def fit_and_cluster(prepared: PreparedData, config: SpamoConfig, graphs=None, ca
 
     `train_options` go to `spamo.training.train` as they are (checkpoints: `start_from`, `on_checkpoint`,
     `checkpoint_every`)."""
-    from spamo.graphs import build_graphs
-    from spamo.training import train
 
     timings: dict = {}
     start = time.perf_counter()

@@ -48,18 +48,21 @@ def _cache_umap_compilation() -> None:
         from numba.core.registry import CPUDispatcher
     except ImportError:
         return
-    seen = set()
+    dispatchers = {}
     for name, module in list(sys.modules.items()):
         if module is None or not name.startswith(("umap", "pynndescent")):
             continue
         for obj in list(vars(module).values()):
-            if not isinstance(obj, CPUDispatcher) or type(getattr(obj, "_cache", None)).__name__ != "NullCache":
+            if isinstance(obj, CPUDispatcher) and type(getattr(obj, "_cache", None)).__name__ == "NullCache":
+                dispatchers.setdefault(id(obj.py_func), {})[id(obj)] = obj
+    for twins in dispatchers.values():
+        # numba's cache index does not key on options: of two dispatchers of one Python function (umap has a
+        # serial and a parallel layout epoch) only the serial one is cached, the one n_jobs=1 runs
+        if len(twins) > 1:
+            twins = {k: d for k, d in twins.items() if not d.targetoptions.get("parallel")}
+            if len(twins) != 1:
                 continue
-            # numba's cache index does not key on options: of two dispatchers of one Python function (umap has a
-            # serial and a parallel layout epoch) only the serial one is cached, the one n_jobs=1 runs
-            if obj.targetoptions.get("parallel") or obj.py_func in seen:
-                continue
-            seen.add(obj.py_func)
+        for obj in twins.values():
             try:
                 obj.enable_caching()
             except Exception:  # noqa: BLE001 - a function numba cannot cache compiles as before

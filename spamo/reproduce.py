@@ -21,11 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from spamo import datasets, pipeline
+from spamo.clustering import r_available
 from spamo.config import SpamoConfig
+from spamo.datasets import dataset_registry, detect_layout, get_dataset_spec
 from spamo.errors import SpamoInputError
 from spamo.io import atomic_write_text, dump_toml, read_toml
+from spamo.package_data import CONFIG_DIR
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 PROFILE_DIR = CONFIG_DIR / "search"
 PUBLISHED_FILE = CONFIG_DIR / "published.toml"
 PROFILES = ("published",)  # the value of --reproduce
@@ -56,7 +59,6 @@ def published_config(key: str, profile: str = "published") -> SpamoConfig:
 def profile_key(dataset: str | None = None, data_dir: str | Path | None = None, data_type: str | None = None) -> str:
     """Which dataset's profile `spamo run --reproduce published` replays: the dataset key, else the known layout
     of the folder, else the one published dataset of that data type."""
-    from spamo.datasets import dataset_registry, detect_layout, get_dataset_spec
 
     if dataset is not None:
         get_dataset_spec(dataset)
@@ -93,7 +95,6 @@ class Reproduced:
 
 def check_folders(keys: list[str], data_root: str | Path) -> None:
     """Refuse, before any work, a dataset whose folder is missing (one line naming the fetch command)."""
-    from spamo.datasets import get_dataset_spec
 
     for key in keys:
         folder = get_dataset_spec(key).path(data_root)
@@ -118,7 +119,6 @@ def reproduce(keys: list[str], data_root: str | Path = "Data", out: str | Path =
     `epochs` and `cluster_method` depart from the profile (short checks; machines without R): the summary and
     each run.toml say what was used.
     """
-    from spamo import datasets, pipeline
 
     check_folders(keys, data_root)
     published = read_toml(PUBLISHED_FILE)
@@ -164,7 +164,6 @@ def same_data(data, n_spots: int, entry: dict) -> tuple[bool, str]:
 def backend_name(config: SpamoConfig) -> str:
     """The clustering that produced the labels, with versions where R is involved (mclust's EEE fit is what the
     published numbers used; scikit-learn's tied GMM is the same model with another initialisation)."""
-    from spamo.clustering import r_available
 
     method = config.cluster_method
     if method == "auto":

@@ -27,13 +27,14 @@ import scipy.sparse as sp
 from spamo.dataset_table import get_dataset_spec
 from spamo.errors import SpamoInputError
 from spamo.io import atomic_dir, read_toml, write_h5ad
+from spamo.package_data import CONFIG_DIR
 
 CHUNK_SPOTS = 16384
 MIN_SPOTS, MAX_SPOTS = 300, 1_000_000
 MIN_DOMAINS, MAX_DOMAINS = 4, 8
 GRIDS = ("square", "hex")
 LAYOUT_MODALITIES = {"sim": ("RNA", "ADT", "ATAC"), "hln": ("RNA", "ADT"), "mb": ("RNA", "ATAC")}
-PRESET_FILE = Path(__file__).resolve().parent.parent / "configs" / "benchmarks" / "selection.toml"
+PRESET_FILE = CONFIG_DIR / "benchmarks" / "selection.toml"
 
 
 @dataclass(frozen=True)

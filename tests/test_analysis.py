@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from cli import app
 from spamo.analysis import (ENRICHMENT_COLUMNS, MARKER_COLUMNS, PAGA_COLUMNS, benjamini_hochberg,
                             fetch_enrichr_library, parse_gmt_text)
+from spamo import run_folder
 from spamo.datasets import load_folder
 from spamo.errors import MissingDependencyError, SpamoInputError
 from spamo.simulate import simulate
@@ -43,18 +44,12 @@ def write_run_folder(run_dir: Path, data_dir: Path, sim, seed: int = 0, drop_eve
     fused[np.arange(kept.sum()), truth] = 1.0
     fused += rng.normal(0, 0.3, size=fused.shape).astype(np.float32)
     fused /= np.linalg.norm(fused, axis=1, keepdims=True)
-    obs = pd.DataFrame(index=pd.Index(spot_names[kept], name="spot"))
-    obs["domain"] = pd.Categorical([str(int(v)) for v in truth])
-    obs["truth"] = pd.Categorical([str(int(v)) for v in truth])
-    emb = ad.AnnData(obs=obs)
-    emb.obsm["spatial"] = np.asarray(sim.coords, dtype=np.float64)[kept]
-    emb.obsm["X_spamo"] = fused
-    for name in sim.modalities:
-        emb.obsm[f"X_spamo_{name}"] = fused
-    emb.uns["spamo"] = {"data_type": "Simulation", "dataset": "sim", "modalities": list(sim.modalities),
-                        "sources": {n: str((data_dir / MODALITY_FILES[n]).resolve()) for n in sim.modalities}}
-    emb.write_h5ad(run_dir / "embedding.h5ad")
-    (run_dir / "labels.txt").write_text("\n".join(str(int(v)) for v in truth) + "\n")
+    embedding = run_folder.RunEmbedding(
+        spot_names=spot_names[kept], coords=np.asarray(sim.coords, dtype=np.float64)[kept], fused=fused,
+        per_modality={name: fused for name in sim.modalities}, labels=truth, truth=truth, data_type="Simulation",
+        dataset="sim", sources={n: str((data_dir / MODALITY_FILES[n]).resolve()) for n in sim.modalities})
+    run_folder.write_embedding(embedding, run_dir / run_folder.EMBEDDING_FILE)
+    run_folder.write_labels(truth, run_dir / run_folder.LABELS_FILE)
     return list(spot_names[kept])
 
 

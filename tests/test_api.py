@@ -148,6 +148,12 @@ def test_fit_on_a_mudata_and_on_a_dict_gives_the_labels_of_spamo_run(folder, cli
     assert embedding.modality_names == ["RNA", "ADT"] and embedding.sources == {}  # in memory: no input file
     np.testing.assert_allclose(embedding.fused, from_dict.embedding, rtol=1e-6)
 
+    # analyze in memory: the domains' markers per modality, nothing written without out_dir
+    analysed = spamo.analyze(from_dict, n_top=5, permutations=0)
+    assert analysed.out_dir is None and set(analysed.markers["modality"]) == {"RNA", "ADT"}
+    assert sorted(analysed.markers["domain"].astype(str).unique()) == ["0", "1", "2", "3", "4"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["api_run"]
+
 
 TUNE_AND_EVALUATE = textwrap.dedent("""
     import json, sys

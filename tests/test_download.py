@@ -354,3 +354,27 @@ def test_configured_sources_point_at_the_published_record():
         assert source.url == "https://zenodo.org/records/14591305/files/Data.zip?download=1"
         assert source.member == folder
     assert download.all_keys() == ["hln", "mb", "sim"]
+
+
+@pytest.mark.parametrize("partial", ["changed on the server", "already whole"])
+def test_resume_starts_over_when_the_file_changed_and_finishes_a_whole_partial(partial, server, authors_files,
+                                                                                tmp_path):
+    archive = _data_zip(authors_files)
+    server.files["/Data.zip"] = archive
+    url = server.url("/Data.zip")
+    root = tmp_path / "Data"
+    _, part, meta = download.cache_paths(url, root)
+    part.parent.mkdir(parents=True)
+    if partial == "changed on the server":  # bytes of an older file, and its validator
+        part.write_bytes(b"old bytes " * 100)
+        meta.write_text(json.dumps({"url": url, "validator": '"data-zip-v0"'}))
+        expected = [("/Data.zip", "bytes=1000-", '"data-zip-v0"')]
+    else:
+        part.write_bytes(archive)
+        meta.write_text(json.dumps({"url": url, "validator": ETAG}))
+        expected = [("/Data.zip", f"bytes={len(archive)}-", ETAG)]
+    result = _download("hln", url, root)
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert server.requests == expected
+    assert {p.name: p.read_bytes() for p in (root / "HLN").iterdir()} == authors_files["HLN"]
+    assert json.loads((root / ".spamo-checksums.json").read_text()) == {url: hashlib.sha256(archive).hexdigest()}

@@ -192,3 +192,23 @@ def test_removed_on_refusal_only_removes_what_the_block_created(tmp_path):
             (tmp_path / "other").mkdir()
             raise RuntimeError("not a refusal")
     assert (tmp_path / "other").exists()
+
+
+def test_replaced_outputs_keeps_the_cache_and_drops_everything_else(tmp_path):
+    out = tmp_path / "evaluate"
+    (out / "seed_runs").mkdir(parents=True)
+    (out / "seed_runs" / "run1.json").write_text("{}")
+    stamp = (out / "seed_runs" / "run1.json").stat().st_mtime_ns
+    (out / "best_configs.parquet").write_text("old")
+    (out / "domains_gone.png").write_text("a dataset of the earlier evaluation")
+    with sio.replaced_outputs(out, keep=("seed_runs",)) as new:
+        (new / "best_configs.parquet").write_text("new")
+    assert _names(out) == ["best_configs.parquet", "seed_runs"] and _names(tmp_path) == ["evaluate"]
+    assert (out / "best_configs.parquet").read_text() == "new"
+    assert (out / "seed_runs" / "run1.json").stat().st_mtime_ns == stamp
+    with pytest.raises(RuntimeError):
+        with sio.replaced_outputs(out, keep=("seed_runs",)) as new:
+            (new / "best_configs.parquet").write_text("newer")
+            raise RuntimeError("interrupted")
+    assert (out / "best_configs.parquet").read_text() == "new" and _names(out) == ["best_configs.parquet", "seed_runs"]
+    assert _names(tmp_path) == ["evaluate"]

@@ -56,6 +56,7 @@ def two_folders(tmp_path_factory):
     return with_truth, without
 
 
+@pytest.mark.slow
 def test_run_into_an_existing_folder_leaves_exactly_the_new_runs_files(two_folders, tmp_path):
     with_truth, without = two_folders
     out = tmp_path / "run"
@@ -141,6 +142,7 @@ def test_refused_output_folders_are_one_line_and_change_nothing(case, tmp_path):
     assert not data_root.exists()  # refused before any data was read or generated
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("refusal", [["--n-clusters", "1"], ["--modalities", "FOO"], ["--knn-k", "5000"]],
                          ids=lambda r: r[0])
 def test_a_refused_run_on_the_builtin_simulation_writes_nothing(refusal, tmp_path):
@@ -159,6 +161,7 @@ def _dead_pid() -> int:
     return child.pid
 
 
+@pytest.mark.slow
 def test_sigkilled_simulate_leaves_a_part_the_next_run_cleans(tmp_path):
     out = tmp_path / "Simulation"
     env = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -21,6 +21,17 @@ def test_package_data_is_the_repository_configs_folder():
     assert (CONFIG_DIR / "datasets.toml").is_file() and (CONFIG_DIR / "search" / "sim.toml").is_file()
 
 
+def test_no_module_finds_configs_through_its_own_file_path():
+    """A path built from `__file__` to the checkout's configs/ breaks in an installed wheel: use CONFIG_DIR."""
+    offenders = []
+    for package in ("spamo", "search", "evaluation"):
+        for path in (ROOT / package).rglob("*.py"):
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                if "__file__" in line and "configs" in line:
+                    offenders.append(f"{path.relative_to(ROOT)}:{number}")
+    assert not offenders, offenders
+
+
 @pytest.mark.slow
 def test_wheel_installs_into_a_fresh_target_and_runs_from_another_folder(tmp_path):
     wheels = tmp_path / "wheels"
@@ -32,6 +43,9 @@ def test_wheel_installs_into_a_fresh_target_and_runs_from_another_folder(tmp_pat
                      "spamo/configs/search/sim.toml", "spamo/configs/search/default.toml",
                      "spamo/configs/cluster/ray-cluster.yaml"):
         assert packaged in names, packaged
+    for path in (ROOT / "configs").rglob("*"):  # every file of configs/ travels
+        if path.is_file():
+            assert f"spamo/configs/{path.relative_to(ROOT / 'configs').as_posix()}" in names, path
 
     target = tmp_path / "target"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target",

@@ -64,3 +64,15 @@ def test_composite_is_the_stated_mean():
     assert composite(0.5, 0.8, 0.2) == pytest.approx(0.5)
     assert composite(0.5, 0.8, -0.1) == pytest.approx(1.3 / 3)  # a negative ARI counts as 0
     assert np.isnan(composite(0.5, 0.8, float("nan")))
+
+
+def test_the_label_free_default_is_the_best_criterion_of_the_measured_table():
+    import re
+    from pathlib import Path
+
+    from spamo.selection import DEFAULT_LABEL_FREE, DEFAULT_REASON
+
+    table = (Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "selection.md").read_text()
+    best = re.search(r"Best median Spearman: \*\*(\w+)\*\* \(([+-]\d\.\d\d)\)", table)
+    assert best and best.group(1) == DEFAULT_LABEL_FREE
+    assert DEFAULT_REASON.startswith(DEFAULT_LABEL_FREE) and best.group(2) in DEFAULT_REASON

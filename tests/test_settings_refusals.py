@@ -3,6 +3,9 @@ before any data is read (the built-in simulation is not even generated) and with
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -106,3 +109,51 @@ def test_score_out_under_a_file_is_one_line(tmp_path):
                                       str(tmp_path / "truth.txt"), "--out", str(tmp_path)])
     one_line_refusal(result, "--out", "is a folder")
     assert_nothing_written(tmp_path, "taken", "truth.txt")
+
+
+# ------------------------------------------------------------------------------------------------ clean output
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli_process(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The real entry point (cli.main) in a child process, stdout and stderr piped (not a terminal)."""
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    env["PYTHONPATH"] = str(ROOT)
+    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600, env=env)
+
+
+@pytest.fixture(scope="module")
+def deep_simulation(tmp_path_factory):
+    """A small simulation at a long path (longer than 80 columns), with one duplicated spot name in a copy."""
+    import anndata as ad
+
+    from spamo.simulate import write_simulation
+
+    folder = tmp_path_factory.mktemp("clean") / ("a_rather_long_folder_name_" * 3) / "hln"
+    write_simulation(folder, n_spots=300, seed=2, layout="hln")
+    duplicated = folder.parent / "duplicated"
+    duplicated.mkdir()
+    for name in ("adata_RNA.h5ad", "adata_ADT.h5ad"):
+        adata = ad.read_h5ad(folder / name)
+        names = list(adata.obs_names)
+        names[1] = names[0]
+        adata.obs_names = names
+        adata.write_h5ad(duplicated / name)
+    return folder
+
+
+def test_duplicated_spot_names_print_only_the_refusal(deep_simulation, tmp_path):
+    done = cli_process("run", "--data-dir", str(deep_simulation.parent / "duplicated"), "--data-type", "10x",
+                       "--n-clusters", "5", "--out", str(tmp_path / "run"), "--quiet", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()], done.stderr  # no anndata warning before it
+    assert "duplicated spot names" in done.stderr and done.stdout == ""
+
+
+def test_tables_are_not_truncated_when_stdout_is_not_a_terminal(deep_simulation, tmp_path):
+    done = cli_process("data", "info", str(deep_simulation), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "…" not in done.stdout
+    path = str(deep_simulation / "adata_RNA.h5ad")
+    assert len(path) > 80 and any(path in line for line in done.stdout.splitlines()), done.stdout

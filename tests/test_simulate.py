@@ -260,3 +260,10 @@ def test_dataset_name_accepts_a_preset(tmp_path):
     assert data.name == name and data.coords.shape[0] == preset.n_spots
     assert data.n_clusters == preset.n_domains and (tmp_path / name).is_dir()
     np.testing.assert_array_equal(np.sort(np.unique(data.truth)), np.arange(preset.n_domains))
+    # the way every command loads (`spamo run/tune --dataset NAME`), and a name that is neither is refused
+    from spamo.pipeline import load_data
+
+    again = load_data(dataset=name, data_root=tmp_path)
+    assert again.name == name and np.array_equal(again.truth, data.truth)
+    with pytest.raises(SpamoInputError, match="simulation presets: .*" + name):
+        load_data(dataset="no_such_set", data_root=tmp_path)

@@ -118,6 +118,10 @@ def test_search_records_every_trial_and_a_failing_trial_leaves_the_others_intact
     first = frame.iloc[0]
     assert first["lr"] == pytest.approx(1e9)  # the published point is evaluated first
     assert first["status"] == "error" and "FloatingPointError" in first["error"] and "nan" in first["error"]
+    assert (frame["retries"] == 0).all()  # the NaN trial's own failure is not retried (nor lost on a system failure)
+    nan_dir = next(run_dir.glob(f"trial_*_{first['trial_id']}"))
+    attempts = {json.loads(line)["pid"] for line in (nan_dir / "result.json").read_text().splitlines()}
+    assert len(attempts) == 1  # one worker process ran it: one attempt
     others = frame.iloc[1:]
     assert (others["status"] == "finished").all(), others[["status", "error"]]
     for _, row in others.iterrows():
@@ -145,22 +149,38 @@ def test_search_records_every_trial_and_a_failing_trial_leaves_the_others_intact
 
 
 def test_a_killed_driver_resumes_without_losing_or_repeating_finished_trials(tiny_sim, tmp_path):
-    args = tune_args(tiny_sim, tmp_path, "killed", "--num-samples", "2", "--epochs", "4", "--scheduler", "none",
-                     "--max-concurrent", "1")
+    """SIGKILL to the driver alone (as a preempted machine or the OOM killer would): no Ray process of its session
+    survives it, and the resumed search keeps the finished trial and continues the running one from its checkpoint."""
+    args = tune_args(tiny_sim, tmp_path, "killed", "--num-samples", "2", "--epochs", "60", "--scheduler", "none",
+                     "--max-concurrent", "1", "--checkpoint-every", "2")
     log = open(tmp_path / "driver.log", "w")
     driver = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     ledger = tmp_path / "killed" / "ledger"
+
+    def second_trial_checkpointed() -> bool:
+        done = {p.stem for p in ledger.glob("*.json")}
+        return any(list(d.glob("checkpoint_*")) for d in (tmp_path / "killed").glob("trial_*")
+                   if d.name.rsplit("_", 1)[-1] not in done)
+
     try:
-        deadline = time.time() + 150
-        while not list(ledger.glob("*.json")) and time.time() < deadline and driver.poll() is None:
-            time.sleep(0.5)
-        assert list(ledger.glob("*.json")), (tmp_path / "driver.log").read_text()[-3000:]
+        deadline = time.time() + 300
+        while not (list(ledger.glob("*.json")) and second_trial_checkpointed()) and time.time() < deadline \
+                and driver.poll() is None:
+            time.sleep(0.3)
+        assert list(ledger.glob("*.json")) and second_trial_checkpointed(), \
+            (tmp_path / "driver.log").read_text()[-3000:]
+        time.sleep(2.5)  # one experiment snapshot (every 2 s) later, so the resumed run knows the checkpoint
         assert driver.poll() is None, "the search ended before it could be killed"
-    finally:
-        kill_session(driver.pid)  # the driver and every Ray process it started
+        os.kill(driver.pid, signal.SIGKILL)  # the driver only: what it started must end with it
         driver.wait(timeout=30)
+        deadline = time.time() + 60
+        while session_pids(driver.pid) and time.time() < deadline:
+            time.sleep(0.5)
+        survivors = session_pids(driver.pid)
+    finally:
+        kill_session(driver.pid)
         log.close()
-    assert not session_pids(driver.pid)
+    assert not survivors, f"Ray processes outlived the killed driver: {survivors}"
     before = {p.stem: json.loads(p.read_text()) for p in ledger.glob("*.json")}
     assert all(r["status"] == "finished" for r in before.values())
     assert len(before) == 1
@@ -177,6 +197,8 @@ def test_a_killed_driver_resumes_without_losing_or_repeating_finished_trials(tin
         assert row["finished_at"] == pytest.approx(record["result"]["finished_at"])
     after = {p.stem: json.loads(p.read_text()) for p in ledger.glob("*.json")}
     assert all(after[tid]["recorded_at"] == rec["recorded_at"] for tid, rec in before.items())
+    continued = frame.drop(index=list(before)).iloc[0]
+    assert continued["start_epoch"] > 0 and continued["epoch"] == 60  # continued from its checkpoint
 
 
 # ------------------------------------------------------------------------------------------------ two-node cluster

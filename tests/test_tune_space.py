@@ -77,7 +77,9 @@ def test_bad_space_files_are_refused_naming_the_file(tmp_path, text, problem):
 
 def test_metric_defaults_and_refusals():
     assert choose_metric(None, has_truth=True) == "ari"
-    assert choose_metric(None, has_truth=False) == "asw"
+    from spamo.selection import DEFAULT_LABEL_FREE
+
+    assert choose_metric(None, has_truth=False) == DEFAULT_LABEL_FREE
     assert choose_metric("loss", has_truth=False) == "loss" and metric_mode("loss") == "min"
     with pytest.raises(SpamoInputError, match="needs a ground truth"):
         choose_metric("nmi", has_truth=False)

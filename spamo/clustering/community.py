@@ -29,7 +29,7 @@ def knn_graph(points: np.ndarray, n_neighbors: int = GRAPH_NEIGHBOURS) -> igraph
     """Undirected kNN graph of the points (Euclidean; an edge where either spot is among the other's k nearest).
 
     Built with scikit-learn's exact neighbour search rather than scanpy's `pp.neighbors` (see
-    `spamo._compat.SCANPY_NEIGHBORS`): scanpy's compiles numba code in every new process (every Ray worker) and
+    `spamo._compat.WORKAROUNDS`): scanpy's compiles numba code in every new process (every Ray worker) and
     fails with scipy's sparse arrays above 4,096 spots. Unit edge weights; O(N k) memory.
     """
     import igraph  # lazy: about a second of imports (its drawing modules) that runs not using it need not pay

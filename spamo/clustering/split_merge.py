@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from spamo.clustering.base import ClusterRequest, check_k, one_thread, register_backend, relabel_by_appearance
+from spamo.clustering.criterion import EEECriterion, PartitionStats
 from spamo.clustering.mixture import gmm_labels
 from spamo.errors import SpamoInputError
 from spamo.metrics import pca_embedding, spatial_edges
@@ -60,54 +61,11 @@ class SplitMergeResult:
         return max(visits, key=lambda step: step.criterion).labels.copy()
 
 
-@dataclass
-class _Stats:
-    """Sufficient statistics of a partition: counts, means, within-cluster scatter matrices (K x d x d)."""
-
-    counts: np.ndarray
-    means: np.ndarray
-    scatters: np.ndarray
-
-    @classmethod
-    def of(cls, points: np.ndarray, labels: np.ndarray) -> "_Stats":
-        k = int(labels.max()) + 1
-        counts = np.bincount(labels, minlength=k).astype(np.float64)
-        means = np.zeros((k, points.shape[1]))
-        np.add.at(means, labels, points)
-        means /= counts[:, None]
-        centred = points - means[labels]
-        scatters = np.stack([centred[labels == c].T @ centred[labels == c] for c in range(k)])
-        return cls(counts, means, scatters)
-
-
-class _EEECriterion:
-    """Classification BIC of the EEE Gaussian mixture (one shared covariance), from sufficient statistics.
-
-    For a hard partition into K clusters with counts n_c and pooled within-cluster scatter W, the maximised
-    classification log-likelihood with proportions n_c / N, means and shared covariance Sigma = W / N is
-        L = sum_c n_c log(n_c / N) - N/2 (d log(2 pi) + log det(W / N + r I) + d),
-    with a fixed ridge r (1e-6 of the mean variance of the data) against singular W, and
-        criterion = 2 L - p log N,  p = (K - 1) + K d + d (d + 1) / 2     (mclust's BIC sign: higher is better).
-    """
-
-    def __init__(self, points: np.ndarray):
-        self.n, self.d = points.shape
-        self.ridge = 1e-6 * float(np.mean(np.var(points, axis=0))) + 1e-12
-
-    def __call__(self, counts: np.ndarray, scatter: np.ndarray) -> float:
-        counts = counts[counts > 0]
-        k, n, d = counts.size, self.n, self.d
-        _, logdet = np.linalg.slogdet(scatter / n + self.ridge * np.eye(d))
-        loglik = float(np.sum(counts * np.log(counts / n))) - n / 2 * (d * np.log(2 * np.pi) + logdet + d)
-        params = (k - 1) + k * d + d * (d + 1) / 2
-        return 2 * loglik - params * np.log(n)
-
-
 def split_merge(embedding, n_clusters: int | None, init_k: int, coords=None, *, n_pcs: int = 20,
                 seed: int = 2020, min_size: int = 5, max_moves: int | None = None) -> SplitMergeResult:
     """Over- or under-cluster, then split and merge Gaussian components while the criterion improves.
 
-    Criterion: the classification BIC of the EEE mixture (`_EEECriterion`), on the PCA-`n_pcs` projection.
+    Criterion: the classification BIC of the EEE mixture (`EEECriterion`), on the PCA-`n_pcs` projection.
 
     1. Start: `gmm` with `init_k` components, hard labels, refined by classification EM (CEM: assign each spot to the
        component of highest posterior under the shared covariance, re-estimate, until stable; empty components go).
@@ -135,7 +93,7 @@ def _split_merge(embedding, n_clusters, init_k, coords, *, n_pcs, seed, min_size
     if n_clusters is not None:
         check_k(n_clusters, n)
     edges = spatial_edges(np.asarray(coords, dtype=np.float64)) if coords is not None else None
-    criterion = _EEECriterion(points)
+    criterion = EEECriterion(points)
     max_moves = max_moves or 4 * (init_k + (n_clusters or 0)) + 40
 
     start = gmm_labels(points, init_k, ClusterRequest(seed=seed)) if init_k > 1 else np.zeros(n, dtype=np.int64)
@@ -182,7 +140,7 @@ class _Move:
 
 
 def _record(result: SplitMergeResult, points, labels, criterion, action: str, pair=None) -> None:
-    stats = _Stats.of(points, labels)
+    stats = PartitionStats.of(points, labels)
     value = criterion(stats.counts, stats.scatters.sum(axis=0))
     result.steps.append(SplitMergeStep(int(labels.max()) + 1, labels.copy(), float(value), action, pair))
     log.info("split-merge: %s -> K=%d, criterion %.1f", action, int(labels.max()) + 1, value)
@@ -190,7 +148,7 @@ def _record(result: SplitMergeResult, points, labels, criterion, action: str, pa
 
 def _candidate_moves(points, labels, criterion, edges, min_size: int, only: str | None = None) -> list[_Move]:
     """Every split and merge on offer, best first by the criterion's change before refinement."""
-    stats = _Stats.of(points, labels)
+    stats = PartitionStats.of(points, labels)
     total = stats.scatters.sum(axis=0)
     current = criterion(stats.counts, total)
     moves: list[_Move] = []
@@ -223,11 +181,11 @@ def _best_refined_move(points, labels, criterion, edges, min_size: int) -> tuple
 
 
 def _criterion_of(points, labels, criterion) -> float:
-    stats = _Stats.of(points, labels)
+    stats = PartitionStats.of(points, labels)
     return float(criterion(stats.counts, stats.scatters.sum(axis=0)))
 
 
-def _merge_moves(labels, stats: _Stats, total, current, criterion, edges) -> list[_Move]:
+def _merge_moves(labels, stats: PartitionStats, total, current, criterion, edges) -> list[_Move]:
     """Each merge of two spatially touching clusters, scored by Ward's update of the pooled scatter."""
     k = stats.counts.size
     pairs = _touching_pairs(labels, edges, k) if edges is not None else []
@@ -253,7 +211,7 @@ def _touching_pairs(labels, edges, k: int) -> list[tuple[int, int]]:
     return [(int(code // k), int(code % k)) for code in codes]
 
 
-def _split_moves(points, labels, stats: _Stats, total, current, criterion, min_size: int) -> list[_Move]:
+def _split_moves(points, labels, stats: PartitionStats, total, current, criterion, min_size: int) -> list[_Move]:
     """For each cluster, its 2-means split in the whitened space, scored by the change of the pooled scatter."""
     whiten = _whitening(total / points.shape[0] + criterion.ridge * np.eye(points.shape[1]))
     new_label = stats.counts.size
@@ -299,12 +257,12 @@ def _two_means(data: np.ndarray, iterations: int = 30) -> np.ndarray | None:
     return side if side.any() and not side.all() else None
 
 
-def _cem(points: np.ndarray, labels: np.ndarray, criterion: _EEECriterion, iterations: int = 30) -> np.ndarray:
+def _cem(points: np.ndarray, labels: np.ndarray, criterion: EEECriterion, iterations: int = 30) -> np.ndarray:
     """Classification EM under the EEE model: reassign to the highest posterior, re-estimate, until stable."""
     labels = relabel_by_appearance(labels)
     eye = np.eye(points.shape[1])
     for _ in range(iterations):
-        stats = _Stats.of(points, labels)
+        stats = PartitionStats.of(points, labels)
         whiten = _whitening(stats.scatters.sum(axis=0) / points.shape[0] + criterion.ridge * eye)
         white, centres = points @ whiten, stats.means @ whiten
         score = (2 * white @ centres.T - np.sum(centres ** 2, axis=1)) / 2 + np.log(stats.counts / points.shape[0])
