@@ -72,7 +72,7 @@ def data_simulate_command(
     out: Optional[Path] = typer.Option(None, "--out", help="Dataset folder to write (e.g. Data/Simulation; with "
                                                            "--preset default Data/NAME)."),
     preset: Optional[str] = typer.Option(None, "--preset", help="A graded benchmark dataset of "
-                                                                "configs/benchmarks/selection.toml (h6)."),
+                                                                "configs/benchmarks/selection.toml."),
     n_spots: int = typer.Option(1296, "--n-spots", help="Number of spots (300 to 1,000,000)."),
     seed: int = typer.Option(0, "--seed", help="Random seed: same seed, same files."),
     layout: str = typer.Option("sim", "--layout", help="Folder layout: sim (RNA+ADT+ATAC), hln (RNA+ADT), mb "
@@ -357,7 +357,7 @@ def tune_command(
 
     console = Console()
     log = console.print
-    if rescore:  # a finished search, scored again from what its trials kept (h6)
+    if rescore:  # a finished search, scored again from what its trials kept
         from search.rescore import rescore_run
 
         rescore_run(rescore, metric=metric, storage=storage, log=log)
@@ -488,13 +488,16 @@ def reproduce_command(
 
 
 # Rich wraps and truncates at the terminal width, or at 80 columns when stdout is not a terminal (a pipe, a log
-# file): tables lose columns to ellipses and paths split over lines. Off a terminal, print as wide as it takes.
+# file): tables lose columns to ellipses and paths split over lines. Off a terminal, print as wide as it takes -
+# except help text, whose boxes would stretch to that width (help is read, not parsed: 120 columns).
 UNTERMINATED_WIDTH = 1000
+HELP_WIDTH = 120
 
 
 def main() -> None:
     if not sys.stdout.isatty() and "COLUMNS" not in os.environ:
-        os.environ["COLUMNS"] = str(UNTERMINATED_WIDTH)
+        wants_help = len(sys.argv) <= 1 or "--help" in sys.argv[1:]
+        os.environ["COLUMNS"] = str(HELP_WIDTH if wants_help else UNTERMINATED_WIDTH)
     app()
 
 

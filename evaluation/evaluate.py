@@ -248,7 +248,7 @@ def evaluate_best(request: EvaluateRequest, log=print, progress: bool = True) ->
     log(f"[bold]spamo evaluate[/]: {len(entries)} dataset(s), top {request.top_k}, {request.seeds} seed(s): "
         f"{len({j.key for j in jobs})} seed runs, {reused} already finished -> {out_dir}")
     trained = run_pending(pending, entries, cache, request, log, progress)
-    # second phase (h6): the selection table's configurations not already trained above, over the same seeds
+    # second phase: the selection table's configurations not already trained above, over the same seeds
     known = {job.key for job in jobs}
     extra = [job for job in selection_jobs if job.key not in known]
     extra_pending = [job for job in extra if not cache.has(job.key)]

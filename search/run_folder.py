@@ -64,7 +64,7 @@ class TuneRequest:
     checkpoint_every: int | None = None  # epochs between trial checkpoints (None: about every 60 s of training)
     reuse_workers: bool = True  # trials run one after another in the same Ray worker process
     layer: str | None = None  # read layers[layer] instead of .X (spamo.datasets.load)
-    keep_embeddings: bool = True  # each finished trial keeps found.npz (domains, float16 fused embedding) (h6)
+    keep_embeddings: bool = True  # each finished trial keeps found.npz (domains, float16 fused embedding)
 
     def to_toml(self) -> dict:
         return {"tune": {k: v for k, v in dataclasses.asdict(self).items() if v is not None}}

@@ -56,7 +56,7 @@ class TrialContext:
     metric: str = "ari"  # the search's metric (every report must carry it, a failure report as NaN)
     checkpoint_every: int | None = None  # epochs between checkpoints (None: spamo.training's time rule)
     run_dir: str | None = None  # the run folder: trial folders (and their found.npz) live under it
-    keep_embeddings: bool = True  # write found.npz (domains + float16 fused embedding) per finished trial (h6)
+    keep_embeddings: bool = True  # write found.npz (domains + float16 fused embedding) per finished trial
 
 
 CHECKPOINT_FILE = "trainer.pt"
@@ -98,7 +98,7 @@ class Probe:
         self.prepared, self.config, self.started, self.node = prepared, config, started, node
         self.start_epoch = start_epoch
         self.pending: bytes | None = None  # the last due checkpoint, serialised, not yet reported
-        self.findings = TrialFindings(config.n_clusters, config.seed)  # label-free criteria between reports (h6)
+        self.findings = TrialFindings(config.n_clusters, config.seed)  # label-free criteria between reports
 
     def keep(self, checkpoint: dict) -> None:
         """`on_checkpoint` of spamo.training: serialise now (the dict holds live tensors), report with the next
@@ -175,7 +175,7 @@ def train_trial(sampled: dict, prepared, context: TrialContext, started: float, 
                              progress=False, train_options=options)
     final = dict(result.scores)
     final.update(probe.findings.final(prepared.features, result.fused, final["spatial_coherence"]))
-    if context.keep_embeddings and context.run_dir:  # what the trial found, for --rescore and pictures (h6)
+    if context.keep_embeddings and context.run_dir:  # what the trial found, for --rescore and pictures
         probe.findings.save(f"{context.run_dir}/{tune.get_context().get_trial_name()}", result.labels, result.fused,
                             prepared.kept_index)
     final.update(

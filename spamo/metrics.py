@@ -71,7 +71,7 @@ SCORES: tuple[tuple[str, str, bool], ...] = (
 )
 SCORE_NAMES: tuple[str, ...] = tuple(name for name, _, _ in SCORES)
 TRUTH_SCORES: tuple[str, ...] = tuple(name for name, _, truth in SCORES if truth)
-# The label-free selection criteria of spamo.selection (h6) are scored per search trial (they need the run's
+# The label-free selection criteria of spamo.selection are scored per search trial (they need the run's
 # intermediate reports), not by every run, so they are search metrics and trials.parquet columns but not columns of
 # the run/evaluation score tables.
 SEARCH_CRITERIA: tuple[str, ...] = ("consistency", "stability", "composite")
