@@ -20,7 +20,6 @@ Two conventions follow the reference release (docs/method.md section 8), because
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Iterable
 
@@ -35,7 +34,6 @@ from spamo.errors import SpamoInputError
 from spamo.package_data import CONFIG_DIR
 from spamo.simulate import get_preset, is_preset, truth_from_spfac, write_simulation
 
-log = logging.getLogger(__name__)
 
 ROW_BLOCK = 65536
 
@@ -431,12 +429,13 @@ def check_modality(adata, modality: str, source: Path | str, layer: str | None =
         if bad is not None:
             raise SpamoInputError(source, f"negative counts in {label} (spot '{adata.obs_names[bad]}'); raw "
                                           f"counts are expected")
-        if layer is None and "counts" in adata.layers and not np.issubdtype(matrix.dtype, np.integer):
+        if not np.issubdtype(matrix.dtype, np.integer):
             fractional = _first_bad_row(matrix, lambda v: v != np.round(v))
-            if fractional is not None:
-                log.info("%s: .X holds non-integer values (spot '%s') and is read as the input, as the "
-                            "reference does; pass --layer counts to read layers['counts'] instead", source,
-                            adata.obs_names[fractional])
+            if fractional is not None:  # HVG selection (Seurat v3) and the CLR are defined on raw counts
+                hint = ("; pass --layer counts to read layers['counts']" if layer is None and "counts" in adata.layers
+                        else "; pass --layer NAME to read a layer of raw counts")
+                raise SpamoInputError(source, f"non-integer values in {label} (spot '{adata.obs_names[fractional]}') "
+                                              f"where raw counts are expected{hint}")
 
 
 def _first_bad_row(matrix, is_bad) -> int | None:
@@ -507,9 +506,9 @@ def _coordinates(adatas: dict, sources: dict) -> np.ndarray:
         coords = np.asarray(coords, dtype=np.float64)
     except (TypeError, ValueError):
         raise SpamoInputError(source, "obsm['spatial'] is not numeric") from None
-    if coords.ndim != 2 or coords.shape[1] < 2:
-        raise SpamoInputError(source, f"obsm['spatial'] must be spots x 2, got shape {coords.shape}")
-    coords = np.ascontiguousarray(coords[:, :2])
+    if coords.ndim != 2 or coords.shape[1] != 2:  # a third column (z, or an index) would be silently dropped
+        raise SpamoInputError(source, f"obsm['spatial'] must be spots x 2 (x, y), got shape {coords.shape}")
+    coords = np.ascontiguousarray(coords)
     bad = np.flatnonzero(~np.isfinite(coords).all(axis=1))
     if bad.size:
         raise SpamoInputError(source, f"missing or non-finite coordinates in obsm['spatial'] ({bad.size} spots, "

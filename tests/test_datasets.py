@@ -284,6 +284,27 @@ def test_refuses_negative_raw_x_when_no_counts_layer(sim_dir):
     _refused(["data", "info", str(sim_dir)], sim_dir, "adata_RNA.h5ad", "negative counts in .X")
 
 
+def _fractional_x(a):
+    a.X = a.X.astype(np.float32)
+    a.X.data[2] = 0.5
+
+
+def _three_column_coordinates(a):
+    a.obsm["spatial"] = np.column_stack([a.obsm["spatial"], np.zeros(a.n_obs)])
+
+
+def test_refuses_non_integer_counts_where_raw_counts_are_expected(sim_dir):
+    _rewrite(sim_dir / "adata_RNA.h5ad", _fractional_x)
+    _refused(["data", "info", str(sim_dir)], sim_dir, "adata_RNA.h5ad", "non-integer values in .X",
+             "raw counts are expected", "--layer counts")
+    assert CliRunner().invoke(app, ["data", "info", str(sim_dir), "--layer", "counts"]).exit_code == 0
+
+
+def test_refuses_coordinates_that_are_not_two_columns(sim_dir):
+    _rewrite(sim_dir / "adata_RNA.h5ad", _three_column_coordinates)
+    _refused(["data", "info", str(sim_dir)], sim_dir, "adata_RNA.h5ad", "must be spots x 2", "3)")
+
+
 def _duplicate_names(a):
     names = list(a.obs_names)
     names[5] = names[4]
