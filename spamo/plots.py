@@ -15,11 +15,13 @@ import sys
 import warnings
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+# Figures are built with matplotlib's object API (`Figure`, no pyplot), which renders to files without any GUI
+# backend: nothing here changes the process-wide backend (`matplotlib.use`) of the user's session.
 
 UMAP_MAX_SPOTS = 50_000  # above this the UMAP is drawn on a seeded subsample: it is a picture, not a result
 UMAP_NEIGHBOURS = 15
@@ -29,10 +31,10 @@ def domain_colors(labels: np.ndarray) -> tuple[np.ndarray, dict]:
     """One stable colour per label (sorted label order), tab20 then hsv for more than 20 domains."""
     uniq = np.unique(labels)
     if len(uniq) <= 20:
-        palette = plt.get_cmap("tab20")(np.linspace(0, 1, 20))[: len(uniq)] if len(uniq) > 10 else \
-            plt.get_cmap("tab10")(np.arange(len(uniq)))
+        palette = colormaps["tab20"](np.linspace(0, 1, 20))[: len(uniq)] if len(uniq) > 10 else \
+            colormaps["tab10"](np.arange(len(uniq)))
     else:
-        palette = plt.get_cmap("hsv")(np.linspace(0, 1, len(uniq), endpoint=False))
+        palette = colormaps["hsv"](np.linspace(0, 1, len(uniq), endpoint=False))
     lookup = {u: palette[i] for i, u in enumerate(uniq)}
     return np.array([lookup[v] for v in labels]), lookup
 
@@ -99,7 +101,8 @@ def plot_domains(coords: np.ndarray, embedding: np.ndarray, labels: np.ndarray, 
     n = len(labels)
     size = max(0.3, min(30.0, 20000.0 / n))
     ncols = 2 if with_umap else 1
-    fig, axes = plt.subplots(1, ncols, figsize=(6.2 * ncols, 5.6), squeeze=False)
+    fig = Figure(figsize=(6.2 * ncols, 5.6))
+    axes = fig.subplots(1, ncols, squeeze=False)
     ax = axes[0, 0]
     ax.scatter(coords[:, 0], coords[:, 1], c=colors, s=size, linewidths=0, rasterized=True)
     ax.set_aspect("equal")
@@ -117,12 +120,11 @@ def plot_domains(coords: np.ndarray, embedding: np.ndarray, labels: np.ndarray, 
         ax.set_title("UMAP of the fused embedding" + ("" if len(idx) == n else f" ({len(idx):,} spots)"))
         ax.set_xticks([])
         ax.set_yticks([])
-    handles = [plt.Line2D([], [], marker="o", linestyle="", color=c, label=str(u)) for u, c in lookup.items()]
+    handles = [Line2D([], [], marker="o", linestyle="", color=c, label=str(u)) for u, c in lookup.items()]
     fig.legend(handles=handles, loc="center right", title="domain", frameon=False)
     if title:
         fig.suptitle(title)
     fig.tight_layout(rect=(0, 0, 0.9, 1))
     path = Path(path)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
