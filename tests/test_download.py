@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from cli import app
 from spamo import datasets, download
 from spamo.simulate import write_simulation
+from refusals import assert_one_line_refusal
 
 ETAG = '"data-zip-v1"'
 
@@ -141,14 +142,6 @@ def _download(key: str, url: str, root: Path, *extra: str):
     return CliRunner().invoke(app, ["data", "download", key, "--url", url, "--data-root", str(root), *extra])
 
 
-def _one_line_refusal(result, *expected: str) -> None:
-    assert result.exit_code == 2, (result.output, result.exception)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    for text in expected:
-        assert text in lines[0], lines[0]
-
-
 def _listing(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*")) if root.exists() else []
 
@@ -203,7 +196,7 @@ def test_interrupted_download_resumes_with_a_range_request(server, authors_files
     half = len(archive) // 2
     server.cut_after = half
     root = tmp_path / "Data"
-    _one_line_refusal(_download("sim", server.url("/Data.zip"), root), "incomplete", "run the command again")
+    assert_one_line_refusal(_download("sim", server.url("/Data.zip"), root), "incomplete", "run the command again")
     assert not (root / "Simulation").exists()
     part = download.cache_paths(server.url("/Data.zip"), root)[1]
     assert part.stat().st_size == half
@@ -223,11 +216,11 @@ def test_corrupted_archive_is_refused_and_nothing_is_unpacked(server, authors_fi
     server.files["/Data.zip"] = bytes(corrupted)
     root = tmp_path / "Data"
     # no checksum known: the CRCs of every member are checked before anything is unpacked
-    _one_line_refusal(_download("all", server.url("/Data.zip"), root), "archive is damaged", "removed")
+    assert_one_line_refusal(_download("all", server.url("/Data.zip"), root), "archive is damaged", "removed")
     assert _listing(root) == []
     # a known checksum: refused before unpacking, the file removed
     good = hashlib.sha256(archive).hexdigest()
-    _one_line_refusal(_download("hln", server.url("/Data.zip"), root, "--sha256", good), "sha256 mismatch", good)
+    assert_one_line_refusal(_download("hln", server.url("/Data.zip"), root, "--sha256", good), "sha256 mismatch", good)
     assert _listing(root) == []
     # the recorded checksum of the first good download vouches for later ones
     server.files["/Data.zip"] = archive
@@ -239,7 +232,7 @@ def test_corrupted_archive_is_refused_and_nothing_is_unpacked(server, authors_fi
     damaged = bytearray(server.files["/Data2.zip"])
     damaged[-30] ^= 0xFF  # the end of the central directory record: still a zip, but not the recorded bytes
     server.files["/Data2.zip"] = bytes(damaged)
-    _one_line_refusal(_download("hln", server.url("/Data2.zip"), tmp_path / "other"), "sha256 mismatch")
+    assert_one_line_refusal(_download("hln", server.url("/Data2.zip"), tmp_path / "other"), "sha256 mismatch")
     assert _top(tmp_path / "other") == [".spamo-checksums.json"]
 
 
@@ -262,7 +255,7 @@ def test_redirects_same_host_followed_other_host_refused_unless_asked(server, au
     assert json.loads((tmp_path / "a" / ".spamo-checksums.json").read_text()) == {
         server.url("/files/HLN.zip"): hashlib.sha256(archive).hexdigest()}  # filed under the final URL
 
-    _one_line_refusal(_download("hln", server.url("/other"), tmp_path / "b"), "another host", "--allow-other-host")
+    assert_one_line_refusal(_download("hln", server.url("/other"), tmp_path / "b"), "another host", "--allow-other-host")
     assert server.fetches("/files/HLN.zip") == [("/files/HLN.zip", None, None)]  # the other host was not asked
     assert _listing(tmp_path / "b") == []
     result = _download("hln", server.url("/other"), tmp_path / "b", "--allow-other-host")
@@ -314,7 +307,7 @@ def test_crafted_downloads_are_one_line_and_write_nothing(case, server, authors_
     url = url_path if "://" in url_path else server.url(url_path)
     root = tmp_path / "Data"
     result = _download("nope" if case == "unknown dataset" else "hln", url, root, *extra)
-    _one_line_refusal(result, expected)
+    assert_one_line_refusal(result, expected)
     assert _listing(root) == [], _listing(root)  # nothing written: no archive, no cache, no half-unpacked folder
     assert not (tmp_path / "evil.txt").exists()
     if case == "malformed sha256":
@@ -344,7 +337,7 @@ def test_url_names_cannot_reach_user_files_or_the_checksums(server, authors_file
 def test_existing_incomplete_folder_is_refused_before_downloading(server, tmp_path):
     (tmp_path / "HLN").mkdir()
     (tmp_path / "HLN" / "mine.txt").write_text("x")
-    _one_line_refusal(_download("hln", server.url("/Data.zip"), tmp_path), "lacks the dataset's files")
+    assert_one_line_refusal(_download("hln", server.url("/Data.zip"), tmp_path), "lacks the dataset's files")
     assert server.requests == [] and _top(tmp_path) == ["HLN"]
 
 

@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from cli import app
 from spamo import io as sio
 from spamo.simulate import write_simulation
+from refusals import assert_one_line_refusal
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = ["run", "--data-type", "10x", "--n-clusters", "4", "--epochs", "3", "--KNN_k", "8", "--cluster-method",
@@ -31,14 +32,6 @@ def _names(folder: Path) -> list[str]:
 
 def _cli(*args) -> object:
     return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def _one_line_refusal(result, *expected: str) -> None:
-    assert result.exit_code == 2, (result.output, result.exception)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    for text in expected:
-        assert text in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +130,7 @@ def test_refused_output_folders_are_one_line_and_change_nothing(case, tmp_path):
         args = ["run", "--dataset", "sim", "--data-root", data_root, "--out", out, "--quiet", *extra]
     else:
         args = ["data", "simulate", "--out", out, "--n-spots", "300", *extra]
-    _one_line_refusal(_cli(*args), expected)
+    assert_one_line_refusal(_cli(*args), expected)
     assert _snapshot(work) == before
     assert not data_root.exists()  # refused before any data was read or generated
 
@@ -149,7 +142,7 @@ def test_a_refused_run_on_the_builtin_simulation_writes_nothing(refusal, tmp_pat
     """The simulation generated under the data root on the way to a refusal known only from the data is removed."""
     result = _cli("run", "--dataset", "sim", "--data-root", tmp_path / "Data", "--out", tmp_path / "run", "--quiet",
                   *refusal)
-    _one_line_refusal(result, refusal[0].lstrip("-").replace("-", "_") if refusal[0] != "--modalities"
+    assert_one_line_refusal(result, refusal[0].lstrip("-").replace("-", "_") if refusal[0] != "--modalities"
                       else "FOO")
     assert _names(tmp_path) in ([], ["Data"]) and not (tmp_path / "Data" / "Simulation").exists()
     assert not any((tmp_path / "Data").iterdir()) if (tmp_path / "Data").exists() else True
