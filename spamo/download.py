@@ -36,9 +36,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from spamo.datasets import CONFIG_DIR, DatasetSpec, dataset_registry, get_dataset_spec
+from spamo.dataset_table import DatasetSpec, dataset_registry, get_dataset_spec
 from spamo.errors import SpamoInputError
 from spamo.io import atomic_write_text, clean_stale, file_sha256, temp_sibling
+from spamo.package_data import CONFIG_DIR
 
 DOWNLOADS_TOML = CONFIG_DIR / "downloads.toml"
 CHECKSUMS_FILE = ".spamo-checksums.json"
