@@ -263,7 +263,7 @@ def run_command(
     """
     from rich.console import Console
 
-    from spamo import api
+    from spamo.api_run import fit, load
     from spamo.config import build_config, parse_weights
     from spamo.io import RUN_FOLDER_FILES, check_output_folder
     settings["modality_weights"] = parse_weights(settings.get("modality_weights"))
@@ -274,11 +274,11 @@ def run_command(
         base = published_config(profile_key(dataset, data_dir, settings.get("data_type")), reproduce)
     config = build_config(config_file, base=base, **settings)
     check_output_folder(out, keep_existing=keep_existing, expect=RUN_FOLDER_FILES)
-    data = api.load(dataset=dataset, data_dir=data_dir, data_type=config.data_type, data_root=data_root,
+    data = load(dataset=dataset, data_dir=data_dir, data_type=config.data_type, data_root=data_root,
                     modality_files=parse_mapping(modality_files, "--modality-files"), truth_file=truth_file,
                     layer=layer)  # n_clusters lives in the config; the loader only suggests one
     chosen = [m.strip() for m in modalities.split(",")] if modalities else None
-    result = api.fit(data, config=config, modalities=chosen, progress=not quiet)
+    result = fit(data, config=config, modalities=chosen, progress=not quiet)
     result.write(out, draw=not no_plot)
     console = Console()
     shown = {k: round(v, 4) for k, v in result.scores.items() if k in ("ari", "nmi", "ami", "avg", "asw")}

@@ -1,10 +1,11 @@
 """The one typed configuration of a SPAMO run, and the one declaration of every setting.
 
 Each `SpamoConfig` field carries its command-line flag, the reference release's flag name, its help text and what
-it accepts (a numeric range, or the allowed values read from the registry that owns them: optimisers and schedulers
-from `spamo.training`, feature-graph weights and kNN tie orders from `spamo.graphs`, EMA timings from
-`spamo.model.feature_graph`, DGI initialisations from `spamo.model.losses`, clustering methods from
-`spamo.clustering`, data types from `spamo.datatypes`). From these declarations come the `spamo run` options (cli.py),
+it accepts (a numeric range, or the allowed values: data types from `spamo.datatypes`, every other choice from
+`spamo.choices`, the light list of names that the implementations take theirs from - optimisers and schedulers of
+`spamo.training`, feature-graph weights and kNN tie orders of `spamo.graphs`, EMA timings of
+`spamo.model.feature_graph`, DGI initialisations of `spamo.model.losses`, clustering methods of `spamo.clustering` -
+so that reading the settings, `spamo --help` included, imports no torch or scikit-learn). From these declarations come the `spamo run` options (cli.py),
 `REFERENCE_FLAGS` and the README's settings table (`settings_table_markdown`, checked by a test), so a setting is
 added by adding one field.
 
@@ -24,15 +25,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
-from spamo.clustering import available_methods
+from spamo.choices import (CLUSTER_METHODS, DGI_INITS, EMA_UPDATES, FEATURE_GRAPH_WEIGHTS, KNN_TIES, OPTIMIZERS,
+                           SCHEDULERS)
 from spamo.datasets import check_n_clusters
 from spamo.datatypes import data_type_names, get_data_type
 from spamo.errors import SpamoInputError
-from spamo.graphs import KNN_TIES, WEIGHTS as FEATURE_GRAPH_WEIGHTS
 from spamo.io import read_toml
-from spamo.model.feature_graph import EMA_UPDATES
-from spamo.model.losses import DGI_INITS
-from spamo.training import OPTIMIZERS, SCHEDULERS
 
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 SEED_MAX = 2**31 - 1  # R's set.seed (mclust) takes a 32-bit signed integer
@@ -127,7 +125,7 @@ class SpamoConfig:
     ema_beta: float = setting(0.9, "EMA factor of the feature-graph target.", alias="alpha", range=Range(0, 1))
     ema_update: str = setting("after_step", "EMA target update: after_step or before_step.", choices=EMA_UPDATES)
     # optimisation
-    optimizer: str = setting("adamw", "Optimiser.", alias="optimizer_type", choices=tuple(OPTIMIZERS))
+    optimizer: str = setting("adamw", "Optimiser.", alias="optimizer_type", choices=OPTIMIZERS)
     lr: float | None = setting(None, "Learning rate.", alias="learning_rate", range=Range(0, low_open=True),
                                default_text="0.01 (0.001 with three modalities)")
     weight_decay: float | None = setting(None, "Weight decay.", alias="weight_decay", range=Range(0),
@@ -135,10 +133,10 @@ class SpamoConfig:
     epochs: int | None = setting(None, "Training epochs (0 = the data type's default).", alias="epochs_override",
                                  range=Range(0, note="0 = the data type's default"),
                                  default_text="data type's (200 / 300)")
-    scheduler: str = setting("none", "Learning-rate schedule.", alias="lr_scheduler_type", choices=tuple(SCHEDULERS))
+    scheduler: str = setting("none", "Learning-rate schedule.", alias="lr_scheduler_type", choices=SCHEDULERS)
     # clustering (docs/method.md section 6)
     cluster_method: str = setting("auto", "Clustering of the embedding (auto = mclust when R is there, else gmm).",
-                                  choices=available_methods)
+                                  choices=CLUSTER_METHODS)
     init_k: int | None = setting(None, "Initial K of split-and-merge.", alias="init_k", range=Range(2),
                                  default_text="(split-merge start)")
     smooth: bool = setting(False, "Spatial majority-vote smoothing of the labels.")

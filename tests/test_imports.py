@@ -1,8 +1,12 @@
-"""The project's modules import each other one way: no import circle, not even through a function-level import."""
+"""The project's modules import each other one way: no import circle, not even through a function-level import; and
+a command imports only what it uses (`spamo --help` no torch, `spamo run` no Ray)."""
 
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,3 +86,40 @@ def test_no_import_circle_among_the_projects_modules():
 
 def test_the_circle_check_finds_a_circle():
     assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+# ---------------------------------------------------------------------------------------------------------- weight
+HEAVY = ("torch", "sklearn", "ray", "optuna", "scanpy", "anndata", "mudata", "umap", "igraph", "gseapy")
+LOADED = r"""
+import sys
+sys.argv = ["spamo", *sys.argv[1:]]
+import cli
+try:
+    cli.main()
+except SystemExit:
+    pass
+print("\nLOADED:", " ".join(sorted(m for m in HEAVY if m in sys.modules)))
+"""
+
+
+def modules_loaded_by(*args: str, cwd: Path) -> set[str]:
+    """The heavy libraries a `spamo` command line has imported by the time it exits (in a fresh interpreter)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", f"HEAVY = {HEAVY!r}\n{LOADED}", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return set(done.stdout.rpartition("\nLOADED:")[2].split())
+
+
+def test_help_imports_none_of_the_heavy_libraries(tmp_path):
+    """`spamo --help` and a command's help read the settings' declarations only (the allowed values come from
+    spamo.choices): no torch, scikit-learn, Ray, Optuna or scanpy."""
+    assert modules_loaded_by("--help", cwd=tmp_path) == set()
+    assert modules_loaded_by("run", "--help", cwd=tmp_path) == set()
+
+
+def test_a_single_run_imports_neither_ray_nor_optuna_nor_the_analysis_stack(tmp_path):
+    loaded = modules_loaded_by("run", "--dataset", "no-such-dataset", "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert "torch" in loaded  # the command really got as far as its imports
+    assert not loaded & {"ray", "optuna", "scanpy", "gseapy"}
+    assert not (tmp_path / "out").exists()
