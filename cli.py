@@ -259,7 +259,7 @@ def run_command(
 ):
     """Train SPAMO once: labels, metrics, embeddings (h5ad), a spatial/UMAP picture and run.toml.
 
-    Every setting of `SpamoConfig` is an option (generated from spamo/config.py; the README table lists them).
+    Every setting of `SpamoConfig` is an option (generated from the declarations in spamo/config/; the README table lists them).
     """
     from rich.console import Console
 

@@ -123,3 +123,15 @@ def test_a_single_run_imports_neither_ray_nor_optuna_nor_the_analysis_stack(tmp_
     assert "torch" in loaded  # the command really got as far as its imports
     assert not loaded & {"ray", "optuna", "scanpy", "gseapy"}
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------- size
+MAX_LINES = 400
+
+
+def test_no_module_of_the_package_is_over_400_lines():
+    """One job per module (aim: 300 lines); a module that grows past 400 is split into a sub-package by job."""
+    sizes = {path.relative_to(ROOT).as_posix(): len(path.read_text().splitlines())
+             for path in (ROOT / "spamo").rglob("*.py")}
+    assert len(sizes) > 40
+    assert {name: n for name, n in sizes.items() if n > MAX_LINES} == {}
