@@ -20,13 +20,26 @@ def rpy2_environment_kept():
 
     rpy2 prepends R's library folders to LD_LIBRARY_PATH; R, already loaded, no longer needs them, but every Python
     subprocess started afterwards (Ray workers, `spamo` children) would then load the wrong libpython.
+    Since the edit is undone, the value rpy2 would prepend is not computed either: rpy2 finds it by starting a
+    whole second R (`Rscript -e 'cat(Sys.getenv("LD_LIBRARY_PATH"))'`, 0.2-0.5 s) when it is first imported, and a
+    library path set after the process started changes nothing for this process's own loader anyway.
     Used by: `spamo.clustering.mclust` around `import rpy2.robjects`.
     Remove when: rpy2 starts R without editing `os.environ` (true of no rpy2 3.5.x release).
     """
     before = dict(os.environ)
+    situation = None
+    try:
+        import rpy2.situation as situation
+    except ImportError:  # no rpy2: the import inside fails on its own
+        pass
+    original = getattr(situation, "r_ld_library_path_from_subprocess", None)
+    if original is not None:
+        situation.r_ld_library_path_from_subprocess = lambda r_home: ""
     try:
         yield
     finally:
+        if original is not None:
+            situation.r_ld_library_path_from_subprocess = original
         for key in set(os.environ) - set(before):
             if key.startswith("LD_"):
                 del os.environ[key]
