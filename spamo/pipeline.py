@@ -25,7 +25,7 @@ from spamo.graphs import build_graphs
 from spamo.io import atomic_dir, file_sha256
 from spamo.metrics import clustering_scores
 from spamo.preprocessing import preprocess
-from spamo.training import train
+from spamo.training import import_torch_compiler_in_background, train
 
 VERSIONED_PACKAGES = ("spamo", "torch", "numpy", "scipy", "scikit-learn", "scanpy", "anndata", "ray", "optuna")
 
@@ -208,7 +208,12 @@ def run(data: MultiOmicsData, config: SpamoConfig, modalities: list[str] | None 
     """The method's main job on loaded data."""
     start = time.perf_counter()
     start_r_early(config)
-    prepared, resolved = prepare(data, config, modalities)
+    importing = import_torch_compiler_in_background()  # beside the preprocessing, which runs no torch code
+    try:
+        prepared, resolved = prepare(data, config, modalities)
+    finally:
+        if importing is not None:
+            importing.join()
     prep_s = time.perf_counter() - start
     result = fit_and_cluster(prepared, resolved, progress=progress)
     result.data = data
