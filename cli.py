@@ -259,13 +259,13 @@ def run_command(
 ):
     """Train SPAMO once: labels, metrics, embeddings (h5ad), a spatial/UMAP picture and run.toml.
 
-    Every setting of `SpamoConfig` is an option (generated from spamo/config.py; the README table lists them).
+    Every setting of `SpamoConfig` is an option (generated from the declarations in spamo/config/; the README table lists them).
     """
     from rich.console import Console
 
-    from spamo import api
     from spamo.config import build_config, parse_weights
     from spamo.io import RUN_FOLDER_FILES, check_output_folder
+
     settings["modality_weights"] = parse_weights(settings.get("modality_weights"))
     base = None
     if reproduce is not None:
@@ -274,11 +274,15 @@ def run_command(
         base = published_config(profile_key(dataset, data_dir, settings.get("data_type")), reproduce)
     config = build_config(config_file, base=base, **settings)
     check_output_folder(out, keep_existing=keep_existing, expect=RUN_FOLDER_FILES)
-    data = api.load(dataset=dataset, data_dir=data_dir, data_type=config.data_type, data_root=data_root,
+    # the settings and the output folder are checked before torch and scikit-learn are imported (seconds), so a
+    # refused setting answers at once
+    from spamo.api_run import fit, load
+
+    data = load(dataset=dataset, data_dir=data_dir, data_type=config.data_type, data_root=data_root,
                     modality_files=parse_mapping(modality_files, "--modality-files"), truth_file=truth_file,
                     layer=layer)  # n_clusters lives in the config; the loader only suggests one
     chosen = [m.strip() for m in modalities.split(",")] if modalities else None
-    result = api.fit(data, config=config, modalities=chosen, progress=not quiet)
+    result = fit(data, config=config, modalities=chosen, progress=not quiet)
     result.write(out, draw=not no_plot)
     console = Console()
     shown = {k: round(v, 4) for k, v in result.scores.items() if k in ("ari", "nmi", "ami", "avg", "asw")}

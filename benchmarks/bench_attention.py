@@ -32,6 +32,9 @@ def variants(q, k, v, budgets: list[int]) -> dict:
     out = {"fused, no dropout (floor)": lambda: attention_module.attention(q, k, v, 0.0),
            "tensor backend, dropout 0.1": lambda: attention_module.attention(q, k, v, 0.1, 2048, backend="tensor")}
     if attention_module.attention_kernel.load() is not None:
+        if attention_module.default_backend() == "flash":
+            out["flash backend (fused + dropped-entry passes), dropout 0.1"] = (
+                lambda: attention_module.attention(q, k, v, 0.1, backend="flash"))
         for b in budgets:
             def call(b=b):
                 before = attention_module.KERNEL_BLOCK_ELEMENTS
@@ -48,7 +51,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, nargs="+", default=[2500, 10000])
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-tensor", action="store_true", help="leave out the (slow) tensor backend")
     parser.add_argument("--budgets", type=int, nargs="+",
                         default=[int(attention_module.KERNEL_BLOCK_ELEMENTS).bit_length() - 1])
     args = parser.parse_args()
@@ -58,6 +62,8 @@ def main() -> None:
         gen = torch.Generator().manual_seed(0)
         q, k, v = (torch.randn(n, 64, generator=gen, requires_grad=True) for _ in range(3))
         calls = variants(q, k, v, args.budgets)
+        if args.no_tensor:
+            calls.pop("tensor backend, dropout 0.1")
         times = {name: [] for name in calls}
         for fn in calls.values():
             one_call(fn)  # warm-up (and the kernel's one-time build)
@@ -70,7 +76,7 @@ def main() -> None:
             for name, runs in times.items():
                 t = [r[clock] for r in runs]
                 med = statistics.median(t)
-                print(f"  {'wall' if clock == 0 else 'cpu ':4s} {name:45s} median {med:.4f}  range {min(t):.4f}-"
+                print(f"  {'wall' if clock == 0 else 'cpu ':4s} {name:58s} median {med:.4f}  range {min(t):.4f}-"
                       f"{max(t):.4f}  ({med / floor:.2f}x floor)")
     print(f"load average at end {os.getloadavg()}")
 

@@ -11,9 +11,12 @@ How the parts are timed: forward parts by module hooks (encoders, fusion, decode
 call, the loss terms, G(P)); the attention backward by wrapping the autograd function's backward; the rest of the
 backward by gradient hooks on the fused and per-modality embeddings (losses + decoders until the fused embedding's
 gradient is ready, fusion until the embeddings' gradients are, encoders + G(P) after); masks by wrapping the
-tensor backend's mask maker (the compiled backend makes its bits inside its row passes: their whole time is shown).
+tensor backend's mask maker (the compiled and flash backends make their bits inside their C passes: the whole time
+of the C kernel calls is shown as "kernel row passes"; for flash these are the dropped-entry passes, the fused
+kernel itself is not included).
 
-    python benchmarks/profile_epoch.py --sizes 2500 10000 --rounds 5
+    python benchmarks/profile_epoch.py --sizes 2500 10000 --rounds 5                  # flash vs compiled
+    python benchmarks/profile_epoch.py --sizes 2500 --backends flash compiled tensor
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from bench_train import KNN_K, SPATIAL_K, make_inputs  # noqa: E402
 attention_module = importlib.import_module("spamo.model.attention")
 fusion_module = importlib.import_module("spamo.model.fusion")
 kernel_module = importlib.import_module("spamo.model.attention_kernel")
+flash_module = importlib.import_module("spamo.model.attention_flash")
 
 PARTS = ["attention forward", "attention backward", "masks (inside attention)", "kernel row passes (inside attention)",
          "encoders forward", "fusion forward (rest)", "decoders forward", "losses forward", "G(P) forward",
@@ -82,8 +86,8 @@ class _TimedLibrary:
 def instrument() -> None:
     """Wrap the attention call, its backward, the mask maker and the kernel library (module level, once)."""
     fusion_module.attention = CLOCK.timed("attention forward", attention_module.attention)
-    fn = attention_module.BlockedDropoutAttention
-    fn.backward = staticmethod(CLOCK.timed("attention backward", fn.backward))
+    for fn in (attention_module.BlockedDropoutAttention, flash_module.FlashDropoutAttention):
+        fn.backward = staticmethod(CLOCK.timed("attention backward", fn.backward))
     attention_module._TensorMasks.fill = CLOCK.timed("masks (inside attention)", attention_module._TensorMasks.fill)
     lib = kernel_module.load()
     if lib is not None:
@@ -200,10 +204,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, help="write the markdown tables here too")
+    parser.add_argument("--backends", nargs="+", default=["flash", "compiled"],
+                        choices=list(attention_module.BACKENDS), help="attention backends to profile side by side")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     instrument()
-    backends = ["tensor"] + (["compiled"] if kernel_module.load() is not None else [])
+    available = {"tensor"} | ({"compiled"} if kernel_module.load() is not None else set())
+    if "compiled" in available and attention_module.default_backend() == "flash":
+        available.add("flash")
+    backends = [b for b in args.backends if b in available]
     original = attention_module.attention
 
     def with_backend(backend):

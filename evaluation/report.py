@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
+
 from evaluation.build import best_choice
 from spamo.io import atomic_path
 from spamo.plots import domain_colors
@@ -69,30 +71,21 @@ def print_summary(frames: dict[str, pd.DataFrame], log) -> None:
         log(table)
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
+def _save(fig: Figure, path: Path) -> Path:
+    """Render a `Figure` (matplotlib's object API: no pyplot, so the session's backend and open figures are left
+    alone) into `path`, atomically."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
         tmp.chmod(0o644)
-    _pyplot().close(fig)
     return path
 
 
 def plot_best_domains(prepared, labels: np.ndarray, sm_labels: np.ndarray, title: str, path: Path) -> Path:
     """Ground truth (when there is one), the plain clustering and the split-and-merge one, side by side in space."""
-
-    plt = _pyplot()
     panels = ([("ground truth", prepared.truth)] if prepared.truth is not None else []) + [
         ("SPAMO domains", labels), ("split-and-merge at K", sm_labels)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.4), squeeze=False)
+    fig = Figure(figsize=(4.2 * len(panels), 4.4))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     size = max(0.3, min(40.0, 20000.0 / max(1, prepared.n_spots)))
     for ax, (name, values) in zip(axes[0], panels):
         colors, _ = domain_colors(np.asarray(values))
@@ -109,10 +102,9 @@ def plot_best_domains(prepared, labels: np.ndarray, sm_labels: np.ndarray, title
 
 def plot_seed_spread(seed_runs: pd.DataFrame, best: pd.DataFrame, path: Path) -> Path:
     """Per dataset: every own configuration's scores over seeds (dots), mean ± sd (bar), plain and split-merge."""
-    plt = _pyplot()
     datasets = sorted(best["dataset"].unique())
-    fig, axes = plt.subplots(1, len(datasets), figsize=(max(4.0, 2.2 + 1.3 * best["rank"].max()) * len(datasets),
-                                                        3.8), squeeze=False)
+    fig = Figure(figsize=(max(4.0, 2.2 + 1.3 * best["rank"].max()) * len(datasets), 3.8))
+    axes = fig.subplots(1, len(datasets), squeeze=False)
     for ax, name in zip(axes[0], datasets):
         metric = best[best["dataset"] == name]["metric"].iloc[0]
         own = seed_runs[(seed_runs["dataset"] == name) & (seed_runs["config_from"] == name)]

@@ -16,9 +16,11 @@ evaluation seeds:
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
 from evaluation.seed_runs import SeedJob, config_json
 from evaluation.transfer import config_for
@@ -89,9 +91,6 @@ def selection_table(entries: dict, jobs: dict, records: dict, label_free: str) -
 
 
 def write_selection(frame: pd.DataFrame, out_dir) -> list:
-    from pathlib import Path
-
-
     path = Path(out_dir) / SELECTION_FILE
     write_parquet(frame, path)
     return [path]
@@ -99,18 +98,11 @@ def write_selection(frame: pd.DataFrame, out_dir) -> list:
 
 def draw_selection(frame: pd.DataFrame, out_dir) -> list:
     """ARI per dataset: three bars (default, annotation-tuned, label-free-tuned) with their seed spread."""
-    from pathlib import Path
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-
     path = Path(out_dir) / SELECTION_PICTURE
     datasets = list(dict.fromkeys(frame["dataset"]))
     width = 0.27
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(datasets) + 2), 3.8))
+    fig = Figure(figsize=(max(5.0, 1.6 * len(datasets) + 2), 3.8))  # object API: no pyplot, no backend switch
+    ax = fig.subplots()
     for i, choice in enumerate(CHOICES):
         part = frame[frame["choice"] == choice].set_index("dataset").reindex(datasets)
         label = choice + (" (has seen the labels)" if choice == CHOICES[1] else "")
@@ -124,5 +116,4 @@ def draw_selection(frame: pd.DataFrame, out_dir) -> list:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
     return [path]

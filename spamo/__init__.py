@@ -7,10 +7,11 @@ use (PEP 562), so `import spamo` stays light: torch, scanpy and Ray load only wh
 
 __version__ = "0.1.0"
 
+# each name from the module that owns it, so that `spamo.fit` does not load Ray (spamo.api gathers all of them)
 _API = {
-    "fit": "spamo.api", "tune": "spamo.api", "evaluate": "spamo.api", "analyze": "spamo.api", "load": "spamo.api",
-    "RunResult": "spamo.api", "TuneResult": "spamo.api", "SpamoConfig": "spamo.config",
-    "SpamoInputError": "spamo.errors",
+    "fit": "spamo.api_run", "load": "spamo.api_run", "RunResult": "spamo.api_run",
+    "tune": "spamo.api_search", "evaluate": "spamo.api_search", "TuneResult": "spamo.api_search",
+    "analyze": "spamo.api_analyze", "SpamoConfig": "spamo.config", "SpamoInputError": "spamo.errors",
 }
 __all__ = ["__version__", *_API]
 

@@ -7,6 +7,7 @@ process-wide warning filter, no `matplotlib.use`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from dataclasses import dataclass
 
@@ -19,13 +20,26 @@ def rpy2_environment_kept():
 
     rpy2 prepends R's library folders to LD_LIBRARY_PATH; R, already loaded, no longer needs them, but every Python
     subprocess started afterwards (Ray workers, `spamo` children) would then load the wrong libpython.
+    Since the edit is undone, the value rpy2 would prepend is not computed either: rpy2 finds it by starting a
+    whole second R (`Rscript -e 'cat(Sys.getenv("LD_LIBRARY_PATH"))'`, 0.2-0.5 s) when it is first imported, and a
+    library path set after the process started changes nothing for this process's own loader anyway.
     Used by: `spamo.clustering.mclust` around `import rpy2.robjects`.
     Remove when: rpy2 starts R without editing `os.environ` (true of no rpy2 3.5.x release).
     """
     before = dict(os.environ)
+    situation = None
+    try:
+        import rpy2.situation as situation
+    except ImportError:  # no rpy2: the import inside fails on its own
+        pass
+    original = getattr(situation, "r_ld_library_path_from_subprocess", None)
+    if original is not None:
+        situation.r_ld_library_path_from_subprocess = lambda r_home: ""
     try:
         yield
     finally:
+        if original is not None:
+            situation.r_ld_library_path_from_subprocess = original
         for key in set(os.environ) - set(before):
             if key.startswith("LD_"):
                 del os.environ[key]
@@ -64,6 +78,52 @@ class CsrOutput:
         return sp.csr_matrix(self.inner.fit_transform(X))
 
 
+@functools.cache
+def _flash_ops():
+    """PyTorch's private fused CPU attention ops (forward with log-sum-exp, backward taking it), or None.
+
+    torch is imported here, not at the top: this module also serves the clustering and plotting code, which must
+    not pay torch's import time for it (the callers of these ops have loaded torch already).
+    """
+    import torch
+
+    ops = torch.ops.aten
+    try:
+        return ops._scaled_dot_product_flash_attention_for_cpu, ops._scaled_dot_product_flash_attention_for_cpu_backward
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def flash_attention_cpu_available() -> bool:
+    """Whether `flash_attention_cpu` and its backward exist in the torch in use."""
+    return _flash_ops() is not None
+
+
+def flash_attention_cpu(q, k, v, scale: float):
+    """softmax(scale q k^T) v and its per-row natural log-sum-exp through the fused CPU kernel, without dropout.
+
+    The public `scaled_dot_product_attention` computes both but returns only the product; the dropout attention
+    (spamo.model.attention_flash) needs the log-sum-exp to correct the product by its dropped weights, and feeds it
+    back to the kernel's backward. q, k, v are (N, d) matrices; returns (N, dv) and (N,) tensors of their own.
+    Used by: `spamo.model.attention_flash.FlashDropoutAttention`.
+    Remove when: a public PyTorch API returns the fused CPU kernel's log-sum-exp and runs its backward from it
+    without torch.compile (none up to torch 2.13); then call that.
+    """
+    out, lse = _flash_ops()[0](q[None, None], k[None, None], v[None, None], 0.0, False, scale=scale)
+    return out[0, 0], lse[0, 0]
+
+
+def flash_attention_cpu_backward(grad_out, q, k, v, out, lse, scale: float):
+    """The fused CPU kernel's backward: (grad q, grad k, grad v) of `flash_attention_cpu` for upstream grad_out.
+
+    Its softmax row term is grad_out_i . out_i of the `out` it is given, whatever produced that (see the caller).
+    Used by and remove when: as `flash_attention_cpu`.
+    """
+    grads = _flash_ops()[1](grad_out[None, None], q[None, None], k[None, None], v[None, None], out[None, None],
+                          lse[None, None], 0.0, False, scale=scale)
+    return tuple(g[0, 0] for g in grads)
+
+
 @dataclass(frozen=True)
 class Workaround:
     """One workaround: what it avoids, where it lives, and when it can be deleted."""
@@ -98,6 +158,10 @@ WORKAROUNDS = (
     Workaround("Tune snapshot period", "search.tuning (TUNE_GLOBAL_CHECKPOINT_S set when the user has not)",
                "Ray Tune snapshots its experiment state rarely by default, so a killed driver loses finished trials",
                "Ray Tune exposes the snapshot period as an argument (then pass it instead of the variable)"),
+    Workaround("fused CPU attention with its log-sum-exp", "spamo._compat.flash_attention_cpu (and _backward; used "
+               "by spamo.model.attention_flash)", "the public scaled_dot_product_attention hides the log-sum-exp the "
+               "dropout correction and the backward need, so the private aten ops are called",
+               "a public PyTorch API returns the fused CPU kernel's log-sum-exp without torch.compile"),
     Workaround("CSR beta notice", "spamo.model.sparse.quiet_csr (scoped to each CSR construction)",
                "torch prints a beta notice the first time a CSR tensor is made", "torch drops the notice"),
 )

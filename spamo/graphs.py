@@ -32,6 +32,7 @@ import scipy.sparse as sp
 import torch
 from scipy.spatial import cKDTree
 from sklearn.neighbors import NearestNeighbors
+from spamo.choices import FEATURE_GRAPH_WEIGHTS, KNN_TIES
 from spamo.datatypes import get_data_type
 
 log = logging.getLogger(__name__)
@@ -40,11 +41,8 @@ EXACT_MAX_SPOTS = 20_000
 """Feature graphs on at most this many spots use the exact brute-force search; larger ones the approximate one."""
 
 METRICS = ("euclidean", "correlation")
-WEIGHTS = ("connectivity", "distance")
+WEIGHTS = FEATURE_GRAPH_WEIGHTS  # the names live in spamo.choices (light: the config checks them)
 METHODS = ("auto", "exact", "approximate")
-KNN_TIES = ("sklearn", "index")
-"""Spatial kNN tie order: "sklearn" = scikit-learn NearestNeighbors(k + 1) minus self (the reference), "index" =
-the smaller spot index first (old spamo)."""
 
 _TIE_SLACK = 8  # extra candidates fetched so that ties at the k-th distance are broken by index, not by chance
 _BLOCK_ELEMENTS = 1 << 24  # entries of one distance block (64 MiB in float32)

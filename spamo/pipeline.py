@@ -16,6 +16,7 @@ import numpy as np
 
 from spamo import datasets, run_folder
 from spamo.clustering import cluster
+from spamo.clustering.mclust import start_r_in_background
 from spamo.config import SpamoConfig
 from spamo.data import MultiOmicsData, PreparedData
 from spamo.datasets import check_n_clusters
@@ -24,7 +25,7 @@ from spamo.graphs import build_graphs
 from spamo.io import atomic_dir, file_sha256
 from spamo.metrics import clustering_scores
 from spamo.preprocessing import preprocess
-from spamo.training import train
+from spamo.training import import_torch_compiler_in_background, train
 
 VERSIONED_PACKAGES = ("spamo", "torch", "numpy", "scipy", "scikit-learn", "scanpy", "anndata", "ray", "optuna")
 
@@ -105,11 +106,12 @@ class RunResult:
             raise SpamoInputError("result", "this result does not carry its data")
         return run_embedding(self, self.data).to_anndata()
 
-    def write(self, out_dir: str | Path, draw: bool = True) -> Path:
-        """Write the run folder (what `spamo run --out` writes; see `spamo.run_folder`), atomically."""
+    def write(self, out_dir: str | Path, draw: bool = True, layout: str = "graph") -> Path:
+        """Write the run folder (what `spamo run --out` writes; see `spamo.run_folder`), atomically; `layout` is the
+        picture's embedding panel (`spamo.plots`: "graph", the default, or "umap")."""
         if self.data is None:
             raise SpamoInputError("result", "this result does not carry its data; use pipeline.write_outputs")
-        return write_outputs(self, self.data, out_dir, draw=draw)
+        return write_outputs(self, self.data, out_dir, draw=draw, layout=layout)
 
 
 def load_data(
@@ -168,6 +170,13 @@ def cluster_and_score(prepared: PreparedData, fused: np.ndarray, config: SpamoCo
     return labels, scores
 
 
+def start_r_early(config: SpamoConfig) -> None:
+    """When the clustering will ask R (mclust: named, or `auto`), start R now, beside the preprocessing and
+    training (`spamo.clustering.mclust.start_r_in_background`): a second less at the end of every run."""
+    if config.cluster_method in ("auto", "mclust"):
+        start_r_in_background()
+
+
 def fit_and_cluster(prepared: PreparedData, config: SpamoConfig, graphs=None, callback=None, callback_every: int = 10,
                     progress: bool = True, train_options: dict | None = None) -> RunResult:
     """Train on prepared data (graphs built here unless given) and cluster the embedding.
@@ -177,6 +186,7 @@ def fit_and_cluster(prepared: PreparedData, config: SpamoConfig, graphs=None, ca
 
     timings: dict = {}
     start = time.perf_counter()
+    start_r_early(config)
     if graphs is None:
         graphs = build_graphs(prepared, config)
     timings["graphs_s"] = time.perf_counter() - start
@@ -197,7 +207,13 @@ def run(data: MultiOmicsData, config: SpamoConfig, modalities: list[str] | None 
         progress: bool = True) -> RunResult:
     """The method's main job on loaded data."""
     start = time.perf_counter()
-    prepared, resolved = prepare(data, config, modalities)
+    start_r_early(config)
+    importing = import_torch_compiler_in_background()  # beside the preprocessing, which runs no torch code
+    try:
+        prepared, resolved = prepare(data, config, modalities)
+    finally:
+        if importing is not None:
+            importing.join()
     prep_s = time.perf_counter() - start
     result = fit_and_cluster(prepared, resolved, progress=progress)
     result.data = data
@@ -246,9 +262,15 @@ def run_embedding(result: RunResult, data: MultiOmicsData) -> run_folder.RunEmbe
         n_clusters=int(result.config.n_clusters), seed=int(result.config.seed))
 
 
-def write_outputs(result: RunResult, data: MultiOmicsData, out_dir: str | Path, draw: bool = True) -> Path:
+def write_outputs(result: RunResult, data: MultiOmicsData, out_dir: str | Path, draw: bool = True,
+                  layout: str = "graph") -> Path:
     """Write the run folder (`spamo.run_folder`: labels, metrics, embedding, picture, run.toml), atomically."""
     out_dir = Path(out_dir)
+    if draw:
+        from spamo.plots import LAYOUTS, plot_domains  # matplotlib only when a picture is drawn
+
+        if layout not in LAYOUTS:
+            raise SpamoInputError("layout", f"'{layout}' is not one of {', '.join(LAYOUTS)}")
     prep = result.prepared
     with atomic_dir(out_dir) as tmp:
         run_folder.write_labels(labels_in_file_order(result, data), tmp / run_folder.LABELS_FILE)
@@ -258,10 +280,9 @@ def write_outputs(result: RunResult, data: MultiOmicsData, out_dir: str | Path, 
                                  scored_against_truth=prep.truth is not None)
         run_folder.write_embedding(run_embedding(result, data), tmp / run_folder.EMBEDDING_FILE)
         if draw:
-            from spamo.plots import plot_domains
-
             plot_domains(prep.coords, result.fused, result.labels, tmp / run_folder.PLOT_FILE,
-                         title=f"{prep.name}: {result.config.n_clusters} domains", seed=result.config.seed)
+                         title=f"{prep.name}: {result.config.n_clusters} domains", seed=result.config.seed,
+                         layout=layout)
         record = {
             "config": {k: v for k, v in result.config.to_dict().items() if v is not None},
             "run": {"dataset": prep.name, "data_type": prep.data_type, "modalities": prep.modality_names,

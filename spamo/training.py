@@ -8,8 +8,11 @@ returns L2-normalised embeddings. `Trainer` is the same plan one step at a time 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import math
 import random
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -99,6 +102,33 @@ def set_random_states(states: dict) -> None:
     torch.set_rng_state(states["torch"])
     if states.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+# torch.use_deterministic_algorithms imports this module (and with it torch._dynamo); torch.optim's optimisers import
+# torch._dynamo on first use: about a second of imports at the start of every training, for code spamo never compiles
+TORCH_COMPILER_MODULE = "torch._inductor.config"
+
+
+def import_torch_compiler_in_background() -> threading.Thread | None:
+    """Import torch's compiler modules (`TORCH_COMPILER_MODULE`) in a helper thread and return it (None when they
+    are loaded already), so that this second of imports overlaps work that runs no torch code (the preprocessing:
+    `spamo.pipeline.run`). The caller joins the thread before it runs torch code of its own, so no torch operation
+    runs while torch registers its compiler's kernels. Nothing else changes: the modules are the ones training
+    would import itself; should the import fail here, training imports them again and reports the failure.
+    """
+    if TORCH_COMPILER_MODULE in sys.modules:
+        return None
+    thread = threading.Thread(target=_import_quietly, args=(TORCH_COMPILER_MODULE,), name="spamo-import-torch",
+                              daemon=True)
+    thread.start()
+    return thread
+
+
+def _import_quietly(name: str) -> None:
+    try:
+        importlib.import_module(name)
+    except Exception:  # noqa: BLE001 - the import is repeated, and reported, where training needs it
+        pass
 
 
 @contextlib.contextmanager

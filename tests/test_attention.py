@@ -12,14 +12,26 @@ import math
 import pytest
 import torch
 
+from spamo import _compat
 from spamo.model import BlockedDropoutAttention, attention, attention_keep_mask
-from spamo.model import attention_kernel
-from spamo.model.attention import call_key, default_backend, effective_drop_probability
+from spamo.model import attention_flash, attention_kernel
+from spamo.model.attention import _threshold, call_key, default_backend, effective_drop_probability
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-# the compiled backend is tested wherever it builds; the tensor backend everywhere
+# the compiled backend is tested wherever it builds, flash where torch also has the fused CPU ops; tensor everywhere
 BACKENDS = ["tensor"] + (["compiled"] if attention_kernel.load() is not None else [])
+FLASH = "compiled" in BACKENDS and _compat.flash_attention_cpu_available()
+BACKENDS += ["flash"] if FLASH else []
+needs_flash = pytest.mark.skipif(not FLASH, reason="flash backend unavailable (no C kernel or no fused CPU ops)")
+
+
+def exact_dropout_attention(q, k, v, p, seed, block, backend):
+    """The exact dropout attention through one backend's autograd function (flash has no blocks)."""
+    if backend == "flash":
+        keep_scale = 1.0 / (1.0 - effective_drop_probability(p))
+        return attention_flash.FlashDropoutAttention.apply(q, k, v, call_key(seed), _threshold(p), keep_scale)
+    return BlockedDropoutAttention.apply(q, k, v, p, seed, block, backend)
 
 
 def dense_dropout_attention(q, k, v, p, seed):
@@ -35,9 +47,9 @@ def test_blocked_dropout_attention_matches_dense_values_and_gradients(n_q, n_k, 
     gen = torch.Generator().manual_seed(0)
     q = torch.randn(n_q, 8, dtype=torch.float64, generator=gen, requires_grad=True)
     k = torch.randn(n_k, 8, dtype=torch.float64, generator=gen, requires_grad=True)
-    v = torch.randn(n_k, 5, dtype=torch.float64, generator=gen, requires_grad=True)
-    upstream = torch.randn(n_q, 5, dtype=torch.float64, generator=gen)
-    got = BlockedDropoutAttention.apply(q, k, v, 0.3, 99, block, backend)
+    v = torch.randn(n_k, 8, dtype=torch.float64, generator=gen, requires_grad=True)  # the fused kernel: v as wide as q
+    upstream = torch.randn(n_q, 8, dtype=torch.float64, generator=gen)
+    got = exact_dropout_attention(q, k, v, 0.3, 99, block, backend)
     got_grads = torch.autograd.grad(got, (q, k, v), upstream)
     want = dense_dropout_attention(q, k, v, 0.3, 99)
     want_grads = torch.autograd.grad(want, (q, k, v), upstream)
@@ -50,15 +62,17 @@ def test_blocked_dropout_attention_matches_dense_values_and_gradients(n_q, n_k, 
 def test_blocked_dropout_attention_gradcheck(backend):
     gen = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(9, 4, dtype=torch.float64, generator=gen, requires_grad=True) for _ in range(3))
-    assert torch.autograd.gradcheck(lambda a, b, c: BlockedDropoutAttention.apply(a, b, c, 0.25, 5, 4, backend),
-                                    (q, k, v))
+    assert torch.autograd.gradcheck(lambda a, b, c: exact_dropout_attention(a, b, c, 0.25, 5, 4, backend), (q, k, v))
 
 
 @pytest.mark.skipif("compiled" not in BACKENDS, reason=f"C kernel unavailable: {attention_kernel.why_not()}")
-def test_compiled_and_tensor_backends_agree_in_float32_with_scores_far_below_the_row_max():
+def test_all_backends_agree_in_float32_with_scores_far_below_the_row_max():
     """float32 is where the kernel's own exp2 runs: same values and gradients as torch's exp2, to float rounding.
 
-    Large q, k make most weights underflow (scores far below the row maximum), the regime of the exp2 clamp.
+    Large q, k make most weights underflow (scores far below the row maximum), the regime of the exp2 clamp. The
+    flash backend is held to the float64 dense function instead: it weighs the dropped entries with the fused
+    kernel's float32 log-sum-exp, whose rounding (a relative error of up to eps |lse| in every dropped weight, lse in
+    the hundreds here) is its error bound; with the model's scores (lse ~ 10) that is ~1e-6 of |v|.
     """
     gen = torch.Generator().manual_seed(4)
     for spread in (1.0, 12.0):
@@ -67,10 +81,20 @@ def test_compiled_and_tensor_backends_agree_in_float32_with_scores_far_below_the
         upstream = torch.randn(300, 16, generator=gen)
         results = []
         for backend, block in (("tensor", 64), ("compiled", 37)):  # different blocks: the mask must not care
-            out = BlockedDropoutAttention.apply(q, k, v, 0.1, 2024, block, backend)
+            out = exact_dropout_attention(q, k, v, 0.1, 2024, block, backend)
             results.append((out, *torch.autograd.grad(out, (q, k, v), upstream)))
         for a, b in zip(*results):
             assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item()), (a - b).abs().max()
+        if FLASH:
+            wide = [t.detach().double().requires_grad_() for t in (q, k, v)]
+            want = dense_dropout_attention(*wide, 0.1, 2024)
+            want = (want, *torch.autograd.grad(want, wide, upstream.double()))
+            out = exact_dropout_attention(q, k, v, 0.1, 2024, 0, "flash")
+            got = (out, *torch.autograd.grad(out, (q, k, v), upstream))
+            lse = torch.logsumexp(wide[0] @ wide[1].t() / 4, dim=1).abs().max().item()
+            for a, b in zip(got, want):
+                bound = 8 * torch.finfo(torch.float32).eps * max(lse, 1.0) * b.abs().max().item()
+                assert (a.double() - b).abs().max().item() <= bound, ((a.double() - b).abs().max(), bound)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -160,8 +184,11 @@ def test_attention_dropout_changes_output_and_keeps_expectation(backend):
     assert abs(dropped.mean().item() - 1.0) < 0.05  # inverse keep-probability scaling keeps the mean
 
 
-def test_default_backend_is_compiled_where_a_compiler_exists_and_unknown_backends_are_refused():
-    assert default_backend() == ("compiled" if attention_kernel.load() is not None else "tensor")
+def test_default_backend_is_flash_then_compiled_where_they_run_and_unknown_backends_are_refused():
+    want = "flash" if FLASH else "compiled" if attention_kernel.load() is not None else "tensor"
+    assert default_backend() == want
+    if FLASH:  # small problems: the compiled backend measured faster
+        assert default_backend(2500, 2500) == "compiled" and default_backend(10000, 10000) == "flash"
     with pytest.raises(ValueError, match="backend"):
         attention(torch.ones(4, 2), torch.ones(4, 2), torch.ones(4, 2), 0.1, backend="fast")
 
@@ -192,3 +219,60 @@ def test_compiled_sampled_row_dots_equal_the_gathered_products(dtype):
     torch.set_num_threads(2)
     assert torch.equal(attention_kernel.sampled_row_dots(left, right, rows, cols), got)  # any thread count
     assert attention_kernel.sampled_row_dots(left.to(torch.bfloat16), right.to(torch.bfloat16), rows, cols) is None
+
+
+@needs_flash
+def test_flash_backend_equals_dense_when_the_backward_rebuilds_the_dropped_lists(monkeypatch):
+    """Above the saved-lists budget the backward makes the dropped lists again, rows in segments: same function."""
+    gen = torch.Generator().manual_seed(8)
+    q, k, v = (torch.randn(90, 8, dtype=torch.float64, generator=gen, requires_grad=True) for _ in range(3))
+    upstream = torch.randn(90, 8, dtype=torch.float64, generator=gen)
+    want = dense_dropout_attention(q, k, v, 0.3, 13)
+    want_grads = torch.autograd.grad(want, (q, k, v), upstream)
+    monkeypatch.setattr(attention_flash, "SAVED_BYTES", 12 * 40)  # ~40 entries a segment: many segments
+    got = exact_dropout_attention(q, k, v, 0.3, 13, 0, "flash")
+    assert torch.allclose(got, want, atol=1e-12)
+    for a, b in zip(torch.autograd.grad(got, (q, k, v), upstream), want_grads):
+        assert torch.allclose(a, b, atol=1e-12)
+
+
+@needs_flash
+def test_flash_backend_is_bit_for_bit_the_same_on_one_two_and_three_threads():
+    """Rows own their sums, columns sum their rows in increasing order (one fused pass or a column pass)."""
+    gen = torch.Generator().manual_seed(9)
+    q, k, v = (torch.randn(700, 64, generator=gen, requires_grad=True) for _ in range(3))
+    upstream = torch.randn(700, 64, generator=gen)
+    results = []
+    for threads in (1, 2, 3):
+        torch.set_num_threads(threads)
+        out = exact_dropout_attention(q, k, v, 0.1, 77, 0, "flash")
+        results.append((out, *torch.autograd.grad(out, (q, k, v), upstream)))
+    torch.set_num_threads(1)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
+
+
+@needs_flash
+def test_flash_backend_runs_the_fused_kernel_both_ways_with_dropout_on():
+    from torch.profiler import profile
+
+    q, k, v = (torch.randn(300, 64, requires_grad=True) for _ in range(3))
+    with profile() as prof:
+        attention(q, k, v, 0.1, backend="flash").sum().backward()
+    kernels = {event.name for event in prof.events() if "attention" in event.name}
+    assert {"aten::_scaled_dot_product_flash_attention_for_cpu",
+            "aten::_scaled_dot_product_flash_attention_for_cpu_backward"} <= kernels, kernels
+
+
+@needs_flash
+def test_flash_backend_falls_back_to_the_compiled_one_where_the_fused_kernel_does_not_apply():
+    """v narrower than q (the fused CPU kernel wants one width): the same function through the compiled backend."""
+    gen = torch.Generator().manual_seed(10)
+    q, k = (torch.randn(40, 8, dtype=torch.float64, generator=gen) for _ in range(2))
+    v = torch.randn(40, 3, dtype=torch.float64, generator=gen)
+    assert not attention_flash.available(q, k, v)
+    torch.manual_seed(0)
+    got = attention(q, k, v, 0.2, backend="flash")
+    torch.manual_seed(0)
+    assert torch.equal(got, attention(q, k, v, 0.2, backend="compiled"))

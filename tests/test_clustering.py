@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 
@@ -74,6 +75,38 @@ def test_mclust_runs_in_a_thread_other_than_the_importing_one():
     for labels in found.values():
         assert isinstance(labels, np.ndarray), labels
         assert np.array_equal(labels, expected)
+
+
+R_IN_A_FRESH_PROCESS = """
+import os, sys, threading, numpy as np
+from spamo.clustering import cluster, mclust
+rng = np.random.default_rng(3)
+points = rng.normal(scale=1.5, size=(4, 8))[np.repeat(np.arange(4), 50)] + rng.normal(size=(200, 8))
+if sys.argv[1] == "background":
+    mclust.start_r_in_background()
+    helper = next(t for t in threading.enumerate() if t.name == "spamo-start-R")
+    helper.join()
+before = dict(os.environ)
+labels = cluster(points, 4, "mclust")
+print(" ".join(map(str, labels)), os.environ.get("LD_LIBRARY_PATH") == before.get("LD_LIBRARY_PATH"))
+"""
+
+
+@pytest.mark.r
+@needs_r
+def test_r_started_in_a_helper_thread_gives_the_same_labels_silently():
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root))
+    runs = {how: subprocess.run([sys.executable, "-c", R_IN_A_FRESH_PROCESS, how], capture_output=True, text=True,
+                                cwd=root, env=env) for how in ("background", "here")}
+    for how, done in runs.items():
+        assert done.returncode == 0, (how, done.stderr)
+        assert done.stdout.split()[-1] == "True"  # R's library folders are not left in the environment
+    assert runs["background"].stdout == runs["here"].stdout
+    assert "main thread" not in runs["background"].stderr  # rpy2's notice about the helper thread is not shown
 
 
 def test_mclust_without_rpy2_says_how_to_install(monkeypatch):

@@ -328,7 +328,7 @@ def test_refuses_truth_of_wrong_length(sim_dir):
 
 
 def test_dense_matrices_are_checked_in_row_blocks(monkeypatch):
-    monkeypatch.setattr(datasets, "ROW_BLOCK", 7)
+    monkeypatch.setattr(datasets.checks, "ROW_BLOCK", 7)
     x = np.ones((50, 4), dtype=np.float32)
     adata = ad.AnnData(X=x.copy())
     datasets.check_modality(adata, "ADT", "dense.h5ad")

@@ -78,7 +78,8 @@ class ArchiveServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        # a short poll interval: shutdown() waits for the next poll (0.5 s by default, in every test's teardown)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
         self.thread.start()
 
     def url(self, path: str, host: str = "127.0.0.1") -> str:
@@ -180,10 +181,10 @@ def test_download_all_from_the_configured_record(server, authors_files, tmp_path
     """`spamo data download all` with no --url: the configured archive, fetched once for the three."""
     server.files["/records/14591305/files/Data.zip"] = _data_zip(authors_files)
     config = tmp_path / "downloads.toml"
-    text = download.DOWNLOADS_TOML.read_text().replace("https://zenodo.org",
+    text = download.sources.DOWNLOADS_TOML.read_text().replace("https://zenodo.org",
                                                        server.url("").rstrip("/"))
     config.write_text(text)
-    monkeypatch.setattr(download, "DOWNLOADS_TOML", config)
+    monkeypatch.setattr(download.sources, "DOWNLOADS_TOML", config)
     result = CliRunner().invoke(app, ["data", "download", "all", "--data-root", str(tmp_path / "D")])
     assert result.exit_code == 0, (result.output, result.exception)
     assert len(server.requests) == 1

@@ -1,8 +1,12 @@
-"""The project's modules import each other one way: no import circle, not even through a function-level import."""
+"""The project's modules import each other one way: no import circle, not even through a function-level import; and
+a command imports only what it uses (`spamo --help` no torch, `spamo run` no Ray)."""
 
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,8 +24,9 @@ def module_files() -> dict[str, Path]:
     return files
 
 
-def import_graph() -> dict[str, set[str]]:
-    """Module -> the project's modules it imports anywhere in its file (top level or inside a function)."""
+def import_graph(within_packages: bool = False) -> dict[str, set[str]]:
+    """Module -> the project's modules it imports anywhere in its file (top level or inside a function); a package's
+    imports of its own submodules (and theirs of it) are left out unless `within_packages`."""
     files = module_files()
 
     def owner(name: str) -> str | None:
@@ -39,7 +44,7 @@ def import_graph() -> dict[str, set[str]]:
                 targets |= {owner(node.module)} | {owner(f"{node.module}.{alias.name}") for alias in node.names}
         # a package and its own submodules import each other by design (the package re-exports them)
         graph[module] = {t for t in targets - {None, module}
-                         if not module.startswith(t + ".") and not t.startswith(module + ".")}
+                         if within_packages or (not module.startswith(t + ".") and not t.startswith(module + "."))}
     return graph
 
 
@@ -82,3 +87,74 @@ def test_no_import_circle_among_the_projects_modules():
 
 def test_the_circle_check_finds_a_circle():
     assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+# ---------------------------------------------------------------------------------------------------------- weight
+HEAVY = ("torch", "sklearn", "ray", "optuna", "scanpy", "anndata", "mudata", "umap", "igraph", "gseapy")
+LOADED = r"""
+import sys
+sys.argv = ["spamo", *sys.argv[1:]]
+import cli
+try:
+    cli.main()
+except SystemExit:
+    pass
+print("\nLOADED:", " ".join(sorted(m for m in HEAVY if m in sys.modules)))
+"""
+
+
+def modules_loaded_by(*args: str, cwd: Path) -> set[str]:
+    """The heavy libraries a `spamo` command line has imported by the time it exits (in a fresh interpreter)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", f"HEAVY = {HEAVY!r}\n{LOADED}", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return set(done.stdout.rpartition("\nLOADED:")[2].split())
+
+
+def test_help_imports_none_of_the_heavy_libraries(tmp_path):
+    """`spamo --help` and a command's help read the settings' declarations only (the allowed values come from
+    spamo.choices): no torch, scikit-learn, Ray, Optuna or scanpy."""
+    assert modules_loaded_by("--help", cwd=tmp_path) == set()
+    assert modules_loaded_by("run", "--help", cwd=tmp_path) == set()
+
+
+def third_party_imports(path: Path) -> set[str]:
+    """The top-level names of every library a file imports (anywhere in it)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_a_single_run_imports_neither_ray_nor_optuna_nor_the_analysis_stack():
+    """What `spamo run` and `spamo.fit` can reach (spamo.api_run and everything it imports, function-level imports
+    included) holds no search, evaluation or analysis module and no import of Ray, Optuna or gseapy.
+    Checked on the import graph rather than in a fresh interpreter: the answer is the same, without importing torch
+    for it."""
+    graph, files = import_graph(within_packages=True), module_files()
+    reached, todo = set(), ["spamo.api_run"]
+    while todo:
+        module = todo.pop()
+        if module not in reached:
+            reached.add(module)
+            todo.extend(graph[module])
+    assert {"spamo.pipeline", "spamo.training", "spamo.datasets.load", "spamo.clustering.mixture"} <= reached
+    assert not {m for m in reached if m.startswith(("search", "evaluation", "spamo.analysis", "spamo.api_search"))}
+    libraries = set().union(*(third_party_imports(files[m]) for m in reached))
+    assert "torch" in libraries and not libraries & {"ray", "optuna", "gseapy"}  # scanpy: HVG selection needs it
+
+
+# ---------------------------------------------------------------------------------------------------------- size
+MAX_LINES = 400
+
+
+def test_no_module_of_the_package_is_over_400_lines():
+    """One job per module (aim: 300 lines); a module that grows past 400 is split into a sub-package by job."""
+    sizes = {path.relative_to(ROOT).as_posix(): len(path.read_text().splitlines())
+             for path in (ROOT / "spamo").rglob("*.py")}
+    assert len(sizes) > 40
+    assert {name: n for name, n in sizes.items() if n > MAX_LINES} == {}

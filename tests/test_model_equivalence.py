@@ -8,12 +8,16 @@ detaching it, spatial-smoothness degree clamped at 1); the switches for the old 
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 
 from dense_reference import DenseSpamo
 from model_problems import planted_problem
+from spamo import _compat
 from spamo.config import SpamoConfig
+from spamo.model import attention_kernel
 from spamo.training import Trainer
 
 STEPS = 22
@@ -81,3 +85,25 @@ def test_sparse_model_equals_dense_formulation(n_mod, optimizer, extra):
         _close(graph.current, dense.current[m][graph.rows, graph.cols], "current feature graph F")
         _close(graph.target, dense.target[m][graph.rows, graph.cols], "EMA target T")
         assert not torch.equal(graph.values.detach(), feature[m].coalesce().values()), "P never moved"
+
+
+@pytest.mark.parametrize("backend", ["flash", "tensor"])
+def test_training_with_attention_dropout_is_the_same_through_every_attention_backend(backend, monkeypatch):
+    """Dropout on (masks from the seed): the flash and tensor backends train as the compiled one, to 1e-5."""
+    attention_module = importlib.import_module("spamo.model.attention")
+    if attention_kernel.load() is None or (backend == "flash" and not _compat.flash_attention_cpu_available()):
+        pytest.skip("backend unavailable here")
+    runs = []
+    for name in ("compiled", backend):
+        monkeypatch.setattr(attention_module, "default_backend", lambda *sizes, name=name: name)
+        config = _config(2, "adamw", dropout=0.2, epochs=8)
+        features, spatial, feature, _ = planted_problem(50, [12, 8], seed=3, knn_k=6)
+        torch.manual_seed(0)
+        trainer = Trainer(features, spatial, feature, config)
+        losses = []
+        for step in range(8):
+            torch.manual_seed(2000 + step)
+            losses.append(trainer.step()["total"])
+        runs.append((losses, trainer.embeddings()[1]))
+    assert runs[1][0] == pytest.approx(runs[0][0], rel=1e-5)
+    _close(runs[1][1], runs[0][1], "fused embedding")

@@ -1,11 +1,20 @@
-"""The run picture: exact neighbours handed to UMAP, numba's disk cache switched on, a PNG written."""
+"""The run picture: spamo's own layout of the embedding's neighbour graph (the default) and umap-learn's (exact
+neighbours handed in, numba's disk cache switched on), a PNG written."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from spamo import plots
+from spamo.errors import SpamoInputError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_nearest_neighbours_are_exact_and_start_with_the_point_itself():
@@ -35,5 +44,57 @@ def test_umap_functions_get_numba_disk_caching_and_the_picture_is_written(tmp_pa
     # the three planted groups stay apart in the layout: each point's nearest layout neighbour shares its label
     nearest = np.linalg.norm(xy[:, None] - xy[None], axis=2) + np.eye(180) * 1e9
     assert (labels[nearest.argmin(1)] == labels).mean() > 0.95
-    path = plots.plot_domains(rng.uniform(size=(180, 2)), embedding, labels, tmp_path / "domains.png")
+    path = plots.plot_domains(rng.uniform(size=(180, 2)), embedding, labels, tmp_path / "domains.png", layout="umap")
     assert path.stat().st_size > 1000
+
+
+def planted_groups(seed: int = 1, per_group: int = 60) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = np.repeat([0, 1, 2], per_group)
+    return (np.eye(3, 16)[labels] * 4 + rng.normal(size=(labels.size, 16))).astype(np.float32), labels
+
+
+def test_the_curve_constants_are_umaps_fit_for_min_dist_0_3():
+    from scipy.optimize import curve_fit
+
+    x = np.linspace(0, 3, 300)
+    target = np.where(x < 0.3, 1.0, np.exp(-(x - 0.3)))
+    (a, b), _ = curve_fit(lambda d, a, b: 1.0 / (1.0 + a * d ** (2 * b)), x, target)
+    assert np.isclose(a, plots.CURVE_A, rtol=1e-4) and np.isclose(b, plots.CURVE_B, rtol=1e-4)
+
+
+def test_fuzzy_graph_weights_each_spot_to_log2_k_and_joins_directions_as_either_holds():
+    embedding, _ = planted_groups()
+    indices, distances = plots.nearest_neighbours(embedding, 15)
+    rows, cols, strength = plots.fuzzy_graph(indices, distances)
+    assert (rows < cols).all() and ((strength > 0) & (strength <= 1 + 1e-6)).all()
+    # every spot's nearest neighbour is joined at full strength (distance - rho = 0)
+    full = {(min(i, j), max(i, j)) for i, j in enumerate(indices[:, 1])}
+    edges = dict(zip(zip(rows.tolist(), cols.tolist()), strength.tolist()))
+    assert all(np.isclose(edges[e], 1.0) for e in full)
+
+
+def test_graph_layout_keeps_planted_groups_apart_and_repeats_for_a_seed():
+    embedding, labels = planted_groups()
+    xy = plots.graph_layout(embedding, seed=0)
+    assert xy.shape == (180, 2) and np.isfinite(xy).all()
+    nearest = np.linalg.norm(xy[:, None] - xy[None], axis=2) + np.eye(180) * 1e9
+    assert (labels[nearest.argmin(1)] == labels).mean() > 0.95
+    assert np.array_equal(xy, plots.graph_layout(embedding, seed=0))
+    assert not np.array_equal(xy, plots.graph_layout(embedding, seed=1))
+    assert plots.graph_layout(embedding[:2], seed=0).shape == (2, 2)
+
+
+def test_the_default_picture_loads_no_umap_and_an_unknown_layout_is_refused(tmp_path):
+    script = ("import sys, numpy as np; from spamo import plots; rng = np.random.default_rng(0); "
+              "labels = np.repeat([0, 1], 40); plots.plot_domains(rng.uniform(size=(80, 2)), "
+              "rng.normal(size=(80, 8)) + labels[:, None], labels, sys.argv[1]); "
+              "print('umap' in sys.modules, 'numba' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "domains.png")], capture_output=True,
+                          text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "False"]
+    assert (tmp_path / "domains.png").stat().st_size > 1000
+    embedding, labels = planted_groups()
+    with pytest.raises(SpamoInputError, match="not one of graph, umap"):
+        plots.plot_domains(np.zeros((180, 2)), embedding, labels, tmp_path / "other.png", layout="tsne")

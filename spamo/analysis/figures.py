@@ -1,41 +1,30 @@
 """The analysis figures: marker dot plots, the top marker of each domain over the tissue, the PAGA graph.
 
-Drawn with pyplot on the non-interactive Agg backend unless the caller has already chosen a backend (a notebook's),
-written as 256-colour palette PNGs.
+Our own figures are built with matplotlib's object API (`Figure`, rendered by `savefig` without any GUI backend), so
+drawing them neither switches the session's backend (a notebook's stays) nor touches figures the caller has open;
+scanpy's dot plot makes its own pyplot figure, and only that figure is closed. Written as 256-colour palette PNGs.
 """
 
 from __future__ import annotations
 
 import io
-import os
 import re
-import sys
 from pathlib import Path
 from typing import Callable
 
+import matplotlib
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from matplotlib.figure import Figure
 from PIL import Image
 
 from spamo.analysis.paga import paga_layout
 from spamo.run_folder import OBSM_SPATIAL
 
 
-def _pyplot():
-    """pyplot, on Agg when nothing has chosen a backend yet (no earlier pyplot import, no MPLBACKEND)."""
-    import matplotlib
-
-    if "matplotlib.pyplot" not in sys.modules and not os.environ.get("MPLBACKEND"):
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _group_colors(n: int) -> list:
-    plt = _pyplot()
-    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
+    cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
     return [cmap(i % cmap.N) for i in range(n)]
 
 
@@ -60,13 +49,16 @@ def _safe_name(name: str) -> str:
 
 def plot_marker_dots(adata, groupby: str, path: Path, n_genes: int, title: str) -> None:
     """Dot plot of the top markers of every domain (scanpy), saved as PNG."""
+    import matplotlib.pyplot as plt  # scanpy draws the dot plot on a pyplot figure: close that one only
     import scanpy as sc
 
-    plt = _pyplot()
     dotplot = sc.pl.rank_genes_groups_dotplot(adata, groupby=groupby, n_genes=n_genes, show=False,
                                               return_fig=True, title=title, dendrogram=False)
-    _save_png(lambda buffer, **kw: dotplot.savefig(buffer, bbox_inches="tight", **kw), path, dpi=90)
-    plt.close("all")
+    try:
+        _save_png(lambda buffer, **kw: dotplot.savefig(buffer, bbox_inches="tight", **kw), path, dpi=90)
+    finally:
+        if getattr(dotplot, "fig", None) is not None:
+            plt.close(dotplot.fig)
 
 
 def plot_top_markers_spatial(coords: np.ndarray, labels: pd.Categorical,
@@ -76,11 +68,11 @@ def plot_top_markers_spatial(coords: np.ndarray, labels: pd.Categorical,
     Reading down a column shows which modality tells that domain apart (a modality blind to it shows a marker
     shared with another domain).
     """
-    plt = _pyplot()
     domains = list(labels.categories)
     modalities = list(values)
     nrows, ncols = 1 + len(modalities), len(domains)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.9 * ncols, 1.95 * nrows), squeeze=False)
+    fig = Figure(figsize=(1.9 * ncols, 1.95 * nrows))
+    axes = fig.subplots(nrows, ncols, squeeze=False)
     size = _point_size(len(coords)) * 0.35
     colors = _group_colors(len(domains))
     codes = np.asarray(labels.codes)
@@ -106,21 +98,20 @@ def plot_top_markers_spatial(coords: np.ndarray, labels: pd.Categorical,
         ax.set_yticks([])
     fig.tight_layout(pad=0.4)
     _save_png(fig.savefig, path, dpi=72)
-    plt.close(fig)
 
 
 def plot_paga(embedding, groupby: str, path: Path, seed: int) -> None:
     """PAGA graph of the domains: abstract layout, and drawn at the domains' spatial centroids over the tissue."""
     import scanpy as sc
 
-    plt = _pyplot()
     labels = embedding.obs[groupby].cat
     colors = _group_colors(len(labels.categories))
-    embedding.uns[f"{groupby}_colors"] = [plt.matplotlib.colors.to_hex(c) for c in colors]
+    embedding.uns[f"{groupby}_colors"] = [matplotlib.colors.to_hex(c) for c in colors]
     coords = np.asarray(embedding.obsm[OBSM_SPATIAL], dtype=float)
     codes = np.asarray(labels.codes)
     centroids = np.stack([coords[codes == i].mean(axis=0) for i in range(len(labels.categories))])
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 4.2))
+    fig = Figure(figsize=(9, 4.2))
+    left, right = fig.subplots(1, 2)
     sc.pl.paga(embedding, ax=left, show=False, pos=paga_layout(embedding, seed), threshold=0.02, fontsize=8,
                title="PAGA of the domains (fused embedding)", add_pos=False, frameon=False)
     right.scatter(coords[:, 0], coords[:, 1], s=_point_size(len(coords)), c=[colors[c] for c in codes],
@@ -130,7 +121,6 @@ def plot_paga(embedding, groupby: str, path: Path, seed: int) -> None:
     right.set_aspect("equal")
     fig.tight_layout()
     _save_png(fig.savefig, path, dpi=90)
-    plt.close(fig)
 
 
 def draw_figures(folder: Path, tested, groupby: str, modality_data: dict, top_markers: pd.DataFrame,

@@ -30,16 +30,19 @@ log = logging.getLogger(__name__)
 R_INSTALL_HINT = ('install R and mclust (apt-get install r-base-core r-cran-mclust) and rpy2 (pip install "spamo[r]"), '
                   "or choose --cluster-method gmm")
 _R_LOCK = threading.Lock()
+_START_LOCK = threading.Lock()  # one start of R at a time (a background start and a caller's probe)
+_OFF_MAIN_THREAD = "R is not initialized by the main thread"  # rpy2's notice when a helper thread starts R
 
 
 @functools.lru_cache(maxsize=1)
 def _r_problem() -> str | None:
     """Why R's mclust cannot be used here (None when it can). Probed once: starting R costs about a second."""
-    try:
-        with rpy2_environment_kept():
-            import rpy2.robjects as ro
-    except Exception as exc:  # ImportError, or R itself failing to start
-        return f"rpy2 cannot start R ({exc.__class__.__name__}: {str(exc).strip()[:120]})"
+    with _START_LOCK:  # a probe that finds the background start running waits for it, then finds R started
+        try:
+            with rpy2_environment_kept():
+                import rpy2.robjects as ro
+        except Exception as exc:  # ImportError, or R itself failing to start
+            return f"rpy2 cannot start R ({exc.__class__.__name__}: {str(exc).strip()[:120]})"
     try:
         with _R_LOCK, _in_r():
             if not bool(ro.r["requireNamespace"]("mclust", quietly=True)[0]):
@@ -47,6 +50,21 @@ def _r_problem() -> str | None:
     except Exception as exc:
         return f"R failed while looking for mclust ({str(exc).strip()[:120]})"
     return None
+
+
+def start_r_in_background() -> None:
+    """Start R (and look for mclust) in a helper thread, so that its start-up (about a second) overlaps the
+    preprocessing and training of a run instead of following them (`benchmarks/results/run.md`).
+
+    Nothing changes but the timing: the clustering's own probe waits for this start and uses the R it started (R
+    runs no code of the run before the clustering asks it to). rpy2 notes that R started off the main thread cannot
+    be interrupted with Ctrl-C; that is not so here (rpy2 starts R with its signal handlers off, Python keeps
+    SIGINT), so that one notice is not shown. No-op when R is switched off or already probed.
+    """
+    if r_disabled() or _r_problem.cache_info().currsize:
+        return
+    warnings.filterwarnings("ignore", message=_OFF_MAIN_THREAD, category=UserWarning, module="rpy2")
+    threading.Thread(target=_r_problem, name="spamo-start-R", daemon=True).start()
 
 
 def r_available() -> bool:

@@ -17,9 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from spamo.choices import EMA_UPDATES
 from spamo.model.sparse import EdgeValuedGraph, csr_operator
-
-EMA_UPDATES = ("after_step", "before_step")
 
 
 def _reverse_edge_permutation(rows: torch.Tensor, cols: torch.Tensor, n: int) -> torch.Tensor:

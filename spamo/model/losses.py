@@ -12,9 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spamo.choices import DGI_INITS
 from spamo.model.sparse import graph_matmul, row_sums
-
-DGI_INITS = ("torch", "xavier")
 """How the DGI discriminator starts: "torch" = nn.Bilinear's own default (the reference), "xavier" = old spamo."""
 
 

@@ -1,88 +1,37 @@
-"""The one typed configuration of a SPAMO run, and the one declaration of every setting.
+"""`SpamoConfig`: every setting of one SPAMO run, declared once with its flag, the reference release's name
+(docs/method.md section 8), help and accepted values, and resolved once per entry point against the data.
 
-Each `SpamoConfig` field carries its command-line flag, the reference release's flag name, its help text and what
-it accepts (a numeric range, or the allowed values read from the registry that owns them: optimisers and schedulers
-from `spamo.training`, feature-graph weights and kNN tie orders from `spamo.graphs`, EMA timings from
-`spamo.model.feature_graph`, DGI initialisations from `spamo.model.losses`, clustering methods from
-`spamo.clustering`, data types from `spamo.datatypes`). From these declarations come the `spamo run` options (cli.py),
-`REFERENCE_FLAGS` and the README's settings table (`settings_table_markdown`, checked by a test), so a setting is
-added by adding one field.
-
-A config checks every value when it is built (`__post_init__`): a wrong type (a TOML string where a number belongs),
-a value out of range or an unknown choice is one `SpamoInputError` naming the setting and what it accepts, before any
-data is read. `resolve()` then runs once per entry point against the data type, the number of modalities and the
-number of spots, filling the data-type defaults (learning rate, weight decay, epochs, spatial k, modality weights) and
-merging the per-modality weight flags. Everything downstream receives the resolved config.
+`resolve()` fills the data-type defaults (learning rate, weight decay, epochs, spatial k, modality weights), merges
+the per-modality weight flags and checks what depends on the data (k against the number of spots, K by the one rule
+of `spamo.datasets.check_n_clusters`). `build_config` layers defaults, a published profile or a TOML file, and the
+command line's options.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from spamo.clustering import available_methods
+from spamo.choices import (CLUSTER_METHODS, DGI_INITS, EMA_UPDATES, FEATURE_GRAPH_WEIGHTS, KNN_TIES, OPTIMIZERS,
+                           SCHEDULERS)
+from spamo.config.fields import Range, _checked, _weight, setting
 from spamo.datasets import check_n_clusters
 from spamo.datatypes import data_type_names, get_data_type
 from spamo.errors import SpamoInputError
-from spamo.graphs import KNN_TIES, WEIGHTS as FEATURE_GRAPH_WEIGHTS
 from spamo.io import read_toml
-from spamo.model.feature_graph import EMA_UPDATES
-from spamo.model.losses import DGI_INITS
-from spamo.training import OPTIMIZERS, SCHEDULERS
+
 
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")
+
+
 SEED_MAX = 2**31 - 1  # R's set.seed (mclust) takes a 32-bit signed integer
+
+
 # The reference's per-modality weight flags: position in the modality order, spamo flag, reference flag.
 PER_MODALITY_WEIGHTS = ((0, "--rna-weight", "RNA_weight"), (1, "--adt-weight", "ADT_weight"),
                         (2, "--atac-weight", "ATAC_weight"))
-
-
-@dataclass(frozen=True)
-class Range:
-    """A numeric range: `low`/`high` (None = unbounded), open or closed at each end; NaN and inf are never in it."""
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-    note: str = ""
-
-    def __contains__(self, value: float) -> bool:
-        if not math.isfinite(value):
-            return False
-        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
-            return False
-        return not (self.high is not None and (value > self.high or (self.high_open and value == self.high)))
-
-    def text(self) -> str:
-        low, high = _num_text(self.low), _num_text(self.high)
-        if self.low is not None and self.high is not None:
-            out = f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
-        elif self.low is not None:
-            out = f"{'>' if self.low_open else '>='} {low}"
-        elif self.high is not None:
-            out = f"{'<' if self.high_open else '<='} {high}"
-        else:
-            out = "finite"
-        return f"{out} ({self.note})" if self.note else out
-
-
-def _num_text(value: float | None) -> str:
-    return str(int(value)) if value is not None and float(value).is_integer() else f"{value:g}" if value else ""
-
-
-def setting(default: Any, help: str, *, flag: str | None = None, alias: str | None = None,
-            choices: tuple | Callable[[], Any] | None = None, range: Range | None = None,
-            default_text: str | None = None) -> Any:
-    """A `SpamoConfig` field with its declaration: CLI flag (default `--name-with-dashes`), the reference's flag name
-    (`alias`), help text, and the accepted values (`choices`, a tuple or a function reading the owning registry, or a
-    numeric `range`). `default_text` is how the README shows a default filled in by `resolve()`."""
-    return field(default=default, metadata={"flag": flag, "alias": alias, "help": help, "choices": choices,
-                                            "range": range, "default_text": default_text})
 
 
 @dataclass(frozen=True)
@@ -127,7 +76,7 @@ class SpamoConfig:
     ema_beta: float = setting(0.9, "EMA factor of the feature-graph target.", alias="alpha", range=Range(0, 1))
     ema_update: str = setting("after_step", "EMA target update: after_step or before_step.", choices=EMA_UPDATES)
     # optimisation
-    optimizer: str = setting("adamw", "Optimiser.", alias="optimizer_type", choices=tuple(OPTIMIZERS))
+    optimizer: str = setting("adamw", "Optimiser.", alias="optimizer_type", choices=OPTIMIZERS)
     lr: float | None = setting(None, "Learning rate.", alias="learning_rate", range=Range(0, low_open=True),
                                default_text="0.01 (0.001 with three modalities)")
     weight_decay: float | None = setting(None, "Weight decay.", alias="weight_decay", range=Range(0),
@@ -135,10 +84,10 @@ class SpamoConfig:
     epochs: int | None = setting(None, "Training epochs (0 = the data type's default).", alias="epochs_override",
                                  range=Range(0, note="0 = the data type's default"),
                                  default_text="data type's (200 / 300)")
-    scheduler: str = setting("none", "Learning-rate schedule.", alias="lr_scheduler_type", choices=tuple(SCHEDULERS))
+    scheduler: str = setting("none", "Learning-rate schedule.", alias="lr_scheduler_type", choices=SCHEDULERS)
     # clustering (docs/method.md section 6)
     cluster_method: str = setting("auto", "Clustering of the embedding (auto = mclust when R is there, else gmm).",
-                                  choices=available_methods)
+                                  choices=CLUSTER_METHODS)
     init_k: int | None = setting(None, "Initial K of split-and-merge.", alias="init_k", range=Range(2),
                                  default_text="(split-merge start)")
     smooth: bool = setting(False, "Spatial majority-vote smoothing of the labels.")
@@ -244,104 +193,9 @@ def default_modality_weights(n_modalities: int) -> tuple[float, ...]:
     return (1.0,) + (3.0,) * (n_modalities - 1)
 
 
-# ------------------------------------------------------------------------------------------------ declarations
-
-
 def settings() -> list[dataclasses.Field]:
     """The declared settings, in field order (the internal per-modality overrides left out)."""
     return [f for f in fields(SpamoConfig) if not f.metadata.get("internal")]
-
-
-def kind(f: dataclasses.Field) -> str:
-    """'int', 'float', 'bool', 'str' or 'weights', from the field's annotation."""
-    text = str(f.type).replace(" | None", "")
-    return "weights" if text.startswith("tuple") else text
-
-
-def optional(f: dataclasses.Field) -> bool:
-    return "None" in str(f.type)
-
-
-def flag(f: dataclasses.Field) -> str:
-    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
-
-
-def choices(f: dataclasses.Field) -> tuple | None:
-    allowed = f.metadata.get("choices")
-    return tuple(allowed() if callable(allowed) else allowed) if allowed is not None else None
-
-
-def accepts(f: dataclasses.Field) -> str:
-    """What a setting accepts, in words (the refusals and the README say the same)."""
-    allowed, bounds, what = choices(f), f.metadata.get("range"), kind(f)
-    if allowed is not None:
-        return "one of " + ", ".join(map(str, allowed))
-    if what == "bool":
-        return "true or false"
-    noun = {"int": "an integer", "float": "a number", "weights": "a list of numbers, each"}.get(what, "a string")
-    return f"{noun} {bounds.text()}" if bounds is not None else noun
-
-
-def _fail(f: dataclasses.Field, value: Any) -> SpamoInputError:
-    return SpamoInputError(f.name, f"must be {accepts(f)}, got {value!r}")
-
-
-def _number(f: dataclasses.Field, value: Any, integer: bool) -> int | float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise _fail(f, value)
-    value = float(value) if not isinstance(value, numbers.Integral) else int(value)
-    if integer:
-        if isinstance(value, float):
-            if not value.is_integer():
-                raise _fail(f, value)
-            value = int(value)
-    else:
-        value = float(value)
-    bounds = f.metadata.get("range")
-    if bounds is not None and value not in bounds:
-        raise _fail(f, value)
-    if not integer and not math.isfinite(value):
-        raise _fail(f, value)
-    return value
-
-
-def _checked(f: dataclasses.Field, value: Any) -> Any:
-    """The value, normalised to the field's plain Python type, or a refusal naming the setting."""
-    if f.name == "modality_weight_overrides":
-        return tuple((int(i), _weight(w, f"modality_weight_{i}", "modality_weights")) for i, w in value)
-    if f.name == "epochs" and value == 0 and not isinstance(value, bool):
-        value = None  # the reference's epochs_override = 0: the data type's default
-    if value is None:
-        if optional(f):
-            return None
-        raise SpamoInputError(f.name, f"must be given ({accepts(f)})")
-    what = kind(f)
-    if what == "bool":
-        if not isinstance(value, bool) and type(value).__name__ != "bool_":
-            raise _fail(f, value)
-        return bool(value)
-    if what in ("int", "float"):
-        return _number(f, value, integer=what == "int")
-    if what == "weights":
-        if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-            raise _fail(f, value)
-        return tuple(_number(f, w, integer=False) for w in value)
-    if not isinstance(value, str):
-        raise _fail(f, value)
-    allowed = choices(f)
-    if f.name == "device":
-        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
-            return value
-        raise _fail(f, value)
-    if allowed is not None and value not in allowed:
-        raise _fail(f, value)
-    return value
-
-
-def _weight(value: Any, key: str, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (math.isfinite(value) and value >= 0):
-        raise SpamoInputError(where, f"{key} must be a number >= 0, got {value!r}")
-    return float(value)
 
 
 def _reference_flags() -> dict[str, str]:
@@ -381,27 +235,3 @@ def parse_weights(text: str | None, where: str = "--modality-weights") -> tuple[
         return tuple(float(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise SpamoInputError(where, f"expected comma-separated numbers, got {text!r}") from None
-
-
-# ------------------------------------------------------------------------------------------------ README table
-
-
-def settings_table_markdown() -> str:
-    """The README's settings table, one row per setting (tests/test_config.py checks the README holds it)."""
-    rows = ["| spamo flag | reference flag | `SpamoConfig` field | default | accepts |", "|---|---|---|---|---|"]
-    for f in settings():
-        name = flag(f)
-        if kind(f) == "bool":
-            name = f"{name}/--no-{name[2:]}"
-        alias = f.metadata.get("alias")
-        default = f.metadata.get("default_text") or _shown(f.default)
-        rows.append(f"| `{name}` | {f'`--{alias}`' if alias else ''} | `{f.name}` | {default} | {accepts(f)} |")
-    for i, name, alias in PER_MODALITY_WEIGHTS:
-        rows.append(f"| `{name}` | `--{alias}` | `modality_weights[{i}]` | (see `modality_weights`) | a number >= 0 |")
-    return "\n".join(rows) + "\n"
-
-
-def _shown(value: Any) -> str:
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    return str(value)

@@ -1,0 +1,130 @@
+"""The dropout attention as PyTorch's fused CPU kernel plus sparse corrections over the dropped weights ("flash").
+
+With A = softmax(scale q k^T), keep mask M and dropped set D (docs/method.md section 3):
+* forward: (o0, lse) = fused kernel without dropout (o0 = A V); out_i = (o0_i - sum_{j in D_i} A_ij v_j) / (1 - p),
+  A_ij = exp(scale q_i.k_j - lse_i) evaluated on D only (~p N^2 entries);
+* backward, upstream g, g' = g / (1 - p): the fused backward run on (g', q, k, v, out (1 - p), lse), whose row term
+  g'_i . out_i (1 - p) = g_i . out_i is exactly the dropout one; then over D, with W_ij = A_ij (g'_i . v_j):
+  gq_i -= scale sum_j W_ij k_j, gk_j -= scale sum_i W_ij q_i, gv_j -= sum_i A_ij g'_i.
+So a direction costs the attention without dropout plus passes over the dropped entries (attention_dropped.py).
+
+D comes from the same per-(seed, row, col) draws as every backend's keep mask. Its lists (column, weight: 8 bytes
+per float32 entry) are kept from the forward for the backward when they fit in `SAVED_BYTES`; above that the
+backward makes them again, rows in segments of at most that size (memory stays bounded, never N x N).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from spamo import _compat
+from spamo.model import attention_kernel
+
+_LOG2_E = 1.0 / math.log(2.0)
+# dropped-entry lists kept between forward and backward, per call: at p = 0.1 this covers ~12,000 spots in float32
+SAVED_BYTES = 2**27
+
+
+def available(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether this backend runs: CPU float32/float64, one width for q, k, v (the fused kernel's condition), the C
+    kernel built, the private fused ops present."""
+    return (q.device.type == "cpu" and q.dtype in (torch.float32, torch.float64) and q.shape[1] == v.shape[1]
+            and _compat.flash_attention_cpu_available() and attention_kernel.load() is not None)
+
+
+def _segments(offsets: torch.Tensor, cap: int) -> list[tuple[int, int]]:
+    """Row ranges [r0, r1) covering all rows, each holding at most `cap` entries (or a single row)."""
+    n = offsets.numel() - 1
+    out, r0 = [], 0
+    while r0 < n:
+        limit = int(offsets[r0]) + cap
+        r1 = int(torch.searchsorted(offsets, limit, right=True)) - 1
+        r1 = min(max(r1, r0 + 1), n)
+        out.append((r0, r1))
+        r0 = r1
+    return out
+
+
+class _Call:
+    """Shapes, constants and kernel entry points of one attention call."""
+
+    def __init__(self, q, k, v, key: int, threshold: int, keep_scale: float):
+        self.lib = attention_kernel.load()
+        suffix = "f32" if q.dtype == torch.float32 else "f64"
+        self.forward_pass, self.rows_pass, self.cols_pass = (
+            getattr(self.lib, f"{name}_{suffix}") for name in ("drop_forward", "drop_grad_rows", "drop_grad_cols"))
+        self.n_q, self.n_k, self.d, self.dv = q.shape[0], k.shape[0], q.shape[1], v.shape[1]
+        self.scale = 1.0 / math.sqrt(self.d)
+        self.key, self.threshold, self.keep_scale = key, threshold, keep_scale
+        self.dtype = q.dtype
+        self.threads = torch.get_num_threads()
+
+    def offsets(self) -> torch.Tensor:
+        counts = torch.empty(self.n_q, dtype=torch.int64)
+        self.lib.drop_counts(counts.data_ptr(), self.n_q, self.n_k, self.key, self.threshold, self.threads)
+        return torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)])
+
+    def lists(self, entries: int):
+        return torch.empty(entries, dtype=torch.int32), torch.empty(entries, dtype=self.dtype)
+
+    def weights(self, q, k, v, rows_lse, out, offsets, segment, cols, a):
+        """Dropped columns and weights of the segment's rows into (cols, a); out corrected when not None."""
+        r0, r1 = segment
+        self.forward_pass(q.data_ptr(), k.data_ptr(), v.data_ptr(), rows_lse.data_ptr(),
+                          out.data_ptr() if out is not None else None, r0, r1, self.n_k, self.d, self.dv,
+                          self.scale * _LOG2_E, self.keep_scale, offsets.data_ptr(), int(offsets[r0]), 1,
+                          self.key, self.threshold, cols.data_ptr(), a.data_ptr(), self.threads)
+
+
+class FlashDropoutAttention(torch.autograd.Function):
+    """softmax(q k^T / sqrt(d)) with dropout (keep mask from `key`, `threshold`), times v; q, k, v (N, d), CPU."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, key: int, threshold: int, keep_scale: float):  # type: ignore[override]
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        call = _Call(q, k, v, key, threshold, keep_scale)
+        out, lse = _compat.flash_attention_cpu(q, k, v, call.scale)
+        out, lse = out.contiguous(), lse.contiguous()
+        rows_lse = lse.double() / call.scale  # l_i of the kernel's passes: the log-sum-exp in units of q.k
+        offsets = call.offsets()
+        entry_bytes = 4 + q.element_size()
+        segments = _segments(offsets, max(SAVED_BYTES // entry_bytes, 1))
+        biggest = max(int(offsets[r1] - offsets[r0]) for r0, r1 in segments)
+        cols, a = call.lists(biggest)
+        for segment in segments:
+            call.weights(q, k, v, rows_lse, out, offsets, segment, cols, a)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.call, ctx.offsets, ctx.rows_lse = call, offsets, rows_lse
+        ctx.lists = (cols, a) if len(segments) == 1 else None
+        ctx.segments = segments
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):  # type: ignore[override]
+        q, k, v, out, lse = ctx.saved_tensors
+        call, offsets = ctx.call, ctx.offsets
+        grad_scaled = (grad_out * call.keep_scale).contiguous()
+        grads = _compat.flash_attention_cpu_backward(grad_scaled, q, k, v, out / call.keep_scale, lse, call.scale)
+        grad_q, grad_k, grad_v = (g.contiguous() for g in grads)
+        if ctx.lists is not None:
+            cols, a = ctx.lists
+        else:
+            biggest = max(int(offsets[r1] - offsets[r0]) for r0, r1 in ctx.segments)
+            cols, a = call.lists(biggest)
+        w = torch.empty_like(a)
+        for segment in ctx.segments:
+            if ctx.lists is None:
+                call.weights(q, k, v, ctx.rows_lse, None, offsets, segment, cols, a)
+            r0, r1 = segment
+            common = (r0, r1, call.n_k, call.d, call.dv, call.scale, offsets.data_ptr(), int(offsets[r0]),
+                      cols.data_ptr(), a.data_ptr(), w.data_ptr(), call.threads)
+            fused = call.threads == 1  # one thread: the column updates ride along the row pass (same order)
+            call.rows_pass(grad_scaled.data_ptr(), k.data_ptr(), v.data_ptr(), grad_q.data_ptr(), q.data_ptr(),
+                           grad_k.data_ptr() if fused else None, grad_v.data_ptr() if fused else None, *common)
+            if not fused:
+                call.cols_pass(q.data_ptr(), grad_scaled.data_ptr(), grad_k.data_ptr(), grad_v.data_ptr(), *common)
+        ctx.lists = None
+        return grad_q, grad_k, grad_v, None, None, None

@@ -1,0 +1,175 @@
+"""The preprocessing steps as plain functions on matrices (docs/method.md section 1): filters' counts, total-count
+normalisation, log1p, Seurat v3 highly variable features, scanpy-style scaling, the Seurat CLR, PCA and LSI.
+
+Matrices stay sparse until a step needs them dense (scaling, PCA input of small feature sets); every randomised
+step takes a seed, so the same seed gives the same features on every run.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import scipy.sparse as sp
+
+from spamo.data import input_matrix
+
+
+HVG_TOP = 3000
+
+
+TARGET_SUM = 1e4
+
+
+SCALE_MAX_VALUE = None  # scanpy's `sc.pp.scale` default: z-score without clipping (the reference calls it so)
+
+
+def raw_counts(adata, layer: str | None = None) -> np.ndarray | sp.csr_matrix:
+    """The input matrix of a modality, CSR if sparse, float64: `.X` as the reference reads it for every modality
+    and data type (docs/method.md section 8), or `layers[layer]` when the user names a layer."""
+    matrix = input_matrix(adata, layer)
+    if hasattr(matrix, "to_memory"):  # backed sparse dataset
+        matrix = matrix.to_memory()
+    if sp.issparse(matrix):
+        return sp.csr_matrix(matrix, dtype=np.float64)
+    return np.asarray(matrix, dtype=np.float64)
+
+
+def spots_per_feature(counts) -> np.ndarray:
+    """Number of spots in which each feature has a positive count."""
+    if sp.issparse(counts):
+        csr = sp.csr_matrix(counts)
+        return np.bincount(csr.indices[csr.data > 0], minlength=csr.shape[1])
+    return (np.asarray(counts) > 0).sum(axis=0)
+
+
+def features_per_spot(counts) -> np.ndarray:
+    """Number of features with a positive count in each spot."""
+    if sp.issparse(counts):
+        csr = sp.csr_matrix(counts)
+        rows = np.repeat(np.arange(csr.shape[0]), np.diff(csr.indptr))
+        return np.bincount(rows[csr.data > 0], minlength=csr.shape[0])
+    return (np.asarray(counts) > 0).sum(axis=1)
+
+
+def normalize_total(counts, target_sum: float = TARGET_SUM):
+    """Scale each spot to `target_sum` total counts (spots with zero total stay zero)."""
+    totals = np.asarray(counts.sum(axis=1)).ravel()
+    factor = np.divide(target_sum, totals, out=np.zeros_like(totals, dtype=np.float64), where=totals > 0)
+    if sp.issparse(counts):
+        return sp.csr_matrix(sp.diags(factor) @ counts)
+    return np.asarray(counts) * factor[:, None]
+
+
+def log1p(matrix):
+    """Natural log(1 + x), keeping sparsity."""
+    if sp.issparse(matrix):
+        out = sp.csr_matrix(matrix, dtype=np.float64, copy=True)
+        np.log1p(out.data, out=out.data)
+        return out
+    return np.log1p(np.asarray(matrix, dtype=np.float64))
+
+
+def highly_variable_features(counts, n_top: int = HVG_TOP) -> np.ndarray:
+    """Indices (sorted) of the top `n_top` highly variable features, Seurat v3 flavour, computed on raw counts.
+
+    With no more than `n_top` features every feature is kept.
+    """
+    n_features = counts.shape[1]
+    if n_features <= n_top:
+        return np.arange(n_features)
+    import anndata as ad
+    import scanpy as sc
+
+    adata = ad.AnnData(X=sp.csr_matrix(counts) if sp.issparse(counts) else np.asarray(counts))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # non-integer warnings on already-transformed inputs
+        table = sc.pp.highly_variable_genes(adata, flavor="seurat_v3", n_top_genes=n_top, inplace=False)
+    return np.flatnonzero(np.asarray(table["highly_variable"]))
+
+
+def scale(matrix, max_value: float | None = SCALE_MAX_VALUE) -> np.ndarray:
+    """Z-score each feature as scanpy does: unbiased sd (ddof 1), sd 0 -> 1, then clip to +-max_value if given."""
+    x = matrix.toarray() if sp.issparse(matrix) else np.array(matrix, dtype=np.float64)
+    x = x.astype(np.float64, copy=False)
+    mean = x.mean(axis=0)
+    sd = x.std(axis=0, ddof=1) if x.shape[0] > 1 else np.zeros(x.shape[1])
+    sd[sd == 0] = 1.0
+    x -= mean
+    x /= sd
+    if max_value is not None:
+        np.clip(x, -max_value, max_value, out=x)
+    return x
+
+
+def clr(counts):
+    """Centred log-ratio per spot, Seurat style: log1p(x / exp(sum(log1p(positive x)) / n_features))."""
+    n_features = counts.shape[1]
+    if sp.issparse(counts):
+        csr = sp.csr_matrix(counts, dtype=np.float64, copy=True)
+        positive = np.where(csr.data > 0, csr.data, 0.0)
+        rows = np.repeat(np.arange(csr.shape[0]), np.diff(csr.indptr))
+        log_sum = np.bincount(rows, weights=np.log1p(positive), minlength=csr.shape[0])
+        geo = np.exp(log_sum / n_features)
+        csr.data = np.log1p(csr.data / geo[rows])
+        return csr
+    x = np.asarray(counts, dtype=np.float64)
+    geo = np.exp(np.log1p(np.where(x > 0, x, 0.0)).sum(axis=1) / n_features)
+    return np.log1p(x / geo[:, None])
+
+
+def pca(matrix, n_components: int, seed: int = 2025) -> np.ndarray:
+    """Principal component scores (N x n_components, float32), centring implicitly so sparse input stays sparse.
+
+    Solver by shape: few features -> exact covariance eigendecomposition; fewer components than half the rank ->
+    ARPACK (sparse-friendly, start vector seeded); otherwise an exact dense SVD. Signs follow scikit-learn's rule,
+    so a seed gives the same scores on every run.
+    """
+    from sklearn.decomposition import PCA
+
+    n, p = matrix.shape
+    n_components = int(min(n_components, n, p))
+    if p <= 500:
+        solver = "covariance_eigh"
+    elif n_components < min(n, p) // 2:
+        solver = "arpack"
+    else:
+        solver = "full"
+        matrix = matrix.toarray() if sp.issparse(matrix) else matrix
+    scores = PCA(n_components=n_components, svd_solver=solver, random_state=seed).fit_transform(matrix)
+    return np.ascontiguousarray(scores, dtype=np.float32)
+
+
+def tfidf(counts) -> sp.csr_matrix:
+    """Term frequency (counts / spot total) times inverse document frequency (N / peak total)."""
+    csr = sp.csr_matrix(counts, dtype=np.float64, copy=True)
+    n = csr.shape[0]
+    spot_total = np.asarray(csr.sum(axis=1)).ravel()
+    peak_total = np.asarray(csr.sum(axis=0)).ravel()
+    rows = np.repeat(np.arange(n), np.diff(csr.indptr))
+    # entries exist only where both totals are positive (non-negative counts)
+    csr.data = csr.data / spot_total[rows] * (n / peak_total[csr.indices])
+    return csr
+
+
+def lsi(counts, n_components: int = 51, seed: int = 2025, drop_first: bool = True) -> np.ndarray:
+    """Latent semantic indexing, Seurat v3 style, returning n_components - 1 columns when `drop_first`.
+
+    TF-IDF, L1-normalise each spot, log1p(x * 1e4), randomised truncated SVD (left singular vectors), standardise
+    each spot across components (mean 0, sd 1 with ddof 1), then drop component 1 (it tracks sequencing depth).
+    """
+    from sklearn.utils.extmath import randomized_svd
+
+    x = tfidf(counts)
+    row_l1 = np.asarray(abs(x).sum(axis=1)).ravel()
+    factor = np.divide(1.0, row_l1, out=np.zeros_like(row_l1), where=row_l1 > 0)
+    x = sp.csr_matrix(sp.diags(factor) @ x)
+    x.data = np.log1p(x.data * 1e4)
+    n_components = int(min(n_components, min(x.shape) - 1)) if min(x.shape) > 1 else 1
+    u, _, _ = randomized_svd(x, n_components, random_state=seed)
+    u = u - u.mean(axis=1, keepdims=True)
+    sd = u.std(axis=1, ddof=1, keepdims=True) if n_components > 1 else np.ones((u.shape[0], 1))
+    u = np.divide(u, sd, out=np.zeros_like(u), where=sd > 0)
+    if drop_first:
+        u = u[:, 1:]
+    return np.ascontiguousarray(u, dtype=np.float32)
