@@ -1,17 +1,20 @@
 """Throughput of `spamo tune`: trials per hour, per-trial overhead, worker reuse, and the driver's memory.
 
-    python benchmarks/bench_tune.py throughput --n-spots 3500 --epochs 200 --trials 6   # ASHA vs no scheduler
+    python benchmarks/bench_tune.py throughput      # ASHA vs no scheduler: 3,500 spots, 200 epochs, 12 trials
     python benchmarks/bench_tune.py overhead --n-spots 1296 --epochs 20 --trials 8      # reused vs fresh workers
     python benchmarks/bench_tune.py memory --trials 300                                 # driver memory, tiny data
 
-- `throughput`: `spamo tune` with the default ASHA settings and with `--scheduler none` (same seed, so the sampler
-  proposes the same first configurations): wall time, trials/hour, epochs trained, best ARI of each.
+- `throughput`: `spamo tune` with the default ASHA settings and with `--scheduler none` on the same configurations
+  (the seeded sampler's first 11 proposals do not depend on results; checked on trials.parquet): wall time,
+  trials/hour, epochs trained, best ARI of each, and where each trial's time went (epochs, reports, clustering,
+  the rest, between trials). About 20 minutes on an idle 2-core machine with the defaults.
 - `overhead`: the same search with reused Ray workers (the default) and with `--fresh-workers` (a new worker process
   per trial, as before): per-trial overhead = (first trial start to last trial end x concurrent trials - sum of
   training and clustering time) / trials, i.e. everything a trial costs besides training and clustering (worker
   start, imports, data and graph fetch, reports, Tune's bookkeeping).
-- `memory`: a long search of a tiny dataset; the driver's resident memory is sampled every second and reported
-  after the first 10% of the trials and at the end (growth per 100 trials).
+- `memory`: a long search of a tiny dataset; the driver's resident memory is sampled every second with the number
+  of trials ended: the curve (trials vs MiB at every 10%), the growth per 100 trials (least squares, after the first
+  10% and before the outputs are written) and a verdict, flat when it is under `FLAT_MIB_PER_100`.
 
 Each section is appended to --out (default benchmarks/results/tune.md) with the machine and `uptime` (the load
 average: the machine may be shared).
@@ -105,24 +108,62 @@ def header(title: str, args) -> list[str]:
             f"`{uptime()}`.", ""]
 
 
+def trial_times(frame: pd.DataFrame, slots: int) -> dict:
+    """Where the trials' time went, per trial: training epochs, intermediate reports, final clustering, the rest of
+    each trial (graphs, data, final scores, found.npz), and between trials (Ray starting, stopping and resetting
+    trials, the driver), from each trial's last report (a trial ASHA stopped ends at its last intermediate report).
+    Overhead = span x trials at once - epochs - clustering, per trial: everything but training and clustering."""
+    n = len(frame)
+    column = lambda name: frame[name].astype(float).fillna(0.0) if name in frame else pd.Series(0.0, frame.index)
+    wall, train, report, clustering = column("wall_s"), column("train_s"), column("report_s"), column("cluster_s")
+    start = frame["started_at"].astype(float)
+    span = float((start + wall).max() - start.min())
+    epochs = train - report
+    finished = frame["status"] == "finished"
+    in_trial = (wall - train - clustering).where(finished, wall - train)  # a stopped trial: wall since start - train
+    return {"span_s": span, "epochs_s": epochs.sum() / n, "report_s": report.sum() / n,
+            "cluster_s": clustering.sum() / n, "in_trial_s": in_trial.sum() / n,
+            "between_s": (span * slots - wall.sum()) / n, "overhead_s": (span * slots - epochs.sum() -
+                                                                          clustering.sum()) / n}
+
+
 def throughput(args, work: Path) -> list[str]:
     data = simulated(work, args.n_spots)
-    asha_wall, asha = tune(data, work, "asha", args, "--scheduler", "asha")
-    fifo_wall, fifo = tune(data, work, "fifo", args, "--scheduler", "none")
+    slots = min(2, os.cpu_count() or 1)
+    runs = []
+    for label, name, scheduler in (("ASHA (default)", "asha", "asha"), ("none", "none", "none")):
+        before = uptime()
+        wall, frame = tune(data, work, name, args, "--scheduler", scheduler)
+        runs.append((label, wall, frame, trial_times(frame, slots), before, uptime()))
     from search.space import SPACE_DIR, load_space
 
+    asha, fifo = runs[0][2], runs[1][2]
     searched = [c for c in load_space(SPACE_DIR / "default.toml").distributions if c in fifo and c in asha]
     same = fifo[searched].reset_index(drop=True).equals(asha[searched].reset_index(drop=True))
     lines = header(f"spamo tune throughput ({args.n_spots} spots, {args.epochs} epochs, {args.trials} trials, "
-                   f"1 CPU per trial)", args)
-    lines += ["| scheduler | wall (s) | trials | trials / hour | epochs trained | stopped early | best ARI |",
-              "|---|---|---|---|---|---|---|"]
-    for label, wall, frame in (("ASHA (default)", asha_wall, asha), ("none", fifo_wall, fifo)):
+                   f"1 CPU per trial, {slots} at once, reports every {args.report_every} epochs)", args)
+    lines += ["| scheduler | wall (s) | trials / hour | trials / hour in the search span | epochs trained | stopped "
+              "early | with cross attention | best ARI (finished) | `uptime` before -> after |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for label, wall, frame, times, before, after in runs:
         best = frame.loc[frame["status"] == "finished", "ari"].max()
-        lines.append(f"| {label} | {wall:.0f} | {len(frame)} | {3600 * len(frame) / wall:.1f} | "
-                     f"{int(frame['epoch'].sum())} | {int((frame['status'] == 'stopped_early').sum())} | "
-                     f"{best:.3f} |")
-    lines += ["", f"Same configurations in both searches: {'yes' if same else 'no'} (searched columns compared).", ""]
+        attention = int(frame["use_cross_attn"].astype(bool).sum()) if "use_cross_attn" in frame else 0
+        lines.append(f"| {label} | {wall:.0f} | {3600 * len(frame) / wall:.1f} | "
+                     f"{3600 * len(frame) / times['span_s']:.1f} | {int(frame['epoch'].sum())} | "
+                     f"{int((frame['status'] == 'stopped_early').sum())} | {attention} | {best:.3f} | "
+                     f"`{before.split('load average:')[-1].strip()}` -> `{after.split('load average:')[-1].strip()}` |")
+    lines += ["", "Per trial (seconds, mean over the trials):", "",
+              "| scheduler | training epochs | intermediate reports | final clustering | rest of the trial | "
+              "between trials | overhead (all but epochs and clustering) |", "|---|---|---|---|---|---|---|"]
+    for label, wall, frame, times, before, after in runs:
+        lines.append(f"| {label} | {times['epochs_s']:.1f} | {times['report_s']:.1f} | {times['cluster_s']:.1f} | "
+                     f"{times['in_trial_s']:.1f} | {times['between_s']:.1f} | {times['overhead_s']:.1f} |")
+    lines += ["", f"Same configurations in both searches: {'yes' if same else 'NO'} (the searched columns of both "
+                  "trials.parquet files; the seeded sampler's first trials - the published point, then 10 random "
+                  "ones - do not depend on results, so up to 12 trials match). Trials / hour: trials over the whole "
+                  "command's wall time (data, Ray start, outputs included), and over the search span (first trial's "
+                  "start to the last one's end). Overhead = (span x trials at once - training epochs - final "
+                  "clustering) / trials.", ""]
     return lines
 
 
@@ -149,33 +190,76 @@ def overhead(args, work: Path) -> list[str]:
     return lines
 
 
+def ray_head_pids(driver: int) -> list[int]:
+    """The GCS server and raylet a local driver started (its children of those names)."""
+    out = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+        except OSError:
+            continue
+        if int(fields.get("PPid", "0").strip() or 0) == driver and fields.get("Name", "").strip() in (
+                "gcs_server", "raylet"):
+            out.append(int(status.parent.name))
+    return out
+
+
+def fit_slope(points: list[tuple[int, float]]) -> float:
+    """Least-squares slope of RSS (MiB) against trials ended, in MiB per 100 trials."""
+    import numpy as np
+
+    x = np.array([p[0] for p in points], dtype=float)
+    y = np.array([p[1] for p in points], dtype=float)
+    if len(points) < 3 or np.ptp(x) == 0:
+        return float("nan")
+    return float(np.polyfit(x, y, 1)[0] * 100)
+
+
+# The driver's memory is called flat when it grows by less than this per 100 trials over the search (after the
+# first 10%, before the outputs): under 100 MiB over a 10,000-trial search.
+FLAT_MIB_PER_100 = 1.0
+
+
 def memory(args, work: Path) -> list[str]:
     data = simulated(work, args.n_spots)
-    samples: list[tuple[float, int, float]] = []  # (time, trials ended, RSS MiB)
+    samples: list[tuple[int, float, float]] = []  # (trials ended, driver RSS MiB, GCS + raylet RSS MiB)
     ledger = work / "runs" / "mem" / "ledger"
 
     def sample(pid: int) -> None:
+        head: list[int] = []
         while True:
             value = rss_mib(pid)
             if value is None:
                 return
+            head = head or ray_head_pids(pid)
             ended = len(list(ledger.glob("*.json"))) if ledger.is_dir() else 0
-            samples.append((time.time(), ended, value))
+            samples.append((ended, value, sum(rss_mib(p) or 0.0 for p in head)))
             time.sleep(1.0)
 
     wall, frame = tune(data, work, "mem", args, "--scheduler", "none", sampler=sample)
-    early = [s for s in samples if s[1] >= max(1, args.trials // 10)]
-    at_early = max(s[2] for s in samples if s[1] <= early[0][1]) if early else float("nan")
-    last = max(s[2] for s in samples)
-    tail = [s[2] for s in samples if args.trials * 0.9 <= s[1] < args.trials]  # before the outputs are written
-    growth = (max(tail) - at_early) / (args.trials * 0.8 / 100) if tail and early else float("nan")
-    lines = header(f"Driver memory over a {args.trials}-trial search ({args.n_spots} spots, {args.epochs} epochs)",
-                   args)
-    lines += ["| trials | wall (s) | trials / hour | driver RSS after 10% of trials (MiB) | "
-              "driver RSS peak, outputs included (MiB) | growth per 100 trials during the search (MiB) |",
-              "|---|---|---|---|---|---|",
-              f"| {len(frame)} | {wall:.0f} | {3600 * len(frame) / wall:.1f} | {at_early:.0f} | {last:.0f} | "
-              f"{growth:.1f} |", ""]
+    n = args.trials
+    during = [s for s in samples if n / 10 <= s[0] < n]  # after the warm-up, before the outputs are written
+    slope = fit_slope([(s[0], s[1]) for s in during])
+    head_slope = fit_slope([(s[0], s[2]) for s in during if s[2] > 0])
+    verdict = ("flat" if slope < FLAT_MIB_PER_100 else "GROWS") + f" (limit {FLAT_MIB_PER_100:g} MiB per 100 trials)"
+    lines = header(f"Driver memory over a {n}-trial search ({args.n_spots} spots, {args.epochs} epochs, scheduler "
+                   f"none)", args)
+    lines += [f"Wall {wall:.0f} s, {3600 * len(frame) / wall:.0f} trials / hour. Resident memory sampled every second "
+              f"with the number of trials ended (median of the samples around each point):", "",
+              "| trials ended | driver RSS (MiB) | Ray GCS + raylet RSS (MiB) |", "|---|---|---|"]
+    half = max(1, n // 20)
+    for i in range(1, 11):
+        mark = i * n // 10
+        near = [s for s in samples if abs(s[0] - mark) <= half and (s[0] < n or i == 10)]
+        if near:
+            driver = sorted(s[1] for s in near)[len(near) // 2]
+            head = sorted(s[2] for s in near)[len(near) // 2]
+            lines.append(f"| {mark} | {driver:.0f} | {head:.0f} |")
+    peak = max(s[1] for s in samples) if samples else float("nan")
+    lines += ["", f"Driver growth during the search: **{slope:.1f} MiB per 100 trials** (least squares over "
+                  f"{len(during)} samples from {n // 10} to {n - 1} trials ended): **{verdict}**; at that rate "
+                  f"10,000 trials add {slope * 100:.0f} MiB. Ray's GCS and raylet: {head_slope:.1f} MiB per 100 "
+                  f"trials. Driver peak, outputs (trials.parquet, pictures) included: {peak:.0f} MiB.", ""]
     return lines
 
 
@@ -188,7 +272,7 @@ def main() -> None:
     parser.add_argument("--report-every", type=int, default=10)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "tune.md")
     args = parser.parse_args()
-    defaults = {"throughput": (3500, 200, 6), "overhead": (1296, 20, 8), "memory": (300, 2, 300)}[args.what]
+    defaults = {"throughput": (3500, 200, 12), "overhead": (1296, 20, 8), "memory": (300, 2, 300)}[args.what]
     args.n_spots = args.n_spots or defaults[0]
     args.epochs = args.epochs or defaults[1]
     args.trials = args.trials or defaults[2]

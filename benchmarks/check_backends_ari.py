@@ -5,6 +5,7 @@ The two variants draw different (equally distributed) dropout masks only where f
 single runs differ; the question is whether the ARI distribution moves. One torch thread (shared machine).
 
     python benchmarks/check_backends_ari.py --seeds 0 1 2 3 4
+    python benchmarks/check_backends_ari.py --seeds 0 1 2 3 4 --variants compiled flash
 """
 
 from __future__ import annotations
@@ -28,12 +29,12 @@ ORIGINAL = (attention_module.default_backend, kernel_module.sampled_row_dots)
 
 
 def variant(name: str) -> None:
-    """'compiled' = the defaults; 'tensor' = tensor operations only (the code paths without a C compiler)."""
+    """'compiled' / 'flash' = that attention backend at every size; 'tensor' = tensor operations only (the code
+    paths without a C compiler)."""
+    attention_module.default_backend, kernel_module.sampled_row_dots = ORIGINAL
+    attention_module.default_backend = lambda *sizes: name
     if name == "tensor":
-        attention_module.default_backend = lambda: "tensor"
         kernel_module.sampled_row_dots = lambda *args: None
-    else:
-        attention_module.default_backend, kernel_module.sampled_row_dots = ORIGINAL
 
 
 def main() -> None:
@@ -41,9 +42,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--epochs", type=int, default=0, help="0 = the data type's default")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--variants", nargs="+", default=["tensor", "compiled"], choices=["tensor", "compiled", "flash"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    results = {"tensor": [], "compiled": []}
+    results = {name: [] for name in args.variants}
     with tempfile.TemporaryDirectory() as root:
         data = pipeline.load_data(dataset="sim", data_root=root)
         for seed in args.seeds:

@@ -13,6 +13,7 @@ import re
 import time
 from pathlib import Path
 
+import ray
 from ray import tune
 
 from spamo.io import atomic_write_text
@@ -113,6 +114,48 @@ def finished_results(records: dict[str, dict]) -> dict[str, dict]:
     """Trial id -> final report of the finished trials (what a resumed run replays instead of training)."""
     return {tid: {k: v for k, v in r["result"].items() if k != "replayed"}
             for tid, r in records.items() if r["status"] == "finished"}
+
+
+# What Ray Tune still needs of an ended trial's last result: its own bookkeeping keys and the few this search reads
+# back (status, the log line); everything else is in the ledger already.
+KEPT_RESULT_KEYS = (RAY_RESULT_KEYS - {"config"}) | {"epoch", "final", "trial_error", "start_epoch", "replayed"}
+
+
+class ForgetEnded(tune.Callback):
+    """Keeps the driver's memory flat over long searches: Ray Tune holds every trial of the search in its controller,
+    and for each one its last result, running statistics (max, min, mean, last-5 and last-10 means, two deques) of
+    every number the trial ever reported, config values included, and cached JSON copies of both: about 120 KiB a
+    trial here (tracemalloc, benchmarks/results/tune.md). When a trial ends, after the searcher, the scheduler and the
+    callbacks before this one (the ledger, the log: pass it last) have read its result and before Ray marks the trial
+    for its next snapshot, its last result is cut to `KEPT_RESULT_KEYS` plus the metric, and its statistics to the
+    metric and the training iteration (all Ray's best-trial lookups use), without the last-n deques. Ray's own callbacks that follow read no
+    more than those (training_iteration)."""
+
+    def __init__(self, metric: str):
+        self.keep, self.analysed = KEPT_RESULT_KEYS | {metric}, {metric, "training_iteration"}
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        forget(trial, self.keep, self.analysed)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        forget(trial, self.keep, self.analysed)
+
+
+def forget(trial, keep: set, analysed: set) -> None:
+    """Cut an ended trial's last result to `keep` and its statistics to `analysed` (no-op for a Ray whose trials look
+    different)."""
+    metadata = getattr(trial, "run_metadata", None)
+    if metadata is None or not isinstance(getattr(metadata, "last_result", None), dict):
+        return
+    metadata.last_result = {k: v for k, v in metadata.last_result.items() if k in keep}
+    if isinstance(getattr(metadata, "metric_analysis", None), dict):
+        metadata.metric_analysis = {k: v for k, v in metadata.metric_analysis.items() if k in analysed}
+    if isinstance(getattr(metadata, "metric_n_steps", None), dict):
+        metadata.metric_n_steps = {}  # the deques of the last-n means: only a running trial adds to them
+    # the reference to the worker's auto-filled metrics (host, pid), asked for when the trial started and read only
+    # by a trial that never reported: held, it pins an object in the driver's core worker for the whole search
+    if isinstance(getattr(trial, "_default_result_or_future", None), ray.ObjectRef):
+        trial._default_result_or_future = None
 
 
 class TrialLog(tune.Callback):

@@ -40,6 +40,9 @@ def connect(address: str | None, log=print, num_cpus: int | None = None) -> bool
     import ray
 
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", SNAPSHOT_SECONDS)
+    # Ray Tune's CSV and TensorBoard loggers write every report of every trial from the driver and nothing here reads
+    # them; search.tuning passes the JSON logger (result.json) itself
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     if ray.is_initialized():
         return False
     if address is None:

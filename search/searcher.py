@@ -31,6 +31,8 @@ class ResumableOptunaSearch(OptunaSearch):
             self._tell_unknown(result, error)
             return
         super().on_trial_complete(trial_id, result=result, error=error)
+        if trial_id in self._completed_trials:  # told: the study holds it; keep the id, drop the Optuna handle (its
+            self._ot_trials[trial_id] = None     # cached copy of the trial), or the driver grows with every trial
 
     def _tell_unknown(self, result: dict | None, error: bool) -> None:
         """A trial this searcher's saved state does not know: the driver was killed after the trial was suggested

@@ -15,7 +15,9 @@ import torch
 
 from dense_reference import DenseSpamo
 from model_problems import planted_problem
+from spamo import _compat
 from spamo.config import SpamoConfig
+from spamo.model import attention_kernel
 from spamo.training import Trainer
 
 STEPS = 22
@@ -88,9 +90,6 @@ def test_sparse_model_equals_dense_formulation(n_mod, optimizer, extra):
 @pytest.mark.parametrize("backend", ["flash", "tensor"])
 def test_training_with_attention_dropout_is_the_same_through_every_attention_backend(backend, monkeypatch):
     """Dropout on (masks from the seed): the flash and tensor backends train as the compiled one, to 1e-5."""
-    from spamo import _compat
-    from spamo.model import attention_kernel
-
     attention_module = importlib.import_module("spamo.model.attention")
     if attention_kernel.load() is None or (backend == "flash" and not _compat.flash_attention_cpu_available()):
         pytest.skip("backend unavailable here")

@@ -143,7 +143,10 @@ def test_a_lost_worker_node_s_trial_is_retried_on_the_head_from_its_checkpoint(t
     retried, other = frame.loc[victim_id], frame.drop(index=victim_id).iloc[0]
     assert retried["retries"] == 1 and other["retries"] == 0
     assert retried["start_epoch"] > 0 and other["start_epoch"] == 0  # continued, not started again
-    assert retried["start_epoch"] <= killed_at_epoch
+    # from a checkpoint the lost attempt reported (read after the run: between the check above and the kill the
+    # trial may report another one, which is then the one continued from)
+    lost_attempt = [r for r in results_of(storage / "lost" / victim) if r.get("pid") in worker_pids]
+    assert retried["start_epoch"] in {r["epoch"] for r in lost_attempt if r.get("checkpoint_dir_name")}
     assert retried["node_id"] == other["node_id"]  # the head: the only node left
     assert retried["epoch"] == other["epoch"] == 80
     # same configuration, same seed: the interrupted and continued trial ends exactly as the uninterrupted one

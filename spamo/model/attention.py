@@ -80,8 +80,8 @@ def default_backend(n_queries: int = 0, n_keys: int = 0) -> str:
 
     "tensor" without the C kernel; else "flash" (fused kernel + dropped-entry passes) from `FLASH_MIN_PAIRS` weights
     on, where torch has the fused CPU ops; else "compiled". Measured side by side, one thread, N x N, d 64
-    (benchmarks/results/train.md): compiled 1.11x / 1.18x / 1.73x the no-dropout floor at 2,500 / 5,000 / 10,000
-    spots, flash 1.29x / 1.38x / 1.49x.
+    (benchmarks/results/train.md): compiled 1.11x / 1.18x / 1.73x / 2.29x the no-dropout floor at 2,500 / 5,000 /
+    10,000 / 20,000 spots, flash 1.29x / 1.38x / 1.49x / 1.64x.
     """
     if attention_kernel.load() is None:
         return "tensor"
