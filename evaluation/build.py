@@ -117,7 +117,7 @@ def published_rows(entries: dict, best_rows: list[dict]) -> list[dict]:
                "published_n_clusters": ref["n_clusters"], "published_ari": ref["ari"], "published_nmi": ref["nmi"],
                "published_ami": ref["ami"], "published_avg": ref["avg"],
                "published_configuration": ref["configuration"], "dataset": name, "our_rank": int(ours["rank"]),
-               "our_spots": entry.prepared.n_spots, "our_n_clusters": int(entry.prepared.n_clusters),
+               "our_spots": entry.prepared.n_spots, "our_n_clusters": int(entry.config.n_clusters),
                "our_n_seeds": int(ours["n_seeds"]), "same_data": same, "data_note": note}
         for score in ("ari", "nmi", "ami", "avg"):
             row[f"{score}_mean"], row[f"{score}_sd"] = float(ours[f"{score}_mean"]), float(ours[f"{score}_sd"])

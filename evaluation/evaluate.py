@@ -72,6 +72,7 @@ class DatasetEntry:
     candidates: list[Candidate]
     data: object  # MultiOmicsData
     prepared: object  # PreparedData
+    config: object  # the resolved SpamoConfig the tune run prepared the data with: the owner of its K
 
     @property
     def name(self) -> str:
@@ -120,12 +121,12 @@ def load_entry(group: DatasetRuns, top_k: int) -> DatasetEntry:
 
     candidates = top_configs(group, top_k)
     data = load_data(group.request)
-    prepared, _ = load_prepared(group.request, data)
+    prepared, base = load_prepared(group.request, data)
     expected = group.runs[0].truth_sha256
     if expected and prepared.truth is not None and pipeline.truth_sha256(prepared.truth) != expected:
         raise SpamoInputError(group.runs[0].path, f"the data of '{group.dataset}' no longer has the ground truth "
                                                   "the tune run scored against")
-    return DatasetEntry(group, candidates, data, prepared)
+    return DatasetEntry(group, candidates, data, prepared, base)
 
 
 def truth_hash(prepared) -> str | None:
@@ -139,7 +140,8 @@ def build_jobs(entries: dict[str, DatasetEntry], seeds: list[int], cross: bool) 
     for name, entry in entries.items():
         for candidate in entry.candidates:
             for seed in seeds:
-                config = config_for(candidate.config, entry.prepared, seed, same_dataset=True)
+                config = config_for(candidate.config, entry.prepared, seed, same_dataset=True,
+                                    n_clusters=entry.config.n_clusters)
                 jobs.append(SeedJob(name, name, candidate.rank, seed, config_json(config),
                                     truth_hash(entry.prepared)))
     if cross:
@@ -149,7 +151,8 @@ def build_jobs(entries: dict[str, DatasetEntry], seeds: list[int], cross: bool) 
                 if name == source_name:
                     continue
                 for seed in seeds:
-                    config = config_for(best.config, entry.prepared, seed, same_dataset=False)
+                    config = config_for(best.config, entry.prepared, seed, same_dataset=False,
+                                        n_clusters=entry.config.n_clusters)
                     jobs.append(SeedJob(name, source_name, best.rank, seed, config_json(config),
                                         truth_hash(entry.prepared)))
     return jobs

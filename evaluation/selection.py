@@ -65,7 +65,8 @@ def build_jobs(entries: dict, seeds: list[int], label_free: str) -> dict[tuple[s
             source = json.loads(row["config_json"])
             jobs[(name, choice)] = [
                 SeedJob(name, name, CHOICE_RANK[choice], seed,
-                        config_json(config_for(source, entry.prepared, seed, same_dataset=True)), truth)
+                        config_json(config_for(source, entry.prepared, seed, same_dataset=True,
+                                               n_clusters=entry.config.n_clusters)), truth)
                 for seed in seeds]
     return jobs
 

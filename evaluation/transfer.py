@@ -23,11 +23,11 @@ def map_modality_weights(weights, n_target: int) -> tuple[float, ...]:
     return tuple(float(weights[i]) if i < len(weights) else defaults[i] for i in range(n_target))
 
 
-def config_for(source: dict, prepared, seed: int, same_dataset: bool) -> SpamoConfig:
+def config_for(source: dict, prepared, seed: int, same_dataset: bool, n_clusters: int) -> SpamoConfig:
     """The resolved config of `source` (a trial's config dict) for `prepared`'s data with `seed`.
 
     On its own dataset the trial's config is kept as it is (only the seed changes); on another dataset it is
-    transferred as described in the module docstring.
+    transferred as described in the module docstring, with the target's K `n_clusters` (its own resolved config's).
     """
     values = dict(source)
     values["seed"] = int(seed)
@@ -35,7 +35,7 @@ def config_for(source: dict, prepared, seed: int, same_dataset: bool) -> SpamoCo
         for name in TARGET_SETTINGS:
             values[name] = None
         values["data_type"] = prepared.data_type
-        values["n_clusters"] = prepared.n_clusters
+        values["n_clusters"] = int(n_clusters)
         values["modality_weights"] = list(map_modality_weights(source.get("modality_weights"),
                                                                prepared.n_modalities))
     config = SpamoConfig.from_dict(values, where=f"configuration for {prepared.name}")

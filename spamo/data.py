@@ -70,7 +70,7 @@ class PreparedData:
     kept_index: np.ndarray  # positions of the kept spots in the loaded (original) order
     n_spots_original: int
     truth: np.ndarray | None = None  # labels of the kept spots
-    n_clusters: int | None = None
+    # no n_clusters here: K belongs to the resolved SpamoConfig (the loaded data only suggests one)
 
     @property
     def n_spots(self) -> int:
@@ -93,7 +93,6 @@ class PreparedData:
             kept_index=self.kept_index,
             n_spots_original=self.n_spots_original,
             truth=self.truth,
-            n_clusters=self.n_clusters,
         )
 
 

@@ -155,7 +155,6 @@ def prepare(data: MultiOmicsData, config: SpamoConfig, modalities: list[str] | N
         prepared = prepared.subset_modalities(list(modalities))
         if config.modality_weights is not None and len(config.modality_weights) != len(modalities):
             config = config.replace(modality_weights=None)
-    prepared.n_clusters = config.n_clusters
     return prepared, config.resolve(prepared.n_modalities, prepared.n_spots)
 
 

@@ -35,7 +35,7 @@ def _entry(name: str, seed: int) -> DatasetEntry:
         "asw": [0.1, 0.3, 0.2, 0.5], "consistency": [0.1, 0.2, 0.4, 0.9], "stability": [0.2, 0.1, 0.5, 1.0],
         "composite": [0.3, 0.2, 0.6, 0.9]})
     run = TuneRun(path=Path(name), request=TuneRequest(name=name, num_samples=4), trials=trials)
-    return DatasetEntry(runs=DatasetRuns(name, [run]), candidates=[], data=data, prepared=prepared)
+    return DatasetEntry(runs=DatasetRuns(name, [run]), candidates=[], data=data, prepared=prepared, config=base)
 
 
 def test_three_rows_per_dataset_over_the_seeds(tmp_path):

@@ -23,7 +23,7 @@ def _problem(n=120, dims=(10, 6), seed=0):
     prepared = PreparedData(
         name="planted", data_type="Simulation", modality_names=[f"m{i}" for i in range(len(dims))],
         features=[f.numpy() for f in features], coords=np.zeros((n, 2)), spot_names=np.arange(n).astype(str),
-        kept_index=np.arange(n), n_spots_original=n, truth=labels, n_clusters=3,
+        kept_index=np.arange(n), n_spots_original=n, truth=labels,
     )
     return prepared, SimpleNamespace(spatial=spatial, feature=feature)
 

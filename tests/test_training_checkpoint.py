@@ -37,7 +37,7 @@ def _problem():
     prepared = PreparedData(
         name="planted", data_type="Simulation", modality_names=["m0", "m1"],
         features=[f.numpy() for f in features], coords=np.zeros((N, 2)), spot_names=np.arange(N).astype(str),
-        kept_index=np.arange(N), n_spots_original=N, truth=labels, n_clusters=3,
+        kept_index=np.arange(N), n_spots_original=N, truth=labels,
     )
     return prepared, SimpleNamespace(spatial=spatial, feature=feature)
 

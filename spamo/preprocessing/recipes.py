@@ -101,7 +101,6 @@ def run_recipe(recipe: Recipe, data: MultiOmicsData, seed: int) -> PreparedData:
         kept_index=kept_index,
         n_spots_original=data.n_spots,
         truth=None if data.truth is None else np.asarray(data.truth)[kept_index],
-        n_clusters=data.n_clusters,
     )
 
 
