@@ -7,8 +7,12 @@ stage timings the run itself recorded in run.toml and the load average. `--tree 
 commands from other checkouts (e.g. an older commit made with `git worktree add`) in the same rounds.
 
     python benchmarks/bench_run.py                                # 1-epoch runs +/- picture, then one 200-epoch run
+    python benchmarks/bench_run.py --epochs 1 --rounds 3          # the fixed cost alone (issue #16: <= 10 s)
     python benchmarks/bench_run.py --epochs 1 --rounds 5 --out /tmp/run.md
     python benchmarks/bench_run.py --tree /tmp/old-spamo --epochs 1 200
+
+The table replaces the text between the markers BEGIN and END of the output file (the notes around them, measured
+by hand, are kept); a file without the markers is written whole.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+BEGIN, END = "<!-- bench_run.py table: begin -->", "<!-- bench_run.py table: end -->"
 SPOTS, DOMAINS = 2500, 8  # the simulator makes 4-8 domains
 
 
@@ -89,6 +94,16 @@ def markdown(results: dict, rounds: int, trees: list[Path], loads: list) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_table(path: Path, table: str) -> None:
+    """The generated table between the markers of `path` (notes outside them kept), or the whole file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = path.read_text() if path.exists() else ""
+    if BEGIN in text and END in text.split(BEGIN, 1)[1]:
+        head, rest = text.split(BEGIN, 1)
+        table = head + BEGIN + "\n" + table + rest[rest.index(END):]
+    path.write_text(table)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, nargs="+", default=[1, 200])
@@ -115,8 +130,7 @@ def main() -> None:
                         name = "this tree" if tree == ROOT else str(tree)
                         results.setdefault((name, epochs, plot), []).append(row)
                         print(name, epochs, "picture" if plot else "no picture", row, flush=True)
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                args.out.write_text(markdown(results, args.rounds, trees, loads))
+                write_table(args.out, markdown(results, args.rounds, trees, loads))
     print(markdown(results, args.rounds, trees, loads))
 
 
