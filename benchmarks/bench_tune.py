@@ -108,23 +108,43 @@ def header(title: str, args) -> list[str]:
             f"`{uptime()}`.", ""]
 
 
+def slot_gaps(start: pd.Series, end: pd.Series, slots: int) -> tuple[float, float]:
+    """(sum of the waits between a trial slot freeing and its next trial starting, time the first trials took to
+    start): trials replayed in start order onto `slots` slots, each taking the slot freed last before it."""
+    order = start.sort_values().index
+    first = list(order[:slots])
+    free = sorted(float(end[i]) for i in first)
+    startup = float(sum(start[i] - start.min() for i in first))
+    waits = 0.0
+    for i in order[slots:]:
+        ready = [t for t in free if t <= start[i]]
+        slot = max(ready) if ready else min(free)
+        waits += max(0.0, float(start[i]) - slot)
+        free.remove(slot)
+        free.append(float(end[i]))
+    return waits, startup
+
+
 def trial_times(frame: pd.DataFrame, slots: int) -> dict:
     """Where the trials' time went, per trial: training epochs, intermediate reports, final clustering, the rest of
-    each trial (graphs, data, final scores, found.npz), and between trials (Ray starting, stopping and resetting
-    trials, the driver), from each trial's last report (a trial ASHA stopped ends at its last intermediate report).
-    Overhead = span x trials at once - epochs - clustering, per trial: everything but training and clustering."""
+    each trial (graphs, data, final scores, found.npz), the wait between one trial ending and the next starting in
+    its slot (Ray stopping, resetting and starting trials), from each trial's last report (a trial ASHA stopped ends
+    at its last intermediate report). Overhead = reports + rest + wait: everything a trial costs its slot besides
+    training and clustering. Slots idle at the start (the first workers starting) and at the end (no trial left to
+    run) are reported apart: they depend on how many trials there are, not on what one costs."""
     n = len(frame)
     column = lambda name: frame[name].astype(float).fillna(0.0) if name in frame else pd.Series(0.0, frame.index)
     wall, train, report, clustering = column("wall_s"), column("train_s"), column("report_s"), column("cluster_s")
     start = frame["started_at"].astype(float)
-    span = float((start + wall).max() - start.min())
-    epochs = train - report
+    end = start + wall
+    span = float(end.max() - start.min())
+    waits, startup = slot_gaps(start, end, slots)
     finished = frame["status"] == "finished"
-    in_trial = (wall - train - clustering).where(finished, wall - train)  # a stopped trial: wall since start - train
-    return {"span_s": span, "epochs_s": epochs.sum() / n, "report_s": report.sum() / n,
-            "cluster_s": clustering.sum() / n, "in_trial_s": in_trial.sum() / n,
-            "between_s": (span * slots - wall.sum()) / n, "overhead_s": (span * slots - epochs.sum() -
-                                                                          clustering.sum()) / n}
+    rest = (wall - train - clustering).where(finished, wall - train)  # a stopped trial: wall since start - train
+    return {"span_s": span, "epochs_s": (train - report).sum() / n, "report_s": report.sum() / n,
+            "cluster_s": clustering.sum() / n, "in_trial_s": rest.sum() / n, "between_s": waits / n,
+            "overhead_s": (report.sum() + rest.sum() + waits) / n, "startup_s": startup,
+            "idle_end_s": span * slots - float(wall.sum()) - waits - startup}
 
 
 def throughput(args, work: Path) -> list[str]:
@@ -154,16 +174,19 @@ def throughput(args, work: Path) -> list[str]:
                      f"`{before.split('load average:')[-1].strip()}` -> `{after.split('load average:')[-1].strip()}` |")
     lines += ["", "Per trial (seconds, mean over the trials):", "",
               "| scheduler | training epochs | intermediate reports | final clustering | rest of the trial | "
-              "between trials | overhead (all but epochs and clustering) |", "|---|---|---|---|---|---|---|"]
+              "wait between trials | **overhead per trial** (reports + rest + wait) | slots idle: start, end (s, "
+              "whole search) |", "|---|---|---|---|---|---|---|---|"]
     for label, wall, frame, times, before, after in runs:
         lines.append(f"| {label} | {times['epochs_s']:.1f} | {times['report_s']:.1f} | {times['cluster_s']:.1f} | "
-                     f"{times['in_trial_s']:.1f} | {times['between_s']:.1f} | {times['overhead_s']:.1f} |")
+                     f"{times['in_trial_s']:.1f} | {times['between_s']:.2f} | {times['overhead_s']:.1f} | "
+                     f"{times['startup_s']:.0f}, {times['idle_end_s']:.0f} |")
     lines += ["", f"Same configurations in both searches: {'yes' if same else 'NO'} (the searched columns of both "
                   "trials.parquet files; the seeded sampler's first trials - the published point, then 10 random "
                   "ones - do not depend on results, so up to 12 trials match). Trials / hour: trials over the whole "
                   "command's wall time (data, Ray start, outputs included), and over the search span (first trial's "
-                  "start to the last one's end). Overhead = (span x trials at once - training epochs - final "
-                  "clustering) / trials.", ""]
+                  "start to the last one's end). Overhead per trial: what a trial costs its slot besides training epochs and "
+                  "the final clustering; slots idle at the start and the end of the search are apart (see "
+                  "`trial_times`).", ""]
     return lines
 
 
