@@ -1,7 +1,9 @@
 """The `spamo` command line (Typer).
 
 Commands only parse options and call into the package; refusals of bad input (`SpamoInputError`) become one line on
-stderr and exit code 2, with no traceback.
+stderr and exit code 2, with no traceback. Each command imports the package modules it uses inside its own body, on
+purpose: `spamo --help` and a refused setting then answer without loading torch, Ray or Optuna (about 5 s of
+imports; benchmarks/results/cli_startup.md), and tests/test_imports.py checks it.
 """
 
 from __future__ import annotations
@@ -257,7 +259,7 @@ def run_command(
                                        help="Refuse an existing non-empty --out instead of replacing it whole."),
     **settings,
 ):
-    """Train SPAMO once: labels, metrics, embeddings (h5ad), a spatial/UMAP picture and run.toml.
+    """Train SPAMO once: labels, metrics, embeddings (h5ad), a picture (spatial domains beside a 2-D layout of the embedding) and run.toml.
 
     Every setting of `SpamoConfig` is an option (generated from the declarations in spamo/config/; the README table lists them).
     """

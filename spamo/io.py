@@ -21,6 +21,7 @@ import re
 import secrets
 import shutil
 import socket
+import tomllib
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -280,10 +281,6 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
 
 def read_toml(path: str | Path, what: str = "file") -> dict:
     """A TOML file as a dict; a missing or malformed file is a one-line `SpamoInputError` naming it."""
-    import tomllib
-
-    from spamo.errors import SpamoInputError
-
     path = Path(path)
     try:
         with open(path, "rb") as fh:
