@@ -160,8 +160,11 @@ def test_search_records_every_trial_and_a_failing_trial_leaves_the_others_intact
 def test_a_killed_driver_resumes_without_losing_or_repeating_finished_trials(tiny_sim, tmp_path):
     """SIGKILL to the driver alone (as a preempted machine or the OOM killer would): no Ray process of its session
     survives it, and the resumed search keeps the finished trial and continues the running one from its checkpoint."""
-    args = tune_args(tiny_sim, tmp_path, "killed", "--num-samples", "2", "--epochs", "60", "--scheduler", "none",
-                     "--max-concurrent", "1", "--checkpoint-every", "2")
+    # long enough that the second trial is still training a snapshot interval after its first checkpoint (reports
+    # got cheaper, and 60 epochs of the tiny data can end inside that interval)
+    epochs = 240
+    args = tune_args(tiny_sim, tmp_path, "killed", "--num-samples", "2", "--epochs", str(epochs), "--scheduler", "none",
+                     "--max-concurrent", "1", "--checkpoint-every", "4")
     log = open(tmp_path / "driver.log", "w")
     driver = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     ledger = tmp_path / "killed" / "ledger"
@@ -207,7 +210,7 @@ def test_a_killed_driver_resumes_without_losing_or_repeating_finished_trials(tin
     after = {p.stem: json.loads(p.read_text()) for p in ledger.glob("*.json")}
     assert all(after[tid]["recorded_at"] == rec["recorded_at"] for tid, rec in before.items())
     continued = frame.drop(index=list(before)).iloc[0]
-    assert continued["start_epoch"] > 0 and continued["epoch"] == 60  # continued from its checkpoint
+    assert continued["start_epoch"] > 0 and continued["epoch"] == epochs  # continued from its checkpoint
 
 
 # ------------------------------------------------------------------------------------------------ two-node cluster
