@@ -266,10 +266,9 @@ def write_outputs(result: RunResult, data: MultiOmicsData, out_dir: str | Path, 
     """Write the run folder (`spamo.run_folder`: labels, metrics, embedding, picture, run.toml), atomically."""
     out_dir = Path(out_dir)
     if draw:
-        from spamo.plots import LAYOUTS, plot_domains  # matplotlib only when a picture is drawn
+        from spamo.plots import check_layout, plot_domains  # matplotlib only when a picture is drawn
 
-        if layout not in LAYOUTS:
-            raise SpamoInputError("layout", f"'{layout}' is not one of {', '.join(LAYOUTS)}")
+        check_layout(layout)  # before anything is written
     prep = result.prepared
     with atomic_dir(out_dir) as tmp:
         run_folder.write_labels(labels_in_file_order(result, data), tmp / run_folder.LABELS_FILE)

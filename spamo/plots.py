@@ -32,9 +32,7 @@ from spamo.errors import SpamoInputError
 # Figures are built with matplotlib's object API (`Figure`, no pyplot), which renders to files without any GUI
 # backend: nothing here changes the process-wide backend (`matplotlib.use`) of the user's session.
 
-LAYOUTS = ("graph", "umap")
 LAYOUT_MAX_SPOTS = 50_000  # above this the layout is drawn on a seeded subsample: it is a picture, not a result
-UMAP_MAX_SPOTS = LAYOUT_MAX_SPOTS
 UMAP_NEIGHBOURS = 15
 # UMAP's curve 1 / (1 + a d^(2b)) fitted (least squares, as umap-learn's find_ab_params) to its target for
 # min_dist = 0.3, spread = 1; tests/test_plots.py refits it
@@ -179,15 +177,27 @@ def umap_coordinates(embedding: np.ndarray, seed: int = 0) -> np.ndarray:
         return reducer.fit_transform(points)
 
 
-LAYOUT_TITLES = {"graph": "layout of the fused embedding (15-NN graph)", "umap": "UMAP of the fused embedding"}
+# the layouts of the picture's second panel: name -> (function of (embedding, seed), panel title); the first is the
+# default (module docstring)
+LAYOUT_REGISTRY = {
+    "graph": (graph_layout, "layout of the fused embedding (15-NN graph)"),
+    "umap": (umap_coordinates, "UMAP of the fused embedding"),
+}
+LAYOUTS = tuple(LAYOUT_REGISTRY)
+
+
+def check_layout(layout: str) -> None:
+    """Refuse a layout name that is not in `LAYOUT_REGISTRY`, in one line."""
+    if layout not in LAYOUT_REGISTRY:
+        raise SpamoInputError("layout", f"'{layout}' is not one of {', '.join(LAYOUTS)}")
 
 
 def plot_domains(coords: np.ndarray, embedding: np.ndarray, labels: np.ndarray, path: str | Path,
                  title: str = "", seed: int = 0, layout: str | None = "graph") -> Path:
     """Spatial map coloured by domain and, beside it (unless `layout` is None), a 2-D layout of the embedding
     coloured the same way: `layout` "graph" (spamo's own, the default) or "umap" (umap-learn); module docstring."""
-    if layout is not None and layout not in LAYOUTS:
-        raise SpamoInputError("layout", f"'{layout}' is not one of {', '.join(LAYOUTS)}")
+    if layout is not None:
+        check_layout(layout)
     labels = np.asarray(labels)
     colors, lookup = domain_colors(labels)
     n = len(labels)
@@ -205,12 +215,12 @@ def plot_domains(coords: np.ndarray, embedding: np.ndarray, labels: np.ndarray, 
     if layout:
         rng = np.random.default_rng(seed)
         idx = np.arange(n) if n <= LAYOUT_MAX_SPOTS else np.sort(rng.choice(n, LAYOUT_MAX_SPOTS, replace=False))
-        place = umap_coordinates if layout == "umap" else graph_layout
+        place, panel_title = LAYOUT_REGISTRY[layout]
         xy = place(embedding[idx], seed=seed)
         ax = axes[0, 1]
         ax.scatter(xy[:, 0], xy[:, 1], c=colors[idx], s=max(0.3, min(30.0, 20000.0 / len(idx))), linewidths=0,
                    rasterized=True)
-        ax.set_title(LAYOUT_TITLES[layout] + ("" if len(idx) == n else f" ({len(idx):,} spots)"))
+        ax.set_title(panel_title + ("" if len(idx) == n else f" ({len(idx):,} spots)"))
         ax.set_xticks([])
         ax.set_yticks([])
     handles = [Line2D([], [], marker="o", linestyle="", color=c, label=str(u)) for u, c in lookup.items()]

@@ -98,3 +98,13 @@ def test_the_default_picture_loads_no_umap_and_an_unknown_layout_is_refused(tmp_
     embedding, labels = planted_groups()
     with pytest.raises(SpamoInputError, match="not one of graph, umap"):
         plots.plot_domains(np.zeros((180, 2)), embedding, labels, tmp_path / "other.png", layout="tsne")
+
+
+def test_an_unknown_layout_is_refused_in_one_line_before_anything_is_drawn(tmp_path):
+    embedding, labels = planted_groups()
+    target = tmp_path / "domains.png"
+    with pytest.raises(SpamoInputError) as refused:
+        plots.plot_domains(np.zeros((labels.size, 2)), embedding, labels, target, layout="tsne")
+    message = str(refused.value)
+    assert "\n" not in message and "'tsne'" in message and all(name in message for name in plots.LAYOUTS)
+    assert not target.exists()

@@ -32,6 +32,7 @@ R_INSTALL_HINT = ('install R and mclust (apt-get install r-base-core r-cran-mclu
 _R_LOCK = threading.Lock()
 _START_LOCK = threading.Lock()  # one start of R at a time (a background start and a caller's probe)
 _OFF_MAIN_THREAD = "R is not initialized by the main thread"  # rpy2's notice when a helper thread starts R
+_background_start: threading.Thread | None = None  # the helper thread of start_r_in_background, once started
 
 
 @functools.lru_cache(maxsize=1)
@@ -61,10 +62,13 @@ def start_r_in_background() -> None:
     be interrupted with Ctrl-C; that is not so here (rpy2 starts R with its signal handlers off, Python keeps
     SIGINT), so that one notice is not shown. No-op when R is switched off or already probed.
     """
-    if r_disabled() or _r_problem.cache_info().currsize:
-        return
+    global _background_start
+    with _START_LOCK:  # one helper however often a run's stages ask (spamo.pipeline asks at each)
+        if r_disabled() or _background_start is not None or _r_problem.cache_info().currsize:
+            return
+        _background_start = threading.Thread(target=_r_problem, name="spamo-start-R", daemon=True)
     warnings.filterwarnings("ignore", message=_OFF_MAIN_THREAD, category=UserWarning, module="rpy2")
-    threading.Thread(target=_r_problem, name="spamo-start-R", daemon=True).start()
+    _background_start.start()
 
 
 def r_available() -> bool:
