@@ -8,8 +8,8 @@ gradient and out (1 - p), which makes its row term the dropout one) minus correc
 the corrections, enumerating D from the same per-(seed, row, col) draws as the dense keep mask (`draws`, kept when
 >= threshold), so the masks are those of every other backend and of the dense test reference.
 
-* `drop_counts`: |D_i| per row (the lists' offsets are their prefix sums, made by the caller);
-* `drop_forward`: the dropped columns of each row (increasing), their weights a_ij = exp2(sl (q_i.k_j - l_i)) with
+* the lists of D (each row's dropped columns, increasing, with row offsets) come from attention_lists.py;
+* `drop_forward`: the weights of the dropped entries, a_ij = exp2(sl (q_i.k_j - l_i)) with
   sl = scale log2(e) and l_i = lse_i / scale in double, and
   out_i <- (out_i - sum_j a_ij v_j) * keep_scale when out is given;
 * `drop_grad_rows`: w_ij = a_ij (g'_i . v_j) (stored) and gq_i -= scale sum_j w_ij k_j (on one thread also the
@@ -19,6 +19,7 @@ the corrections, enumerating D from the same per-(seed, row, col) draws as the d
 Row passes share rows out over threads (each row's sums in a fixed order: column tile, then column); the column pass
 shares column tiles out (each column's sums in increasing row order): results do not depend on the thread count.
 Columns are visited in tiles of TILE so the k / v (or gk / gv) rows a tile touches stay in L2 across CHUNK rows.
+The float32 width-64 bodies are AVX-512 code in attention_simd.py.
 """
 
 DROPPED_COMMON = r"""
@@ -30,48 +31,6 @@ DROPPED_COMMON = r"""
 #define TILE 512
 #define CHUNK 64
 #define PREFETCH 6  /* entries ahead: the gathered rows of a segment are not in a pattern hardware prefetch sees */
-
-/* |D_i| for rows [0, rows): the number of draws below the threshold. */
-void drop_counts(int64_t *counts, int64_t rows, int64_t cols, uint64_t key, int32_t threshold, int threads) {
-    #pragma omp parallel num_threads(threads)
-    {
-        uint64_t *scratch = words_scratch(cols);
-        #pragma omp for schedule(static)
-        for (int64_t i = 0; i < rows; i++) {
-            const int16_t *bits = draws(key, i * cols, cols, scratch);
-            int64_t c = 0;
-            #pragma omp simd reduction(+:c)
-            for (int64_t j = 0; j < cols; j++) c += (int32_t)bits[j] < threshold;
-            counts[i] = c;
-        }
-        free(scratch);
-    }
-}
-
-/* The dropped columns of row i, increasing, into list (branch-free: every column is written, the cursor moves on
-   the dropped ones; rowbuf has cols + 16 slots so the last write stays inside it). */
-static inline void dropped_columns(uint64_t key, int64_t i, int64_t cols, int32_t threshold, uint64_t *scratch,
-                                   int32_t *rowbuf, int32_t *list, int64_t count) {
-    const int16_t *bits = draws(key, i * cols, cols, scratch);
-    int64_t n = 0, j = 0;
-#ifdef __AVX512F__
-    /* 16 columns at a time: compare, compress the dropped columns' indices into a register, store, count */
-    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    const __m512i limit = _mm512_set1_epi32(threshold);
-    for (; j + 16 <= cols; j += 16) {
-        __m512i b = _mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i *)(bits + j)));
-        __mmask16 m = _mm512_cmplt_epi32_mask(b, limit);
-        __m512i idx = _mm512_add_epi32(lane, _mm512_set1_epi32((int32_t)j));
-        _mm512_storeu_si512((void *)(rowbuf + n), _mm512_maskz_compress_epi32(m, idx));
-        n += __builtin_popcount((unsigned)m);
-    }
-#endif
-    for (; j < cols; j++) {
-        rowbuf[n] = (int32_t)j;
-        n += (int32_t)bits[j] < threshold;
-    }
-    memcpy(list, rowbuf, sizeof(int32_t) * (size_t)(n < count ? n : count));
-}
 
 /* First position in list[lo, hi) whose column is >= c (lists are increasing). */
 static inline int64_t first_at_least(const int32_t *list, int64_t lo, int64_t hi, int64_t c) {
@@ -148,6 +107,15 @@ static inline __attribute__((always_inline)) void gather_sum_SUFFIX(real *acc, c
 static inline __attribute__((always_inline)) void forward_segment_SUFFIX(
         const real *qi, const real *k, const real *v, double l, double sl, const int32_t *cols, real *a, int64_t e0,
         int64_t e1, real *acc, int64_t d, int64_t dv) {
+#if defined(__AVX512F__) && IS_SUFFIX
+    if (d == 64 && dv == 64) {  /* attention_simd.py */
+        dots_64((float *)a, (const float *)qi, (const float *)k, cols, e0, e1);
+        #pragma omp simd
+        for (int64_t e = e0; e < e1; e++) a[e] = EXP2((real)(((double)a[e] - l) * sl));
+        if (acc) gather_sum_64((float *)acc, (const float *)a, cols, e0, e1, (const float *)v);
+        return;
+    }
+#endif
     for (int64_t e = e0; e < e1; e++) {
         if (e + PREFETCH < e1) __builtin_prefetch(k + (int64_t)cols[e + PREFETCH] * d);
         a[e] = (real)(((double)dot_SUFFIX(qi, k + (int64_t)cols[e] * d, d) - l) * sl);
@@ -161,6 +129,15 @@ static inline __attribute__((always_inline)) void forward_segment_SUFFIX(
 static inline __attribute__((always_inline)) void rows_segment_SUFFIX(
         const real *gi, const real *k, const real *v, const int32_t *cols, const real *a, real *w, int64_t e0,
         int64_t e1, real *acc, int64_t d, int64_t dv) {
+#if defined(__AVX512F__) && IS_SUFFIX
+    if (d == 64 && dv == 64) {  /* attention_simd.py */
+        dots_64((float *)w, (const float *)gi, (const float *)v, cols, e0, e1);
+        #pragma omp simd
+        for (int64_t e = e0; e < e1; e++) w[e] *= a[e];
+        gather_sum_64((float *)acc, (const float *)w, cols, e0, e1, (const float *)k);
+        return;
+    }
+#endif
     for (int64_t e = e0; e < e1; e++) {
         if (e + PREFETCH < e1) __builtin_prefetch(v + (int64_t)cols[e + PREFETCH] * dv);
         w[e] = dot_SUFFIX(gi, v + (int64_t)cols[e] * dv, dv);
@@ -182,28 +159,20 @@ static inline __attribute__((always_inline)) void cols_segment_SUFFIX(
 }
 
 /* Rows [r0, r1): entries of row i live at positions offsets[i] - base .. offsets[i + 1] - base of cols / a.
-   generate: write the dropped columns first (else they are already there). out (may be NULL): n_q x dv, holds A V
-   on entry and the dropout output on return. */
+   out (may be NULL): n_q x dv, holds A V on entry and the dropout output on return. */
 static inline __attribute__((always_inline)) void drop_forward_body_SUFFIX(
         const real *q, const real *k, const real *v, const double *lse, real *out, int64_t r0, int64_t r1,
         int64_t n_k, int64_t d, int64_t dv, double sl, real keep_scale, const int64_t *offsets, int64_t base,
-        int generate, uint64_t key, int32_t threshold, int32_t *cols, real *a, int threads) {
+        const int32_t *cols, real *a, int threads) {
     int64_t chunks = (r1 - r0 + CHUNK - 1) / CHUNK;
     #pragma omp parallel num_threads(threads)
     {
-        uint64_t *scratch = words_scratch(n_k);
-        int32_t *rowbuf = (int32_t *)malloc(sizeof(int32_t) * (size_t)(n_k + 16));
         real *acc = (real *)malloc(sizeof(real) * (size_t)(CHUNK * 4 * dv));
         int64_t cur[CHUNK];
         #pragma omp for schedule(static)
         for (int64_t ch = 0; ch < chunks; ch++) {
             int64_t i0 = r0 + ch * CHUNK, i1 = i0 + CHUNK < r1 ? i0 + CHUNK : r1;
-            for (int64_t i = i0; i < i1; i++) {
-                cur[i - i0] = offsets[i] - base;
-                if (generate)
-                    dropped_columns(key, i, n_k, threshold, scratch, rowbuf, cols + offsets[i] - base,
-                                    offsets[i + 1] - offsets[i]);
-            }
+            for (int64_t i = i0; i < i1; i++) cur[i - i0] = offsets[i] - base;
             memset(acc, 0, sizeof(real) * (size_t)(CHUNK * 4 * dv));
             for (int64_t c0 = 0; c0 < n_k; c0 += TILE) {
                 int64_t c1 = c0 + TILE;
@@ -228,17 +197,13 @@ static inline __attribute__((always_inline)) void drop_forward_body_SUFFIX(
             }
         }
         free(acc);
-        free(rowbuf);
-        free(scratch);
     }
 }
 
 void drop_forward_SUFFIX(const real *q, const real *k, const real *v, const double *lse, real *out, int64_t r0,
                          int64_t r1, int64_t n_k, int64_t d, int64_t dv, double sl, real keep_scale,
-                         const int64_t *offsets, int64_t base, int generate, uint64_t key, int32_t threshold,
-                         int32_t *cols, real *a, int threads) {
-    drop_forward_body_SUFFIX(q, k, v, lse, out, r0, r1, n_k, d, dv, sl, keep_scale, offsets, base, generate, key,
-                             threshold, cols, a, threads);
+                         const int64_t *offsets, int64_t base, const int32_t *cols, real *a, int threads) {
+    drop_forward_body_SUFFIX(q, k, v, lse, out, r0, r1, n_k, d, dv, sl, keep_scale, offsets, base, cols, a, threads);
 }
 
 /* w_ij = a_ij (g'_i . v_j) stored at the entries' positions; gq_i -= scale sum_j w_ij k_j. With gk given (one
