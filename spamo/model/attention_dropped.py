@@ -23,13 +23,16 @@ The float32 width-64 bodies are AVX-512 code in attention_simd.py.
 """
 
 DROPPED_COMMON = r"""
+#include <omp.h>
 #ifdef __AVX512F__
 #include <immintrin.h>
 #endif
 #define IS_f32 1  /* which instantiation of the typed passes is float32 (the AVX-512 paths) */
 #define IS_f64 0
-#define TILE 512
+#define TILE 1024
 #define CHUNK 64
+#define COLS_TILE 256  /* the column pass: narrower tiles (threads own tile ranges), taller chunks */
+#define COLS_CHUNK 256
 #define PREFETCH 6  /* entries ahead: the gathered rows of a segment are not in a pattern hardware prefetch sees */
 
 /* First position in list[lo, hi) whose column is >= c (lists are increasing). */
@@ -147,17 +150,6 @@ static inline __attribute__((always_inline)) void rows_segment_SUFFIX(
     gather_sum_SUFFIX(acc, w, cols, e0, e1, k, d);
 }
 
-/* gk_j -= scale w_e q_i and gv_j -= a_e g'_i for the segment's entries (distinct columns j). */
-static inline __attribute__((always_inline)) void cols_segment_SUFFIX(
-        const real *qi, const real *gi, real *gk, real *gv, real scale, const int32_t *cols, const real *a,
-        const real *w, int64_t e0, int64_t e1, int64_t d, int64_t dv) {
-    for (int64_t e = e0; e < e1; e++) {
-        int64_t j = cols[e];
-        axpy_SUFFIX(gk + j * d, -scale * w[e], qi, d);
-        axpy_SUFFIX(gv + j * dv, -a[e], gi, dv);
-    }
-}
-
 /* Rows [r0, r1): entries of row i live at positions offsets[i] - base .. offsets[i + 1] - base of cols / a.
    out (may be NULL): n_q x dv, holds A V on entry and the dropout output on return. */
 static inline __attribute__((always_inline)) void drop_forward_body_SUFFIX(
@@ -247,6 +239,33 @@ static inline __attribute__((always_inline)) void column_updates_SUFFIX(
     }
 }
 
+/* The column updates of rows [i0, i1) in columns [c0, c0 + width), row i's entries at seg0[i - i0] ..
+   seg1[i - i0]: bucketed by column (stable: rows stay increasing), then each gk / gv row updated in one burst while
+   it sits in registers (count: width + 1 slots; order, rowof: room for the entries). */
+static inline __attribute__((always_inline)) void tile_columns_SUFFIX(
+        real *gk, real *gv, const real *q, const real *gp, const int32_t *cols, const real *a, const real *w,
+        real scale, int64_t i0, int64_t i1, const int64_t *seg0, const int64_t *seg1, int64_t c0, int64_t width,
+        int64_t *count, int64_t *order, int32_t *rowof, int64_t d, int64_t dv) {
+    memset(count, 0, sizeof(int64_t) * (size_t)(width + 1));
+    for (int64_t i = i0; i < i1; i++)
+        for (int64_t e = seg0[i - i0]; e < seg1[i - i0]; e++) count[cols[e] - c0 + 1]++;
+    for (int64_t t = 0; t < width; t++) count[t + 1] += count[t];
+    for (int64_t i = i0; i < i1; i++)
+        for (int64_t e = seg0[i - i0]; e < seg1[i - i0]; e++) {
+            int64_t slot = count[cols[e] - c0]++;
+            order[slot] = e;
+            rowof[slot] = (int32_t)i;
+        }
+    for (int64_t t = 0, start = 0; t < width; t++) {  /* count[t] is now the end of column t's run */
+        int64_t stop = count[t], j = c0 + t;
+#define COLUMN(D, DV) column_updates_SUFFIX(gk + j * D, gv + j * DV, q, gp, order, rowof, start, stop, a, w, scale, \
+                                            D, DV)
+        if (stop > start) WIDTHS(COLUMN);
+#undef COLUMN
+        start = stop;
+    }
+}
+
 static inline __attribute__((always_inline)) void drop_grad_rows_body_SUFFIX(
         const real *gp, const real *k, const real *v, real *gq, const real *q, real *gk, real *gv, int64_t r0,
         int64_t r1, int64_t n_k, int64_t d, int64_t dv, real scale, const int64_t *offsets, int64_t base,
@@ -276,25 +295,8 @@ static inline __attribute__((always_inline)) void drop_grad_rows_body_SUFFIX(
                     seg0[i - i0] = e0;
                     seg1[i - i0] = cur[i - i0] = e1;
                 }
-                if (!gk) continue;
-                memset(count, 0, sizeof(count));
-                for (int64_t i = i0; i < i1; i++)
-                    for (int64_t e = seg0[i - i0]; e < seg1[i - i0]; e++) count[cols[e] - c0 + 1]++;
-                for (int64_t t = 0; t < TILE; t++) count[t + 1] += count[t];
-                for (int64_t i = i0; i < i1; i++)
-                    for (int64_t e = seg0[i - i0]; e < seg1[i - i0]; e++) {
-                        int64_t slot = count[cols[e] - c0]++;
-                        order[slot] = e;
-                        rowof[slot] = (int32_t)i;
-                    }
-                for (int64_t t = 0, start = 0; t < TILE; t++) {  /* count[t] is now the end of column t's run */
-                    int64_t stop = count[t], j = c0 + t;
-#define COLUMN(D, DV) column_updates_SUFFIX(gk + j * D, gv + j * DV, q, gp, order, rowof, start, stop, a, w, scale, \
-                                            D, DV)
-                    if (stop > start) WIDTHS(COLUMN);
-#undef COLUMN
-                    start = stop;
-                }
+                if (gk) tile_columns_SUFFIX(gk, gv, q, gp, cols, a, w, scale, i0, i1, seg0, seg1, c0, TILE, count, order,
+                                            rowof, d, dv);
             }
             for (int64_t i = i0; i < i1; i++) {
                 real *g = gq + i * d;
@@ -318,24 +320,41 @@ void drop_grad_rows_SUFFIX(const real *gp, const real *k, const real *v, real *g
                                threads);
 }
 
-/* gk_j -= scale sum_i w_ij q_i, gv_j -= sum_i a_ij g'_i over rows [r0, r1): threads own column tiles. */
+/* gk_j -= scale sum_i w_ij q_i, gv_j -= sum_i a_ij g'_i over rows [r0, r1): each thread owns a contiguous range of
+   column tiles and walks all rows in chunks of COLS_CHUNK, bucketing each chunk-tile's entries by column as the
+   fused row pass does (every column still sums its rows in increasing order). */
 static inline __attribute__((always_inline)) void drop_grad_cols_body_SUFFIX(
         const real *q, const real *gp, real *gk, real *gv, int64_t r0, int64_t r1, int64_t n_k, int64_t d,
         int64_t dv, real scale, const int64_t *offsets, int64_t base, const int32_t *cols, const real *a,
         const real *w, int threads) {
-    int64_t tiles = (n_k + TILE - 1) / TILE;
-    #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t t = 0; t < tiles; t++) {
-        int64_t c0 = t * TILE, c1 = c0 + TILE;
-        for (int64_t i = r0; i < r1; i++) {
-            int64_t end = offsets[i + 1] - base;
-            int64_t e = first_at_least(cols, offsets[i] - base, end, c0);
-            int64_t e1 = e;
-            while (e1 < end && cols[e1] < c1) e1++;
-#define SEGMENT(D, DV) cols_segment_SUFFIX(q + i * D, gp + i * DV, gk, gv, scale, cols, a, w, e, e1, D, DV)
-            WIDTHS(SEGMENT);
-#undef SEGMENT
+    const int64_t tiles = (n_k + COLS_TILE - 1) / COLS_TILE, chunks = (r1 - r0 + COLS_CHUNK - 1) / COLS_CHUNK;
+    #pragma omp parallel num_threads(threads)
+    {
+        const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+        const int64_t t0 = tiles * t / nt, t1 = tiles * (t + 1) / nt;
+        int64_t *order = (int64_t *)malloc(sizeof(int64_t) * (size_t)(COLS_CHUNK * COLS_TILE));
+        int32_t *rowof = (int32_t *)malloc(sizeof(int32_t) * (size_t)(COLS_CHUNK * COLS_TILE));
+        int64_t *seg0 = (int64_t *)malloc(sizeof(int64_t) * 3 * COLS_CHUNK), *seg1 = seg0 + COLS_CHUNK;
+        int64_t *cur = seg1 + COLS_CHUNK, count[COLS_TILE + 1];
+        for (int64_t ch = 0; ch < chunks && t0 < t1; ch++) {
+            int64_t i0 = r0 + ch * COLS_CHUNK, i1 = i0 + COLS_CHUNK < r1 ? i0 + COLS_CHUNK : r1;
+            for (int64_t i = i0; i < i1; i++)
+                cur[i - i0] = first_at_least(cols, offsets[i] - base, offsets[i + 1] - base, t0 * COLS_TILE);
+            for (int64_t tile = t0; tile < t1; tile++) {
+                int64_t c0 = tile * COLS_TILE, c1 = c0 + COLS_TILE, width = c1 < n_k ? COLS_TILE : n_k - c0;
+                for (int64_t i = i0; i < i1; i++) {
+                    int64_t e1 = cur[i - i0], end = offsets[i + 1] - base;
+                    seg0[i - i0] = e1;
+                    while (e1 < end && cols[e1] < c1) e1++;
+                    seg1[i - i0] = cur[i - i0] = e1;
+                }
+                tile_columns_SUFFIX(gk, gv, q, gp, cols, a, w, scale, i0, i1, seg0, seg1, c0, width, count, order,
+                                    rowof, d, dv);
+            }
         }
+        free(seg0);
+        free(rowof);
+        free(order);
     }
 }
 
