@@ -17,6 +17,8 @@ size and the backward makes each segment's lists again (memory stays bounded, ne
 from __future__ import annotations
 
 import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -59,29 +61,64 @@ class _Call:
         rows = max(int(SAVED_BYTES / (4 + torch.finfo(self.dtype).bits // 8) / per_row), 1)
         return [(r0, min(r0 + rows, self.n_q)) for r0 in range(0, self.n_q, rows)]
 
-    def lists(self, segment: tuple[int, int]) -> torch.Tensor:
+    def lists(self, segment: tuple[int, int], threads: int) -> torch.Tensor:
         """The dropped columns of the segment's rows, row after row (int32); fills their offsets."""
         r0, r1 = segment
         expected = (r1 - r0) * self.n_k * self.drop_probability
-        capacity = max(int(expected + LIST_MARGIN_SIGMAS * math.sqrt(expected * self.threads) + 16 * self.threads + 16), 0)
+        capacity = max(int(expected + LIST_MARGIN_SIGMAS * math.sqrt(expected * threads) + 16 * threads + 16), 0)
         cols = torch.empty(capacity, dtype=torch.int32)
         if not self.lib.drop_lists(self.offsets.data_ptr(), cols.data_ptr(), capacity, r0, r1, self.n_k, self.key,
-                                   self.threshold, self.threads):
+                                   self.threshold, threads):
             counts = torch.empty(r1 - r0, dtype=torch.int64)  # a share overflowed: count exactly, one range
-            self.lib.drop_counts(counts.data_ptr(), r0, r1, self.n_k, self.key, self.threshold, self.threads)
+            self.lib.drop_counts(counts.data_ptr(), r0, r1, self.n_k, self.key, self.threshold, threads)
             cols = torch.empty(int(counts.sum()), dtype=torch.int32)
             if not self.lib.drop_lists(self.offsets.data_ptr(), cols.data_ptr(), cols.numel(), r0, r1, self.n_k,
                                        self.key, self.threshold, 1):
                 raise RuntimeError("dropped-entry lists do not fit their exact count")  # a kernel bug, not input
         return cols[: int(self.offsets[r1] - self.offsets[r0])]
 
-    def weights(self, q, k, v, rows_lse, out, segment, cols, a):
+    def weights(self, q, k, v, rows_lse, out, segment, cols, a, threads: int):
         """The segment's dropped weights into a; out corrected when not None."""
         r0, r1 = segment
         self.forward_pass(q.data_ptr(), k.data_ptr(), v.data_ptr(), rows_lse.data_ptr(),
                           out.data_ptr() if out is not None else None, r0, r1, self.n_k, self.d, self.dv,
                           self.scale * _LOG2_E, self.keep_scale, self.offsets.data_ptr(), int(self.offsets[r0]),
-                          cols.data_ptr(), a.data_ptr(), self.threads)
+                          cols.data_ptr(), a.data_ptr(), threads)
+
+    def corrections(self, q, k, v, grad_scaled, rows_lse, segments, lists, threads: int):
+        """The dropped entries' terms of (grad q, grad k, grad v), from zero (the caller adds the fused backward's)."""
+        grads = [torch.zeros_like(t) for t in (q, k, v)]
+        grad_q, grad_k, grad_v = (g.data_ptr() for g in grads)
+        fused = threads == 1  # one thread: the column updates ride along the row pass (same order, same bits)
+        for segment in segments:
+            if lists is not None:
+                cols, a = lists
+            else:
+                cols = self.lists(segment, threads)
+                a = torch.empty(cols.numel(), dtype=q.dtype)
+                self.weights(q, k, v, rows_lse, None, segment, cols, a, threads)
+            w = torch.empty_like(a)
+            r0, r1 = segment
+            common = (r0, r1, self.n_k, self.d, self.dv, self.scale, self.offsets.data_ptr(), int(self.offsets[r0]),
+                      cols.data_ptr(), a.data_ptr(), w.data_ptr(), threads)
+            self.rows_pass(grad_scaled.data_ptr(), k.data_ptr(), v.data_ptr(), grad_q, q.data_ptr(),
+                           grad_k if fused else None, grad_v if fused else None, *common)
+            if not fused:
+                self.cols_pass(q.data_ptr(), grad_scaled.data_ptr(), grad_k, grad_v, *common)
+        return grads
+
+
+_helper: ThreadPoolExecutor | None = None  # one long-lived thread (and its OpenMP team) for the corrections
+_helper_lock = threading.Lock()
+
+
+def _concurrently(fn):
+    """fn() started on the helper thread; returns its future."""
+    global _helper
+    with _helper_lock:
+        if _helper is None:
+            _helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spamo-flash")
+    return _helper.submit(fn)
 
 
 class FlashDropoutAttention(torch.autograd.Function):
@@ -96,9 +133,9 @@ class FlashDropoutAttention(torch.autograd.Function):
         rows_lse = lse.double() / call.scale  # l_i of the kernel's passes: the log-sum-exp in units of q.k
         segments = call.segments()
         for segment in segments:
-            cols = call.lists(segment)
+            cols = call.lists(segment, call.threads)
             a = torch.empty(cols.numel(), dtype=q.dtype)
-            call.weights(q, k, v, rows_lse, out, segment, cols, a)
+            call.weights(q, k, v, rows_lse, out, segment, cols, a, call.threads)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.call, ctx.rows_lse, ctx.segments = call, rows_lse, segments
         ctx.lists = (cols, a) if len(segments) == 1 else None
@@ -110,23 +147,12 @@ class FlashDropoutAttention(torch.autograd.Function):
         q, k, v, out, lse = ctx.saved_tensors
         call = ctx.call
         grad_scaled = (grad_out * call.keep_scale).contiguous()
+        args = (q, k, v, grad_scaled, ctx.rows_lse, ctx.segments, ctx.lists)
+        # The fused backward runs on one thread whatever torch's thread count (it shares out batch x heads: one
+        # here), so with two or more threads the corrections run beside it on the others.
+        helper = _concurrently(lambda: call.corrections(*args, call.threads - 1)) if call.threads > 1 else None
         grads = _compat.flash_attention_cpu_backward(grad_scaled, q, k, v, out / call.keep_scale, lse, call.scale)
-        grad_q, grad_k, grad_v = (g.contiguous() for g in grads)
-        for segment in ctx.segments:
-            if ctx.lists is not None:
-                cols, a = ctx.lists
-            else:
-                cols = call.lists(segment)
-                a = torch.empty(cols.numel(), dtype=q.dtype)
-                call.weights(q, k, v, ctx.rows_lse, None, segment, cols, a)
-            w = torch.empty_like(a)
-            r0, r1 = segment
-            common = (r0, r1, call.n_k, call.d, call.dv, call.scale, call.offsets.data_ptr(),
-                      int(call.offsets[r0]), cols.data_ptr(), a.data_ptr(), w.data_ptr(), call.threads)
-            fused = call.threads == 1  # one thread: the column updates ride along the row pass (same order)
-            call.rows_pass(grad_scaled.data_ptr(), k.data_ptr(), v.data_ptr(), grad_q.data_ptr(), q.data_ptr(),
-                           grad_k.data_ptr() if fused else None, grad_v.data_ptr() if fused else None, *common)
-            if not fused:
-                call.cols_pass(q.data_ptr(), grad_scaled.data_ptr(), grad_k.data_ptr(), grad_v.data_ptr(), *common)
+        corrections = helper.result() if helper is not None else call.corrections(*args, 1)
         ctx.lists = None
+        grad_q, grad_k, grad_v = (g.add_(c) for g, c in zip(grads, corrections))
         return grad_q, grad_k, grad_v, None, None, None
