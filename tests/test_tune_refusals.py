@@ -185,3 +185,26 @@ def test_the_light_names_are_those_of_their_owners():
         _check_request(TuneRequest(name="x", num_samples=1, scheduler=scheduler))
     with pytest.raises(SpamoInputError, match="--scheduler"):
         _check_request(TuneRequest(name="x", num_samples=1, scheduler="hyperband"))
+
+
+FROM_PYTHON = r"""
+import json, sys
+import spamo
+from spamo.errors import SpamoInputError
+
+for call in (lambda: spamo.tune("atlantis"), lambda: spamo.tune("sim", num_samples=2, scheduler="hyperband"),
+             lambda: spamo.evaluate(top_k=0)):
+    try:
+        call()
+    except SpamoInputError as exc:
+        print(json.dumps({"line": str(exc), "loaded": sorted(m for m in HEAVY if m in sys.modules)}))
+"""
+
+
+def test_spamo_tune_and_evaluate_refuse_their_options_before_the_heavy_imports_too(tmp_path):
+    done = fresh(FROM_PYTHON, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    refusals = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["line"].split(":")[0] for r in refusals] == ["--dataset", "--scheduler", "--top-k"], refusals
+    assert all(r["loaded"] == [] for r in refusals), refusals
+    assert list(tmp_path.iterdir()) == []
