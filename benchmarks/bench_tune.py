@@ -227,15 +227,19 @@ def ray_head_pids(driver: int) -> list[int]:
     return out
 
 
-def fit_slope(points: list[tuple[int, float]]) -> float:
-    """Least-squares slope of RSS (MiB) against trials ended, in MiB per 100 trials."""
+def fit_slope(points: list[tuple[int, float]]) -> tuple[float, float, float]:
+    """Least-squares fit of RSS (MiB) against trials ended: (slope in MiB per 100 trials, its standard error, the
+    residuals' standard deviation in MiB: how much RSS jitters around the line). The samples are a second apart and
+    not independent, so the standard error is a lower bound of the slope's noise."""
     import numpy as np
 
     x = np.array([p[0] for p in points], dtype=float)
     y = np.array([p[1] for p in points], dtype=float)
-    if len(points) < 3 or np.ptp(x) == 0:
-        return float("nan")
-    return float(np.polyfit(x, y, 1)[0] * 100)
+    if len(points) < 4 or np.ptp(x) == 0:
+        return float("nan"), float("nan"), float("nan")
+    (slope, intercept), cov = np.polyfit(x, y, 1, cov=True)
+    residual = y - (slope * x + intercept)
+    return float(slope * 100), float(np.sqrt(cov[0, 0]) * 100), float(residual.std())
 
 
 # The driver's memory is called flat when it grows by less than this per 100 trials over the search (after the
@@ -262,8 +266,8 @@ def memory(args, work: Path) -> list[str]:
     wall, frame = tune(data, work, "mem", args, "--scheduler", "none", sampler=sample)
     n = args.trials
     during = [s for s in samples if n / 10 <= s[0] < n]  # after the warm-up, before the outputs are written
-    slope = fit_slope([(s[0], s[1]) for s in during])
-    head_slope = fit_slope([(s[0], s[2]) for s in during if s[2] > 0])
+    slope, slope_error, jitter = fit_slope([(s[0], s[1]) for s in during])
+    head_slope = fit_slope([(s[0], s[2]) for s in during if s[2] > 0])[0]
     verdict = ("flat" if slope < FLAT_MIB_PER_100 else "GROWS") + f" (limit {FLAT_MIB_PER_100:g} MiB per 100 trials)"
     lines = header(f"Driver memory over a {n}-trial search ({args.n_spots} spots, {args.epochs} epochs, scheduler "
                    f"none)", args)
@@ -280,7 +284,8 @@ def memory(args, work: Path) -> list[str]:
             lines.append(f"| {mark} | {driver:.0f} | {head:.0f} |")
     peak = max(s[1] for s in samples) if samples else float("nan")
     lines += ["", f"Driver growth during the search: **{slope:.1f} MiB per 100 trials** (least squares over "
-                  f"{len(during)} samples from {n // 10} to {n - 1} trials ended): **{verdict}**; at that rate "
+                  f"{len(during)} samples from {n // 10} to {n - 1} trials ended; standard error {slope_error:.1f}, "
+                  f"RSS within {jitter:.1f} MiB (one standard deviation) of the line): **{verdict}**; at that rate "
                   f"10,000 trials add {slope * 100:.0f} MiB. Ray's GCS and raylet: {head_slope:.1f} MiB per 100 "
                   f"trials. Driver peak, outputs (trials.parquet, pictures) included: {peak:.0f} MiB.", ""]
     return lines
