@@ -83,7 +83,7 @@ def test_a_long_search_keeps_no_per_trial_objects_in_the_driver(tiny_sim, tmp_pa
     assert outcome.complete and len(watch.ended) == TRIALS
     frame = pd.read_parquet(outcome.run_dir / TRIALS_FILE)
     assert len(frame) == TRIALS and frame["status"].isin(["finished", "stopped_early"]).all()
-    assert frame["ari"].notna().all()
+    assert frame["ari"].notna().all() and frame["lr"].notna().all()  # the settings, from the ledger
     study = optuna.load_study(study_name="memory", storage=f"sqlite:///{outcome.run_dir / STUDY_FILE}")
     assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == TRIALS
 
