@@ -24,6 +24,7 @@ import numpy as np
 from spamo._compat import rpy2_environment_kept
 from spamo.clustering.base import BACKENDS, ClusteringFailed, ClusterRequest, register_backend
 from spamo.errors import MissingDependencyError
+from spamo.gc_control import imports_without_gc
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def _r_problem() -> str | None:
     """Why R's mclust cannot be used here (None when it can). Probed once: starting R costs about a second."""
     with _START_LOCK:  # a probe that finds the background start running waits for it, then finds R started
         try:
-            with rpy2_environment_kept():
+            with rpy2_environment_kept(), imports_without_gc():
                 import rpy2.robjects as ro
         except Exception as exc:  # ImportError, or R itself failing to start
             return f"rpy2 cannot start R ({exc.__class__.__name__}: {str(exc).strip()[:120]})"
@@ -74,6 +75,11 @@ def start_r_in_background() -> None:
 def r_available() -> bool:
     """True when R, rpy2 and mclust are usable and the user has not set SPAMO_DISABLE_R=1."""
     return not r_disabled() and _r_problem() is None
+
+
+def clusters_in_r(method: str) -> bool:
+    """Whether `--cluster-method method` clusters in R (mclust, or `auto` where R is usable)."""
+    return method in ("mclust", "auto") and r_available()
 
 
 def r_disabled() -> bool:
