@@ -8,11 +8,12 @@ when the interpreter exits it walks them all once more before freeing them. Neit
 modules, classes and functions; together they cost seconds of a 1-epoch `spamo run`.
 
 - `imports_without_gc()`: a block in which the collector waits (objects are still freed by reference counting;
-  only the search for cycles waits until the block ends). Blocks nest and may run in several threads at once (the
-  helper threads of `spamo.training` and `spamo.clustering.mclust` import beside the preprocessing): they share one
-  pause, and the collector runs again when the last block ends, if it ran before the first, after one pass over the
-  young generations that moves the imported objects to the oldest (else the first passes after the block would walk
-  them twice more, once per younger generation).
+  only the search for cycles waits until the block ends), around the two big imports of a run: `spamo.pipeline`'s
+  (torch, scikit-learn, pandas: some 280,000 objects) and torch's compiler modules (`spamo.training`, in a helper
+  thread beside the preprocessing: some 120,000). Blocks nest and may run in several threads at once: they share
+  one pause, and the collector runs again when the last block ends, if it ran before the first, after one full
+  collection when the block left more than `WALK_AFTER` new objects (each object is then walked once, not once per
+  generation and again each time the oldest generation grows by a quarter). Small imports gain nothing from it.
 - `no_cycle_search_at_exit()`: at exit, `gc.freeze()` moves every object into the collector's permanent generation,
   so the interpreter's shutdown frees what reference counting frees and searches nothing for cycles (the memory goes
   back to the system with the process). What is skipped: the finalisers (`__del__`) of objects that are garbage only
@@ -28,6 +29,9 @@ import gc
 import threading
 from typing import Iterator
 
+# objects left to the collector by a pause above which it ends with one full collection (a heavy import's hundreds
+# of thousands: walked once, instead of once per generation and again each time the oldest grows by a quarter)
+WALK_AFTER = 50_000
 _LOCK = threading.Lock()
 _pauses = 0  # blocks of imports_without_gc now running, in any thread
 _resume = False  # whether the collector ran before the first of them
@@ -49,7 +53,8 @@ def imports_without_gc() -> Iterator[None]:
         with _LOCK:
             _pauses -= 1
             if _pauses == 0 and _resume:
-                gc.collect(1)  # one walk over the block's objects, which moves them to the oldest generation
+                if gc.get_count()[0] > WALK_AFTER:
+                    gc.collect()  # one full walk moves the imported objects to the oldest generation at once
                 gc.enable()
 
 

@@ -200,8 +200,7 @@ def cluster_and_score(prepared: PreparedData, fused: np.ndarray, config: SpamoCo
 def _place(fused: np.ndarray, layout: str, seed: int) -> Placement | None:
     """The picture's layout, or None where it fails: a picture that may never be drawn must not fail the run."""
     try:
-        with imports_without_gc():
-            from spamo.plots import place_embedding  # matplotlib comes with it, so only where a picture is asked
+        from spamo.plots import place_embedding  # matplotlib comes with it, so only where a picture is asked
 
         return place_embedding(fused, layout, seed)
     except Exception:  # noqa: BLE001 - the picture, when drawn, computes its layout again and reports this
@@ -310,8 +309,7 @@ def write_outputs(result: RunResult, data: MultiOmicsData, out_dir: str | Path, 
     """Write the run folder (`spamo.run_folder`: labels, metrics, embedding, picture, run.toml), atomically."""
     out_dir = Path(out_dir)
     if draw:
-        with imports_without_gc():
-            from spamo.plots import check_layout, plot_domains  # matplotlib only when a picture is drawn
+        from spamo.plots import check_layout, plot_domains  # matplotlib only when a picture is drawn
 
         check_layout(layout)  # before anything is written
     prep = result.prepared

@@ -24,7 +24,6 @@ import numpy as np
 from spamo._compat import rpy2_environment_kept
 from spamo.clustering.base import BACKENDS, ClusteringFailed, ClusterRequest, register_backend
 from spamo.errors import MissingDependencyError
-from spamo.gc_control import imports_without_gc
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +40,7 @@ def _r_problem() -> str | None:
     """Why R's mclust cannot be used here (None when it can). Probed once: starting R costs about a second."""
     with _START_LOCK:  # a probe that finds the background start running waits for it, then finds R started
         try:
-            with rpy2_environment_kept(), imports_without_gc():
+            with rpy2_environment_kept():
                 import rpy2.robjects as ro
         except Exception as exc:  # ImportError, or R itself failing to start
             return f"rpy2 cannot start R ({exc.__class__.__name__}: {str(exc).strip()[:120]})"
