@@ -359,6 +359,24 @@ def tune_command(
 
     from rich.console import Console
 
+    from spamo.search_options import check_named_run, check_tune_options
+
+    if rescore:
+        check_named_run("--rescore", {"name": rescore, "metric": metric, "storage": storage})
+    elif resume:
+        check_named_run("--resume", {"name": resume, "address": address, "storage": storage})
+    else:
+        default_name = f"{dataset or (data_dir.name if data_dir else 'tune')}-{_time.strftime('%Y%m%d-%H%M%S')}"
+        options = dict(
+            name=name or default_name, num_samples=num_samples, dataset=dataset,
+            data_dir=str(data_dir) if data_dir else None, data_type=data_type, data_root=str(data_root),
+            n_clusters=n_clusters, epochs=epochs, space=str(space) if space else None, metric=metric,
+            scheduler=scheduler, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+            max_concurrent=max_concurrent, storage=storage, address=address, report_every=report_every, seed=seed,
+            layer=layer, max_retries=max_retries, checkpoint_every=checkpoint_every, reuse_workers=reuse_workers,
+            keep_embeddings=keep_embeddings)
+        check_tune_options(options)
+    # the options are checked before Ray, Optuna and torch are imported (seconds), so a refused one answers at once
     from search.tuning import TuneRequest, resume_tune, start_tune
 
     console = Console()
@@ -372,15 +390,7 @@ def tune_command(
         if resume:
             outcome = resume_tune(resume, storage=storage, address=address, log=log)
         else:
-            default_name = f"{dataset or (data_dir.name if data_dir else 'tune')}-{_time.strftime('%Y%m%d-%H%M%S')}"
-            outcome = start_tune(TuneRequest(
-                name=name or default_name, num_samples=num_samples, dataset=dataset,
-                data_dir=str(data_dir) if data_dir else None, data_type=data_type, data_root=str(data_root),
-                n_clusters=n_clusters, epochs=epochs, space=str(space) if space else None, metric=metric,
-                scheduler=scheduler, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
-                max_concurrent=max_concurrent, storage=storage, address=address, report_every=report_every,
-                seed=seed, layer=layer, max_retries=max_retries, checkpoint_every=checkpoint_every,
-                reuse_workers=reuse_workers, keep_embeddings=keep_embeddings), log=log)
+            outcome = start_tune(TuneRequest(**options), log=log)
     except KeyboardInterrupt:
         typer.echo("interrupted before the search started; nothing to resume", err=True)
         raise typer.Exit(code=130) from None
@@ -415,16 +425,20 @@ def evaluate_command(
     """Best configurations across datasets and seeds, with split-and-merge: Arrow tables, pictures, a summary."""
     from rich.console import Console
 
-    from evaluation.evaluate import EvaluateRequest, evaluate_best
+    from spamo.search_options import check_evaluate_options
 
     if not best:
         raise SpamoInputError("--best", "say what to evaluate: spamo evaluate --best [--runs DIR ...]")
+    options = dict(runs=[str(r) for r in runs] if runs else None, runs_root=str(runs_root), top_k=top_k, seeds=seeds,
+                   first_seed=first_seed, out=str(out), address=address, num_cpus=num_cpus, cpus_per_run=cpus_per_run,
+                   gpus_per_run=gpus_per_run, cross=cross, plots=plots, analyze=analyze,
+                   gene_sets=[str(g) for g in gene_sets or []])
+    check_evaluate_options(options)
+    # the options are checked before Ray and torch are imported (seconds), so a refused one answers at once
+    from evaluation.evaluate import EvaluateRequest, evaluate_best
+
     console = Console()
-    outcome = evaluate_best(EvaluateRequest(
-        runs=[str(r) for r in runs] if runs else None, runs_root=str(runs_root), top_k=top_k, seeds=seeds,
-        first_seed=first_seed, out=str(out), address=address, num_cpus=num_cpus, cpus_per_run=cpus_per_run,
-        gpus_per_run=gpus_per_run, cross=cross, plots=plots, analyze=analyze,
-        gene_sets=[str(g) for g in gene_sets or []]), log=console.print, progress=not quiet)
+    outcome = evaluate_best(EvaluateRequest(**options), log=console.print, progress=not quiet)
     console.print(f"{outcome.trained} seed run(s) trained, {outcome.reused} reused -> {outcome.out_dir}")
 
 

@@ -99,16 +99,10 @@ def worker(impl: str, path: str, warmup: int, epochs: int, device: str = "cpu") 
     torch.set_num_threads(int(os.environ.get("SPAMO_BENCH_THREADS", "2")))
     from spamo.config import SpamoConfig
     from spamo.training import Trainer
+    from train_inputs import load_inputs
 
-    data = np.load(path)
-    n = data["features0"].shape[0]
-
-    def graph(name):
-        idx = torch.as_tensor(data[f"{name}_indices"])
-        return torch.sparse_coo_tensor(idx, torch.as_tensor(data[f"{name}_values"]), (n, n)).coalesce()
-
-    features = [torch.as_tensor(data[f"features{m}"]) for m in range(2)]
-    spatial, feature = [graph(f"spatial{m}") for m in range(2)], [graph(f"feature{m}") for m in range(2)]
+    features, spatial, feature = load_inputs(path)
+    n = features[0].shape[0]
     config = SpamoConfig(data_type="10x", knn_k=KNN_K, spatial_k=SPATIAL_K, epochs=warmup + epochs,
                          device=device).resolve(2, n)
     trainer = Trainer(features, spatial, feature, config, device)

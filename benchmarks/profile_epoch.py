@@ -31,7 +31,6 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_train import KNN_K, SPATIAL_K, make_inputs  # noqa: E402
+from train_inputs import load_inputs  # noqa: E402
 
 attention_module = importlib.import_module("spamo.model.attention")
 fusion_module = importlib.import_module("spamo.model.fusion")
@@ -179,17 +179,10 @@ def build_trainer(path: Path, backend: str):
     from spamo.config import SpamoConfig
     from spamo.training import Trainer
 
-    data = np.load(path)
-    n = data["features0"].shape[0]
-
-    def graph(name):
-        idx = torch.as_tensor(data[f"{name}_indices"])
-        return torch.sparse_coo_tensor(idx, torch.as_tensor(data[f"{name}_values"]), (n, n)).coalesce()
-
-    features = [torch.as_tensor(data[f"features{m}"]) for m in range(2)]
+    features, spatial, feature = load_inputs(path)
+    n = features[0].shape[0]
     config = SpamoConfig(data_type="10x", knn_k=KNN_K, spatial_k=SPATIAL_K, epochs=1000).resolve(2, n)
-    trainer = Trainer(features, [graph(f"spatial{m}") for m in range(2)], [graph(f"feature{m}") for m in range(2)],
-                      config)
+    trainer = Trainer(features, spatial, feature, config)
     for encoder in trainer.model.encoders:
         hook_module(encoder, "encoders forward")
     hook_module(trainer.model.fusion, "fusion forward")

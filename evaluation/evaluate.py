@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from spamo.config import SpamoConfig
 from spamo.errors import SpamoInputError
 from spamo.io import check_output_folder, replaced_outputs
 from spamo.pipeline import RunResult, truth_sha256, write_outputs
+from spamo.search_options import check_evaluate_options
 from spamo.selection import DEFAULT_LABEL_FREE
 
 DEFAULT_OUT = Path("results/evaluate")
@@ -95,22 +97,11 @@ class EvaluationFailed(SpamoInputError):
 
 
 def check_request(request: EvaluateRequest) -> None:
-    if request.top_k < 1:
-        raise SpamoInputError("--top-k", f"must be at least 1, got {request.top_k}")
-    if request.seeds < 1:
-        raise SpamoInputError("--seeds", f"must be at least 1, got {request.seeds}")
-    if request.cpus_per_run <= 0:
-        raise SpamoInputError("--cpus-per-run", f"must be positive, got {request.cpus_per_run}")
-    if request.gpus_per_run < 0:
-        raise SpamoInputError("--gpus-per-run", f"must be >= 0, got {request.gpus_per_run}")
-    if request.num_cpus is not None and request.num_cpus < 1:
-        raise SpamoInputError("--num-cpus", f"must be at least 1, got {request.num_cpus}")
-    if request.analyze:
-        for path in request.gene_sets:
-            if not Path(path).is_file():
-                raise SpamoInputError(path, "gene-set file not found")
+    """The options (`spamo.search_options`, which `spamo evaluate` also calls before importing this module), then
+    what needs Ray: `--address auto` looked up and the cluster's token tried, before any data is loaded."""
+    check_evaluate_options(dataclasses.asdict(request))
     if request.address:
-        ray_cluster.resolve(request.address)  # an unreachable cluster is refused before any data is loaded
+        ray_cluster.resolve(request.address)
 
 
 # ------------------------------------------------------------------------------------------------ data

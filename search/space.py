@@ -11,16 +11,18 @@ A space file has three tables (see `configs/search/*.toml`):
   leaves out takes the data type's default (so the generic space starts from the published defaults). Values
   outside a searched range are allowed (Optuna evaluates them as given).
 
-The space becomes a dict of Optuna distributions, which Ray Tune's `OptunaSearch` samples from.
+The space becomes a dict of Optuna distributions, which Ray Tune's `OptunaSearch` samples from. Reading and checking
+a file needs no Optuna: each searched setting is first a plain `Distribution`, turned into Optuna's only when the
+search asks for `SearchSpace.distributions`, so that `spamo tune` refuses a bad space file before Ray, Optuna and
+torch are imported (seconds; cli.py, benchmarks/results/cli_startup.md).
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
-
-import optuna.distributions as od
 
 from spamo.config import REFERENCE_FLAGS, SpamoConfig
 from spamo.errors import SpamoInputError
@@ -31,31 +33,62 @@ SPACE_DIR = CONFIG_DIR / "search"
 DEFAULT_SPACE = "default"
 
 
-def _float_range(spec: dict, where: str, log: bool) -> od.BaseDistribution:
+@dataclass(frozen=True)
+class Distribution:
+    """One searched setting, checked: a float or integer range (`low`, `high` inclusive, `step`, `log`) or a choice
+    among `values`. `to_optuna()` is the Optuna distribution the sampler gets."""
+
+    kind: str  # "float", "int" or "choice": a key of OPTUNA_KINDS
+    low: float | int | None = None
+    high: float | int | None = None
+    step: int = 1
+    log: bool = False
+    values: tuple = ()
+
+    def to_optuna(self):
+        return OPTUNA_KINDS[self.kind](self)
+
+
+def _optuna():
+    # imported on first use: a space is read and checked before Optuna is loaded (see the module docstring)
+    import optuna.distributions
+
+    return optuna.distributions
+
+
+# Distribution.kind -> the Optuna distribution of the same values
+OPTUNA_KINDS: dict[str, Callable[[Distribution], Any]] = {
+    "float": lambda d: _optuna().FloatDistribution(d.low, d.high, log=d.log),
+    "int": lambda d: _optuna().IntDistribution(d.low, d.high, step=d.step, log=d.log),
+    "choice": lambda d: _optuna().CategoricalDistribution(d.values),
+}
+
+
+def _float_range(spec: dict, where: str, log: bool) -> Distribution:
     low, high = float(_need(spec, "low", where)), float(_need(spec, "high", where))
     if not low < high or (log and low <= 0):
         raise SpamoInputError(where, f"needs 0 < low < high for a log scale (got {low}, {high})" if log
                               else f"needs low < high (got {low}, {high})")
-    return od.FloatDistribution(low, high, log=log)
+    return Distribution("float", low, high, log=log)
 
 
-def _int_range(spec: dict, where: str, log: bool) -> od.BaseDistribution:
+def _int_range(spec: dict, where: str, log: bool) -> Distribution:
     low, high, step = int(_need(spec, "low", where)), int(_need(spec, "high", where)), int(spec.get("step", 1))
     if not low <= high or step < 1 or (log and (low < 1 or step != 1)):
         raise SpamoInputError(where, f"needs low <= high, step >= 1 (and low >= 1, step 1 on a log scale); "
                                      f"got low={low}, high={high}, step={step}")
-    return od.IntDistribution(low, high, step=step, log=log)
+    return Distribution("int", low, high, step=step, log=log)
 
 
-def _choice(spec: dict, where: str) -> od.BaseDistribution:
+def _choice(spec: dict, where: str) -> Distribution:
     values = _need(spec, "values", where)
     if not isinstance(values, list) or not values:
         raise SpamoInputError(where, "'values' must be a non-empty list")
-    return od.CategoricalDistribution(values)
+    return Distribution("choice", values=tuple(values))
 
 
-# distribution type name -> builder (spec table, where) -> Optuna distribution
-DISTRIBUTIONS: dict[str, Callable[[dict, str], od.BaseDistribution]] = {
+# distribution type name -> builder (spec table, where) -> Distribution
+DISTRIBUTIONS: dict[str, Callable[[dict, str], Distribution]] = {
     "loguniform": lambda spec, where: _float_range(spec, where, log=True),
     "uniform": lambda spec, where: _float_range(spec, where, log=False),
     "int": lambda spec, where: _int_range(spec, where, log=False),
@@ -72,25 +105,30 @@ def _need(spec: dict, key: str, where: str) -> Any:
 
 @dataclass
 class SearchSpace:
-    """Searched distributions, fixed settings and the first point, all keyed by spamo setting names."""
+    """Searched settings, fixed settings and the first point, all keyed by spamo setting names."""
 
     path: Path
-    distributions: dict[str, od.BaseDistribution]
+    searched: dict[str, Distribution]
     fixed: dict[str, Any] = field(default_factory=dict)
     published: dict[str, Any] = field(default_factory=dict)
+
+    @functools.cached_property
+    def distributions(self) -> dict:
+        """The searched settings as Optuna distributions (what the sampler asks), in the file's order."""
+        return {name: dist.to_optuna() for name, dist in self.searched.items()}
 
     def first_points(self, base: SpamoConfig) -> list[dict]:
         """The published configuration over the searched names; a name it leaves out takes the resolved base
         config's value (the data type's published default)."""
         point = {}
-        for name, dist in self.distributions.items():
+        for name, dist in self.searched.items():
             if name in self.published:
                 value = self.published[name]
             elif name.startswith("modality_weight_"):
                 value = base.modality_weights[int(name.rsplit("_", 1)[1])]
             else:
                 value = getattr(base, name)
-            if isinstance(dist, od.CategoricalDistribution) and value not in dist.choices:
+            if dist.kind == "choice" and value not in dist.values:
                 return []  # the default lies outside the user's choices: let the sampler start
             point[name] = value
         return [point]
@@ -105,18 +143,18 @@ class SearchSpace:
         fixed = {k: v for k, v in self.fixed.items() if keep(k)}
         if epochs:
             fixed["epochs"] = int(epochs)
-        return SearchSpace(self.path, {k: v for k, v in self.distributions.items() if keep(k)}, fixed,
+        return SearchSpace(self.path, {k: v for k, v in self.searched.items() if keep(k)}, fixed,
                            {k: v for k, v in self.published.items() if keep(k)})
 
     def max_epochs(self, default: int) -> int:
         """The largest epoch count any trial can train for (ASHA's budget)."""
         if "epochs" in self.fixed:
             return int(self.fixed["epochs"])
-        dist = self.distributions.get("epochs")
-        if isinstance(dist, od.IntDistribution):
+        dist = self.searched.get("epochs")
+        if dist is not None and dist.kind == "int":
             return int(dist.high)
-        if isinstance(dist, od.CategoricalDistribution):
-            return int(max(dist.choices))
+        if dist is not None and dist.kind == "choice":
+            return int(max(dist.values))
         return int(self.published.get("epochs", default))
 
 
@@ -162,8 +200,8 @@ def load_space(path: str | Path) -> SearchSpace:
     published = {_canonical(k): v for k, v in raw.get("published", {}).items()}
     for name, value in published.items():
         dist = distributions.get(name)
-        if isinstance(dist, od.CategoricalDistribution) and value not in dist.choices:
-            raise SpamoInputError(path, f"[published] {name} = {value!r} is not one of the choices {dist.choices}")
+        if dist is not None and dist.kind == "choice" and value not in dist.values:
+            raise SpamoInputError(path, f"[published] {name} = {value!r} is not one of the choices {dist.values}")
     return SearchSpace(path, distributions, fixed, published)
 
 

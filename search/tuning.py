@@ -19,6 +19,7 @@ from search.results import (METRICS, TRUTH_SCORES, best_row, metric_mode, plot_h
                             selection_note, top_table, trials_frame, write_best_config, write_parquet)
 from search.run_folder import (RESULTS_ROOT, RUN_FILE, STUDY_FILE, TRIALS_FILE, TuneRequest, experiment_path,
                                is_uri, load_prepared, ray_storage_path, read_request, run_folder, write_request)
+from search.schedulers import AshaScheduler, FifoScheduler
 from search.searcher import ResumableOptunaSearch
 from search.space import load_space, space_path
 from search.trainable import TrialContext, run_trial, trial_dirname
@@ -143,11 +144,12 @@ def asha_grace(epochs: int, report_every: int) -> int:
     return min(epochs, max(report_every, grace))
 
 
-def build_tuner(search: Search, trainable, resources: dict):
+def build_tuner(search: Search, trainable, resources: dict, observers: tuple = ()):
+    """The Tuner of a search. `observers`: more Tune callbacks, run after the search's own (so after an ended trial
+    was trimmed, see search.ledger.ForgetEnded): what a test or a benchmark watches the driver with."""
     import optuna
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     request, mode = search.request, metric_mode(search.metric)
     sampler = optuna.samplers.TPESampler(seed=request.seed, multivariate=True)
@@ -156,10 +158,10 @@ def build_tuner(search: Search, trainable, resources: dict):
                             study_name=request.name, storage=study_storage(search.run_dir))
     epochs = search.space.max_epochs(search.base.epochs)
     if request.scheduler == "asha":
-        scheduler = ASHAScheduler(time_attr="epoch", metric=search.metric, mode=mode, max_t=epochs + 1,
+        scheduler = AshaScheduler(time_attr="epoch", metric=search.metric, mode=mode, max_t=epochs + 1,
                                   grace_period=asha_grace(epochs, request.report_every), reduction_factor=3)
     else:
-        scheduler = FIFOScheduler()
+        scheduler = FifoScheduler()
     return tune.Tuner(
         tune.with_resources(trainable, resources),
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=request.num_samples,
@@ -174,7 +176,7 @@ def build_tuner(search: Search, trainable, resources: dict):
                                                                     fail_fast=False),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                                   callbacks=[TrialLedger(search.run_dir), TrialLog(search.metric, request.num_samples),
-                                             JsonLoggerCallback(), ForgetEnded(search.metric)],
+                                             JsonLoggerCallback(), ForgetEnded(search.metric), *observers],
                                   verbose=0),
     )
 
@@ -182,8 +184,9 @@ def build_tuner(search: Search, trainable, resources: dict):
 # ------------------------------------------------------------------------------------------------ entry points
 
 
-def start_tune(request: TuneRequest, log=print) -> TuneOutcome:
-    """A new search named `request.name`; refuses a name that already has a run folder."""
+def start_tune(request: TuneRequest, log=print, observers: tuple = ()) -> TuneOutcome:
+    """A new search named `request.name`; refuses a name that already has a run folder. `observers`: see
+    `build_tuner`."""
     _check_request(request)
     request = request.resolved()
     if request.address:
@@ -200,7 +203,7 @@ def start_tune(request: TuneRequest, log=print) -> TuneOutcome:
         f"{request.num_samples} trials of {resources['cpu']:g} CPU + {resources['gpu']:g} GPU, metric "
         f"{search.metric}, scheduler {request.scheduler} -> {run_dir}")
     log(f"optimising {metric_reason(search.metric, request.metric)}")
-    tuner = build_tuner(search, build_trainable(search, finished={}), resources)
+    tuner = build_tuner(search, build_trainable(search, finished={}), resources, observers)
     return finish(search, tuner, log)
 
 

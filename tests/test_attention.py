@@ -276,3 +276,41 @@ def test_flash_backend_falls_back_to_the_compiled_one_where_the_fused_kernel_doe
     got = attention(q, k, v, 0.2, backend="flash")
     torch.manual_seed(0)
     assert torch.equal(got, attention(q, k, v, 0.2, backend="compiled"))
+
+
+@needs_flash
+def test_flash_backend_in_float32_at_the_model_width_matches_the_float64_dense_function():
+    """d = 64 float32 is where the AVX-512 bodies run (16 dots reduced together, partial sums in registers): held
+    to the float64 dense function within the float32 log-sum-exp bound of the test above (scores of the model's
+    scale: lse ~ 7 here)."""
+    gen = torch.Generator().manual_seed(11)
+    q, k, v = (torch.randn(600, 64, generator=gen, requires_grad=True) for _ in range(3))
+    upstream = torch.randn(600, 64, generator=gen)
+    wide = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    want = dense_dropout_attention(*wide, 0.1, 5)
+    want = (want, *torch.autograd.grad(want, wide, upstream.double()))
+    out = exact_dropout_attention(q, k, v, 0.1, 5, 0, "flash")
+    got = (out, *torch.autograd.grad(out, (q, k, v), upstream))
+    lse = torch.logsumexp(wide[0] @ wide[1].t() / 8, dim=1).abs().max().item()
+    for a, b in zip(got, want):
+        bound = 8 * torch.finfo(torch.float32).eps * max(lse, 1.0) * b.abs().max().item()
+        assert (a.double() - b).abs().max().item() <= bound, ((a.double() - b).abs().max(), bound)
+
+
+@needs_flash
+@pytest.mark.parametrize("threads", [1, 2])
+def test_flash_backend_gives_the_same_bits_when_the_one_pass_lists_overflow_their_room(monkeypatch, threads):
+    """Too little room for the dropped lists (a negative margin): the exact count and a one-range retry give the
+    lists, so the results are bit for bit those of the ordinary path."""
+    gen = torch.Generator().manual_seed(12)
+    q, k, v = (torch.randn(200, 64, generator=gen, requires_grad=True) for _ in range(3))
+    upstream = torch.randn(200, 64, generator=gen)
+    torch.set_num_threads(threads)
+    results = []
+    for margin in (attention_flash.LIST_MARGIN_SIGMAS, -40.0):
+        monkeypatch.setattr(attention_flash, "LIST_MARGIN_SIGMAS", margin)
+        out = exact_dropout_attention(q, k, v, 0.1, 21, 0, "flash")
+        results.append((out, *torch.autograd.grad(out, (q, k, v), upstream)))
+    torch.set_num_threads(1)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)

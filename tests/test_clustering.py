@@ -197,3 +197,48 @@ def test_mclust_without_a_fit_is_one_clear_refusal_and_auto_moves_on():
     with pytest.warns(RuntimeWarning, match="using gmm instead"):
         labels = cluster(points, 29, "auto")
     assert np.array_equal(labels, cluster(points, 29, "gmm"))
+
+
+TOY = "toy-first-axis"
+
+
+@pytest.fixture
+def toy_backend():
+    """A backend registered through the public function for one test, and taken back after it (the README's settings
+    table, generated in the same process by other tests, lists the built-in backends only)."""
+    from spamo.choices import CLUSTER_METHODS
+    from spamo.clustering.base import BACKENDS
+
+    @clustering.register_backend(TOY)
+    def first_axis(points, n_clusters, request):
+        """Quantiles of the first principal component: K bands of equal size."""
+        edges = np.quantile(points[:, 0], np.linspace(0, 1, n_clusters + 1)[1:-1])
+        return np.searchsorted(edges, points[:, 0])
+
+    yield first_axis
+    BACKENDS.pop(TOY, None)
+    CLUSTER_METHODS.discard(TOY)
+
+
+def test_a_registered_backend_is_a_cluster_method_the_config_accepts(toy_backend):
+    from spamo.config import SpamoConfig, accepts, settings
+
+    config = SpamoConfig(cluster_method=TOY)
+    assert config.cluster_method == TOY and TOY in available_methods()
+    assert TOY in accepts(next(f for f in settings() if f.name == "cluster_method"))
+    embedding, truth, _ = blobs(k=2, per_blob=50, dim=8, spread=8.0, seed=3)
+    labels = cluster(embedding, 2, config.cluster_method, n_pcs=config.n_pcs, seed=config.seed)
+    assert sorted(np.bincount(labels)) == [50, 50] and adjusted_rand_score(truth, labels) == 1.0
+    with pytest.raises(SpamoInputError) as refused:
+        SpamoConfig(cluster_method="toy-never-registered")
+    line = str(refused.value)
+    assert "\n" not in line and line.startswith("cluster_method: must be one of ") and TOY in line
+    assert "'toy-never-registered'" in line
+
+
+def test_a_backend_taken_back_is_refused_again():
+    from spamo.config import SpamoConfig
+
+    assert TOY not in available_methods()
+    with pytest.raises(SpamoInputError, match=f"cluster_method: must be one of .*got '{TOY}'"):
+        SpamoConfig(cluster_method=TOY)

@@ -45,12 +45,8 @@ dgi_weight = 0.1
 
 
 @pytest.fixture(scope="module")
-def tiny_sim(tmp_path_factory) -> Path:
-    from spamo.simulate import write_simulation
-
-    out = tmp_path_factory.mktemp("cluster_data") / "sim"
-    write_simulation(out, n_spots=300, seed=3)
-    return out
+def tiny_sim(simulated_folder) -> Path:
+    return simulated_folder("cluster_data", n_spots=300)
 
 
 def start_node(args: list[str], env: dict, log_path: Path) -> subprocess.Popen:

@@ -29,12 +29,8 @@ EPOCHS = 30
 
 
 @pytest.fixture(scope="module")
-def gpu_sim(tmp_path_factory) -> Path:
-    from spamo.simulate import write_simulation
-
-    out = tmp_path_factory.mktemp("tune_gpu_data") / "sim"
-    write_simulation(out, n_spots=1000, seed=3)  # also under pandas 3, as on the GPU image (spamo.io.write_h5ad)
-    return out
+def gpu_sim(simulated_folder) -> Path:
+    return simulated_folder("tune_gpu_data", n_spots=1000)  # also under pandas 3, as on the GPU image (spamo.io)
 
 
 def overlapping_pairs(frame: pd.DataFrame) -> list[tuple[int, int, float]]:

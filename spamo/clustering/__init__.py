@@ -15,7 +15,8 @@
 Labels are integers 0..K-1 (numbered in order of first appearance, so the same partition always gets the same
 numbers). The reference's labels.txt holds mclust's 1..K; every score is invariant to the numbering.
 `SPAMO_DISABLE_R=1` switches R off (then ``auto`` uses ``gmm`` and ``mclust`` refuses).
-A new backend is a function `(points, n_clusters, ClusterRequest) -> labels` decorated with `register_backend(name)`.
+A new backend is a function `(points, n_clusters, ClusterRequest) -> labels` decorated with `register_backend(name)`,
+which also makes `name` a value the `cluster_method` setting accepts (`spamo.choices.CLUSTER_METHODS`).
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from spamo.choices import CLUSTER_METHODS
 from spamo.errors import SpamoInputError
 
 
@@ -30,10 +31,12 @@ BACKENDS: dict[str, Backend] = {}
 
 
 def register_backend(name: str) -> Callable[[Backend], Backend]:
-    """Register a clustering backend under `name` (the value of --cluster-method)."""
+    """Register a clustering backend under `name` (the value of --cluster-method); the name becomes a value the
+    config accepts (`spamo.choices.CLUSTER_METHODS`, which the config reads without importing the backends)."""
 
     def add(func: Backend) -> Backend:
         BACKENDS[name] = func
+        CLUSTER_METHODS.add(name)
         return func
 
     return add

@@ -4,7 +4,8 @@ Each `SpamoConfig` field carries its command-line flag, the reference release's 
 it accepts (a numeric range, or the allowed values: data types from `spamo.datatypes`, every other choice from
 `spamo.choices`, the light list of names that the implementations take theirs from - optimisers and schedulers of
 `spamo.training`, feature-graph weights and kNN tie orders of `spamo.graphs`, EMA timings of
-`spamo.model.feature_graph`, DGI initialisations of `spamo.model.losses`, clustering methods of `spamo.clustering` -
+`spamo.model.feature_graph`, DGI initialisations of `spamo.model.losses`, clustering methods of `spamo.clustering`
+(built in, or added by `register_backend`) -
 so that reading the settings, `spamo --help` included, imports no torch or scikit-learn). From these declarations come the `spamo run` options (cli.py),
 `REFERENCE_FLAGS` and the README's settings table (`settings_table_markdown`, checked by a test), so a setting is
 added by adding one field.

@@ -8,8 +8,8 @@ gradient and out (1 - p), which makes its row term the dropout one) minus correc
 the corrections, enumerating D from the same per-(seed, row, col) draws as the dense keep mask (`draws`, kept when
 >= threshold), so the masks are those of every other backend and of the dense test reference.
 
-* `drop_counts`: |D_i| per row (the lists' offsets are their prefix sums, made by the caller);
-* `drop_forward`: the dropped columns of each row (increasing), their weights a_ij = exp2(sl (q_i.k_j - l_i)) with
+* the lists of D (each row's dropped columns, increasing, with row offsets) come from attention_lists.py;
+* `drop_forward`: the weights of the dropped entries, a_ij = exp2(sl (q_i.k_j - l_i)) with
   sl = scale log2(e) and l_i = lse_i / scale in double, and
   out_i <- (out_i - sum_j a_ij v_j) * keep_scale when out is given;
 * `drop_grad_rows`: w_ij = a_ij (g'_i . v_j) (stored) and gq_i -= scale sum_j w_ij k_j (on one thread also the
@@ -19,59 +19,21 @@ the corrections, enumerating D from the same per-(seed, row, col) draws as the d
 Row passes share rows out over threads (each row's sums in a fixed order: column tile, then column); the column pass
 shares column tiles out (each column's sums in increasing row order): results do not depend on the thread count.
 Columns are visited in tiles of TILE so the k / v (or gk / gv) rows a tile touches stay in L2 across CHUNK rows.
+The float32 width-64 bodies are AVX-512 code in attention_simd.py.
 """
 
 DROPPED_COMMON = r"""
+#include <omp.h>
 #ifdef __AVX512F__
 #include <immintrin.h>
 #endif
 #define IS_f32 1  /* which instantiation of the typed passes is float32 (the AVX-512 paths) */
 #define IS_f64 0
-#define TILE 512
+#define TILE 1024
 #define CHUNK 64
+#define COLS_TILE 256  /* the column pass: narrower tiles (threads own tile ranges), taller chunks */
+#define COLS_CHUNK 256
 #define PREFETCH 6  /* entries ahead: the gathered rows of a segment are not in a pattern hardware prefetch sees */
-
-/* |D_i| for rows [0, rows): the number of draws below the threshold. */
-void drop_counts(int64_t *counts, int64_t rows, int64_t cols, uint64_t key, int32_t threshold, int threads) {
-    #pragma omp parallel num_threads(threads)
-    {
-        uint64_t *scratch = words_scratch(cols);
-        #pragma omp for schedule(static)
-        for (int64_t i = 0; i < rows; i++) {
-            const int16_t *bits = draws(key, i * cols, cols, scratch);
-            int64_t c = 0;
-            #pragma omp simd reduction(+:c)
-            for (int64_t j = 0; j < cols; j++) c += (int32_t)bits[j] < threshold;
-            counts[i] = c;
-        }
-        free(scratch);
-    }
-}
-
-/* The dropped columns of row i, increasing, into list (branch-free: every column is written, the cursor moves on
-   the dropped ones; rowbuf has cols + 16 slots so the last write stays inside it). */
-static inline void dropped_columns(uint64_t key, int64_t i, int64_t cols, int32_t threshold, uint64_t *scratch,
-                                   int32_t *rowbuf, int32_t *list, int64_t count) {
-    const int16_t *bits = draws(key, i * cols, cols, scratch);
-    int64_t n = 0, j = 0;
-#ifdef __AVX512F__
-    /* 16 columns at a time: compare, compress the dropped columns' indices into a register, store, count */
-    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    const __m512i limit = _mm512_set1_epi32(threshold);
-    for (; j + 16 <= cols; j += 16) {
-        __m512i b = _mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i *)(bits + j)));
-        __mmask16 m = _mm512_cmplt_epi32_mask(b, limit);
-        __m512i idx = _mm512_add_epi32(lane, _mm512_set1_epi32((int32_t)j));
-        _mm512_storeu_si512((void *)(rowbuf + n), _mm512_maskz_compress_epi32(m, idx));
-        n += __builtin_popcount((unsigned)m);
-    }
-#endif
-    for (; j < cols; j++) {
-        rowbuf[n] = (int32_t)j;
-        n += (int32_t)bits[j] < threshold;
-    }
-    memcpy(list, rowbuf, sizeof(int32_t) * (size_t)(n < count ? n : count));
-}
 
 /* First position in list[lo, hi) whose column is >= c (lists are increasing). */
 static inline int64_t first_at_least(const int32_t *list, int64_t lo, int64_t hi, int64_t c) {
@@ -148,6 +110,15 @@ static inline __attribute__((always_inline)) void gather_sum_SUFFIX(real *acc, c
 static inline __attribute__((always_inline)) void forward_segment_SUFFIX(
         const real *qi, const real *k, const real *v, double l, double sl, const int32_t *cols, real *a, int64_t e0,
         int64_t e1, real *acc, int64_t d, int64_t dv) {
+#if defined(__AVX512F__) && IS_SUFFIX
+    if (d == 64 && dv == 64) {  /* attention_simd.py */
+        dots_64((float *)a, (const float *)qi, (const float *)k, cols, e0, e1);
+        #pragma omp simd
+        for (int64_t e = e0; e < e1; e++) a[e] = EXP2((real)(((double)a[e] - l) * sl));
+        if (acc) gather_sum_64((float *)acc, (const float *)a, cols, e0, e1, (const float *)v);
+        return;
+    }
+#endif
     for (int64_t e = e0; e < e1; e++) {
         if (e + PREFETCH < e1) __builtin_prefetch(k + (int64_t)cols[e + PREFETCH] * d);
         a[e] = (real)(((double)dot_SUFFIX(qi, k + (int64_t)cols[e] * d, d) - l) * sl);
@@ -161,6 +132,15 @@ static inline __attribute__((always_inline)) void forward_segment_SUFFIX(
 static inline __attribute__((always_inline)) void rows_segment_SUFFIX(
         const real *gi, const real *k, const real *v, const int32_t *cols, const real *a, real *w, int64_t e0,
         int64_t e1, real *acc, int64_t d, int64_t dv) {
+#if defined(__AVX512F__) && IS_SUFFIX
+    if (d == 64 && dv == 64) {  /* attention_simd.py */
+        dots_64((float *)w, (const float *)gi, (const float *)v, cols, e0, e1);
+        #pragma omp simd
+        for (int64_t e = e0; e < e1; e++) w[e] *= a[e];
+        gather_sum_64((float *)acc, (const float *)w, cols, e0, e1, (const float *)k);
+        return;
+    }
+#endif
     for (int64_t e = e0; e < e1; e++) {
         if (e + PREFETCH < e1) __builtin_prefetch(v + (int64_t)cols[e + PREFETCH] * dv);
         w[e] = dot_SUFFIX(gi, v + (int64_t)cols[e] * dv, dv);
@@ -170,40 +150,21 @@ static inline __attribute__((always_inline)) void rows_segment_SUFFIX(
     gather_sum_SUFFIX(acc, w, cols, e0, e1, k, d);
 }
 
-/* gk_j -= scale w_e q_i and gv_j -= a_e g'_i for the segment's entries (distinct columns j). */
-static inline __attribute__((always_inline)) void cols_segment_SUFFIX(
-        const real *qi, const real *gi, real *gk, real *gv, real scale, const int32_t *cols, const real *a,
-        const real *w, int64_t e0, int64_t e1, int64_t d, int64_t dv) {
-    for (int64_t e = e0; e < e1; e++) {
-        int64_t j = cols[e];
-        axpy_SUFFIX(gk + j * d, -scale * w[e], qi, d);
-        axpy_SUFFIX(gv + j * dv, -a[e], gi, dv);
-    }
-}
-
 /* Rows [r0, r1): entries of row i live at positions offsets[i] - base .. offsets[i + 1] - base of cols / a.
-   generate: write the dropped columns first (else they are already there). out (may be NULL): n_q x dv, holds A V
-   on entry and the dropout output on return. */
+   out (may be NULL): n_q x dv, holds A V on entry and the dropout output on return. */
 static inline __attribute__((always_inline)) void drop_forward_body_SUFFIX(
         const real *q, const real *k, const real *v, const double *lse, real *out, int64_t r0, int64_t r1,
         int64_t n_k, int64_t d, int64_t dv, double sl, real keep_scale, const int64_t *offsets, int64_t base,
-        int generate, uint64_t key, int32_t threshold, int32_t *cols, real *a, int threads) {
+        const int32_t *cols, real *a, int threads) {
     int64_t chunks = (r1 - r0 + CHUNK - 1) / CHUNK;
     #pragma omp parallel num_threads(threads)
     {
-        uint64_t *scratch = words_scratch(n_k);
-        int32_t *rowbuf = (int32_t *)malloc(sizeof(int32_t) * (size_t)(n_k + 16));
         real *acc = (real *)malloc(sizeof(real) * (size_t)(CHUNK * 4 * dv));
         int64_t cur[CHUNK];
         #pragma omp for schedule(static)
         for (int64_t ch = 0; ch < chunks; ch++) {
             int64_t i0 = r0 + ch * CHUNK, i1 = i0 + CHUNK < r1 ? i0 + CHUNK : r1;
-            for (int64_t i = i0; i < i1; i++) {
-                cur[i - i0] = offsets[i] - base;
-                if (generate)
-                    dropped_columns(key, i, n_k, threshold, scratch, rowbuf, cols + offsets[i] - base,
-                                    offsets[i + 1] - offsets[i]);
-            }
+            for (int64_t i = i0; i < i1; i++) cur[i - i0] = offsets[i] - base;
             memset(acc, 0, sizeof(real) * (size_t)(CHUNK * 4 * dv));
             for (int64_t c0 = 0; c0 < n_k; c0 += TILE) {
                 int64_t c1 = c0 + TILE;
@@ -228,17 +189,13 @@ static inline __attribute__((always_inline)) void drop_forward_body_SUFFIX(
             }
         }
         free(acc);
-        free(rowbuf);
-        free(scratch);
     }
 }
 
 void drop_forward_SUFFIX(const real *q, const real *k, const real *v, const double *lse, real *out, int64_t r0,
                          int64_t r1, int64_t n_k, int64_t d, int64_t dv, double sl, real keep_scale,
-                         const int64_t *offsets, int64_t base, int generate, uint64_t key, int32_t threshold,
-                         int32_t *cols, real *a, int threads) {
-    drop_forward_body_SUFFIX(q, k, v, lse, out, r0, r1, n_k, d, dv, sl, keep_scale, offsets, base, generate, key,
-                             threshold, cols, a, threads);
+                         const int64_t *offsets, int64_t base, const int32_t *cols, real *a, int threads) {
+    drop_forward_body_SUFFIX(q, k, v, lse, out, r0, r1, n_k, d, dv, sl, keep_scale, offsets, base, cols, a, threads);
 }
 
 /* w_ij = a_ij (g'_i . v_j) stored at the entries' positions; gq_i -= scale sum_j w_ij k_j. With gk given (one
@@ -282,6 +239,33 @@ static inline __attribute__((always_inline)) void column_updates_SUFFIX(
     }
 }
 
+/* The column updates of rows [i0, i1) in columns [c0, c0 + width), row i's entries at seg0[i - i0] ..
+   seg1[i - i0]: bucketed by column (stable: rows stay increasing), then each gk / gv row updated in one burst while
+   it sits in registers (count: width + 1 slots; order, rowof: room for the entries). */
+static inline __attribute__((always_inline)) void tile_columns_SUFFIX(
+        real *gk, real *gv, const real *q, const real *gp, const int32_t *cols, const real *a, const real *w,
+        real scale, int64_t i0, int64_t i1, const int64_t *seg0, const int64_t *seg1, int64_t c0, int64_t width,
+        int64_t *count, int64_t *order, int32_t *rowof, int64_t d, int64_t dv) {
+    memset(count, 0, sizeof(int64_t) * (size_t)(width + 1));
+    for (int64_t i = i0; i < i1; i++)
+        for (int64_t e = seg0[i - i0]; e < seg1[i - i0]; e++) count[cols[e] - c0 + 1]++;
+    for (int64_t t = 0; t < width; t++) count[t + 1] += count[t];
+    for (int64_t i = i0; i < i1; i++)
+        for (int64_t e = seg0[i - i0]; e < seg1[i - i0]; e++) {
+            int64_t slot = count[cols[e] - c0]++;
+            order[slot] = e;
+            rowof[slot] = (int32_t)i;
+        }
+    for (int64_t t = 0, start = 0; t < width; t++) {  /* count[t] is now the end of column t's run */
+        int64_t stop = count[t], j = c0 + t;
+#define COLUMN(D, DV) column_updates_SUFFIX(gk + j * D, gv + j * DV, q, gp, order, rowof, start, stop, a, w, scale, \
+                                            D, DV)
+        if (stop > start) WIDTHS(COLUMN);
+#undef COLUMN
+        start = stop;
+    }
+}
+
 static inline __attribute__((always_inline)) void drop_grad_rows_body_SUFFIX(
         const real *gp, const real *k, const real *v, real *gq, const real *q, real *gk, real *gv, int64_t r0,
         int64_t r1, int64_t n_k, int64_t d, int64_t dv, real scale, const int64_t *offsets, int64_t base,
@@ -311,25 +295,8 @@ static inline __attribute__((always_inline)) void drop_grad_rows_body_SUFFIX(
                     seg0[i - i0] = e0;
                     seg1[i - i0] = cur[i - i0] = e1;
                 }
-                if (!gk) continue;
-                memset(count, 0, sizeof(count));
-                for (int64_t i = i0; i < i1; i++)
-                    for (int64_t e = seg0[i - i0]; e < seg1[i - i0]; e++) count[cols[e] - c0 + 1]++;
-                for (int64_t t = 0; t < TILE; t++) count[t + 1] += count[t];
-                for (int64_t i = i0; i < i1; i++)
-                    for (int64_t e = seg0[i - i0]; e < seg1[i - i0]; e++) {
-                        int64_t slot = count[cols[e] - c0]++;
-                        order[slot] = e;
-                        rowof[slot] = (int32_t)i;
-                    }
-                for (int64_t t = 0, start = 0; t < TILE; t++) {  /* count[t] is now the end of column t's run */
-                    int64_t stop = count[t], j = c0 + t;
-#define COLUMN(D, DV) column_updates_SUFFIX(gk + j * D, gv + j * DV, q, gp, order, rowof, start, stop, a, w, scale, \
-                                            D, DV)
-                    if (stop > start) WIDTHS(COLUMN);
-#undef COLUMN
-                    start = stop;
-                }
+                if (gk) tile_columns_SUFFIX(gk, gv, q, gp, cols, a, w, scale, i0, i1, seg0, seg1, c0, TILE, count, order,
+                                            rowof, d, dv);
             }
             for (int64_t i = i0; i < i1; i++) {
                 real *g = gq + i * d;
@@ -353,24 +320,41 @@ void drop_grad_rows_SUFFIX(const real *gp, const real *k, const real *v, real *g
                                threads);
 }
 
-/* gk_j -= scale sum_i w_ij q_i, gv_j -= sum_i a_ij g'_i over rows [r0, r1): threads own column tiles. */
+/* gk_j -= scale sum_i w_ij q_i, gv_j -= sum_i a_ij g'_i over rows [r0, r1): each thread owns a contiguous range of
+   column tiles and walks all rows in chunks of COLS_CHUNK, bucketing each chunk-tile's entries by column as the
+   fused row pass does (every column still sums its rows in increasing order). */
 static inline __attribute__((always_inline)) void drop_grad_cols_body_SUFFIX(
         const real *q, const real *gp, real *gk, real *gv, int64_t r0, int64_t r1, int64_t n_k, int64_t d,
         int64_t dv, real scale, const int64_t *offsets, int64_t base, const int32_t *cols, const real *a,
         const real *w, int threads) {
-    int64_t tiles = (n_k + TILE - 1) / TILE;
-    #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t t = 0; t < tiles; t++) {
-        int64_t c0 = t * TILE, c1 = c0 + TILE;
-        for (int64_t i = r0; i < r1; i++) {
-            int64_t end = offsets[i + 1] - base;
-            int64_t e = first_at_least(cols, offsets[i] - base, end, c0);
-            int64_t e1 = e;
-            while (e1 < end && cols[e1] < c1) e1++;
-#define SEGMENT(D, DV) cols_segment_SUFFIX(q + i * D, gp + i * DV, gk, gv, scale, cols, a, w, e, e1, D, DV)
-            WIDTHS(SEGMENT);
-#undef SEGMENT
+    const int64_t tiles = (n_k + COLS_TILE - 1) / COLS_TILE, chunks = (r1 - r0 + COLS_CHUNK - 1) / COLS_CHUNK;
+    #pragma omp parallel num_threads(threads)
+    {
+        const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+        const int64_t t0 = tiles * t / nt, t1 = tiles * (t + 1) / nt;
+        int64_t *order = (int64_t *)malloc(sizeof(int64_t) * (size_t)(COLS_CHUNK * COLS_TILE));
+        int32_t *rowof = (int32_t *)malloc(sizeof(int32_t) * (size_t)(COLS_CHUNK * COLS_TILE));
+        int64_t *seg0 = (int64_t *)malloc(sizeof(int64_t) * 3 * COLS_CHUNK), *seg1 = seg0 + COLS_CHUNK;
+        int64_t *cur = seg1 + COLS_CHUNK, count[COLS_TILE + 1];
+        for (int64_t ch = 0; ch < chunks && t0 < t1; ch++) {
+            int64_t i0 = r0 + ch * COLS_CHUNK, i1 = i0 + COLS_CHUNK < r1 ? i0 + COLS_CHUNK : r1;
+            for (int64_t i = i0; i < i1; i++)
+                cur[i - i0] = first_at_least(cols, offsets[i] - base, offsets[i + 1] - base, t0 * COLS_TILE);
+            for (int64_t tile = t0; tile < t1; tile++) {
+                int64_t c0 = tile * COLS_TILE, c1 = c0 + COLS_TILE, width = c1 < n_k ? COLS_TILE : n_k - c0;
+                for (int64_t i = i0; i < i1; i++) {
+                    int64_t e1 = cur[i - i0], end = offsets[i + 1] - base;
+                    seg0[i - i0] = e1;
+                    while (e1 < end && cols[e1] < c1) e1++;
+                    seg1[i - i0] = cur[i - i0] = e1;
+                }
+                tile_columns_SUFFIX(gk, gv, q, gp, cols, a, w, scale, i0, i1, seg0, seg1, c0, width, count, order,
+                                    rowof, d, dv);
+            }
         }
+        free(seg0);
+        free(rowof);
+        free(order);
     }
 }
 

@@ -8,14 +8,17 @@ With A = softmax(scale q k^T), keep mask M and dropped set D (docs/method.md sec
   gq_i -= scale sum_j W_ij k_j, gk_j -= scale sum_i W_ij q_i, gv_j -= sum_i A_ij g'_i.
 So a direction costs the attention without dropout plus passes over the dropped entries (attention_dropped.py).
 
-D comes from the same per-(seed, row, col) draws as every backend's keep mask. Its lists (column, weight: 8 bytes
-per float32 entry) are kept from the forward for the backward when they fit in `SAVED_BYTES`; above that the
-backward makes them again, rows in segments of at most that size (memory stays bounded, never N x N).
+D comes from the same per-(seed, row, col) draws as every backend's keep mask, enumerated in one pass
+(attention_lists.py). Its lists (column, weight: 8 bytes per float32 entry) are kept from the forward for the
+backward when they fit in about `SAVED_BYTES`; above that both passes go through rows in segments of about that
+size and the backward makes each segment's lists again (memory stays bounded, never N x N).
 """
 
 from __future__ import annotations
 
 import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -25,6 +28,8 @@ from spamo.model import attention_kernel
 _LOG2_E = 1.0 / math.log(2.0)
 # dropped-entry lists kept between forward and backward, per call: at p = 0.1 this covers ~12,000 spots in float32
 SAVED_BYTES = 2**27
+# the one-pass lists (attention_lists.py) get the expected count plus this many standard deviations of room
+LIST_MARGIN_SIGMAS = 8.0
 
 
 def available(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
@@ -34,21 +39,8 @@ def available(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
             and _compat.flash_attention_cpu_available() and attention_kernel.load() is not None)
 
 
-def _segments(offsets: torch.Tensor, cap: int) -> list[tuple[int, int]]:
-    """Row ranges [r0, r1) covering all rows, each holding at most `cap` entries (or a single row)."""
-    n = offsets.numel() - 1
-    out, r0 = [], 0
-    while r0 < n:
-        limit = int(offsets[r0]) + cap
-        r1 = int(torch.searchsorted(offsets, limit, right=True)) - 1
-        r1 = min(max(r1, r0 + 1), n)
-        out.append((r0, r1))
-        r0 = r1
-    return out
-
-
 class _Call:
-    """Shapes, constants and kernel entry points of one attention call."""
+    """Shapes, constants, the dropped lists' row offsets and the kernel entry points of one attention call."""
 
     def __init__(self, q, k, v, key: int, threshold: int, keep_scale: float):
         self.lib = attention_kernel.load()
@@ -58,24 +50,75 @@ class _Call:
         self.n_q, self.n_k, self.d, self.dv = q.shape[0], k.shape[0], q.shape[1], v.shape[1]
         self.scale = 1.0 / math.sqrt(self.d)
         self.key, self.threshold, self.keep_scale = key, threshold, keep_scale
+        self.drop_probability = (threshold + 2**15) / 2**16  # the draws are int16: dropped below the threshold
         self.dtype = q.dtype
         self.threads = torch.get_num_threads()
+        self.offsets = torch.zeros(self.n_q + 1, dtype=torch.int64)  # row i's entries: offsets[i] .. offsets[i + 1]
 
-    def offsets(self) -> torch.Tensor:
-        counts = torch.empty(self.n_q, dtype=torch.int64)
-        self.lib.drop_counts(counts.data_ptr(), self.n_q, self.n_k, self.key, self.threshold, self.threads)
-        return torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)])
+    def segments(self) -> list[tuple[int, int]]:
+        """Row ranges [r0, r1) whose lists (column + weight per entry) hold about `SAVED_BYTES` at most."""
+        per_row = max(self.n_k * self.drop_probability, 1.0)
+        rows = max(int(SAVED_BYTES / (4 + torch.finfo(self.dtype).bits // 8) / per_row), 1)
+        return [(r0, min(r0 + rows, self.n_q)) for r0 in range(0, self.n_q, rows)]
 
-    def lists(self, entries: int):
-        return torch.empty(entries, dtype=torch.int32), torch.empty(entries, dtype=self.dtype)
+    def lists(self, segment: tuple[int, int], threads: int) -> torch.Tensor:
+        """The dropped columns of the segment's rows, row after row (int32); fills their offsets."""
+        r0, r1 = segment
+        expected = (r1 - r0) * self.n_k * self.drop_probability
+        capacity = max(int(expected + LIST_MARGIN_SIGMAS * math.sqrt(expected * threads) + 16 * threads + 16), 0)
+        cols = torch.empty(capacity, dtype=torch.int32)
+        if not self.lib.drop_lists(self.offsets.data_ptr(), cols.data_ptr(), capacity, r0, r1, self.n_k, self.key,
+                                   self.threshold, threads):
+            counts = torch.empty(r1 - r0, dtype=torch.int64)  # a share overflowed: count exactly, one range
+            self.lib.drop_counts(counts.data_ptr(), r0, r1, self.n_k, self.key, self.threshold, threads)
+            cols = torch.empty(int(counts.sum()), dtype=torch.int32)
+            if not self.lib.drop_lists(self.offsets.data_ptr(), cols.data_ptr(), cols.numel(), r0, r1, self.n_k,
+                                       self.key, self.threshold, 1):
+                raise RuntimeError("dropped-entry lists do not fit their exact count")  # a kernel bug, not input
+        return cols[: int(self.offsets[r1] - self.offsets[r0])]
 
-    def weights(self, q, k, v, rows_lse, out, offsets, segment, cols, a):
-        """Dropped columns and weights of the segment's rows into (cols, a); out corrected when not None."""
+    def weights(self, q, k, v, rows_lse, out, segment, cols, a, threads: int):
+        """The segment's dropped weights into a; out corrected when not None."""
         r0, r1 = segment
         self.forward_pass(q.data_ptr(), k.data_ptr(), v.data_ptr(), rows_lse.data_ptr(),
                           out.data_ptr() if out is not None else None, r0, r1, self.n_k, self.d, self.dv,
-                          self.scale * _LOG2_E, self.keep_scale, offsets.data_ptr(), int(offsets[r0]), 1,
-                          self.key, self.threshold, cols.data_ptr(), a.data_ptr(), self.threads)
+                          self.scale * _LOG2_E, self.keep_scale, self.offsets.data_ptr(), int(self.offsets[r0]),
+                          cols.data_ptr(), a.data_ptr(), threads)
+
+    def corrections(self, q, k, v, grad_scaled, rows_lse, segments, lists, threads: int):
+        """The dropped entries' terms of (grad q, grad k, grad v), from zero (the caller adds the fused backward's)."""
+        grads = [torch.zeros_like(t) for t in (q, k, v)]
+        grad_q, grad_k, grad_v = (g.data_ptr() for g in grads)
+        fused = threads == 1  # one thread: the column updates ride along the row pass (same order, same bits)
+        for segment in segments:
+            if lists is not None:
+                cols, a = lists
+            else:
+                cols = self.lists(segment, threads)
+                a = torch.empty(cols.numel(), dtype=q.dtype)
+                self.weights(q, k, v, rows_lse, None, segment, cols, a, threads)
+            w = torch.empty_like(a)
+            r0, r1 = segment
+            common = (r0, r1, self.n_k, self.d, self.dv, self.scale, self.offsets.data_ptr(), int(self.offsets[r0]),
+                      cols.data_ptr(), a.data_ptr(), w.data_ptr(), threads)
+            self.rows_pass(grad_scaled.data_ptr(), k.data_ptr(), v.data_ptr(), grad_q, q.data_ptr(),
+                           grad_k if fused else None, grad_v if fused else None, *common)
+            if not fused:
+                self.cols_pass(q.data_ptr(), grad_scaled.data_ptr(), grad_k, grad_v, *common)
+        return grads
+
+
+_helper: ThreadPoolExecutor | None = None  # one long-lived thread (and its OpenMP team) for the corrections
+_helper_lock = threading.Lock()
+
+
+def _concurrently(fn):
+    """fn() started on the helper thread; returns its future."""
+    global _helper
+    with _helper_lock:
+        if _helper is None:
+            _helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spamo-flash")
+    return _helper.submit(fn)
 
 
 class FlashDropoutAttention(torch.autograd.Function):
@@ -88,43 +131,28 @@ class FlashDropoutAttention(torch.autograd.Function):
         out, lse = _compat.flash_attention_cpu(q, k, v, call.scale)
         out, lse = out.contiguous(), lse.contiguous()
         rows_lse = lse.double() / call.scale  # l_i of the kernel's passes: the log-sum-exp in units of q.k
-        offsets = call.offsets()
-        entry_bytes = 4 + q.element_size()
-        segments = _segments(offsets, max(SAVED_BYTES // entry_bytes, 1))
-        biggest = max(int(offsets[r1] - offsets[r0]) for r0, r1 in segments)
-        cols, a = call.lists(biggest)
+        segments = call.segments()
         for segment in segments:
-            call.weights(q, k, v, rows_lse, out, offsets, segment, cols, a)
+            cols = call.lists(segment, call.threads)
+            a = torch.empty(cols.numel(), dtype=q.dtype)
+            call.weights(q, k, v, rows_lse, out, segment, cols, a, call.threads)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.call, ctx.offsets, ctx.rows_lse = call, offsets, rows_lse
+        ctx.call, ctx.rows_lse, ctx.segments = call, rows_lse, segments
         ctx.lists = (cols, a) if len(segments) == 1 else None
-        ctx.segments = segments
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):  # type: ignore[override]
         q, k, v, out, lse = ctx.saved_tensors
-        call, offsets = ctx.call, ctx.offsets
+        call = ctx.call
         grad_scaled = (grad_out * call.keep_scale).contiguous()
+        args = (q, k, v, grad_scaled, ctx.rows_lse, ctx.segments, ctx.lists)
+        # The fused backward runs on one thread whatever torch's thread count (it shares out batch x heads: one
+        # here), so with two or more threads the corrections run beside it on the others.
+        helper = _concurrently(lambda: call.corrections(*args, call.threads - 1)) if call.threads > 1 else None
         grads = _compat.flash_attention_cpu_backward(grad_scaled, q, k, v, out / call.keep_scale, lse, call.scale)
-        grad_q, grad_k, grad_v = (g.contiguous() for g in grads)
-        if ctx.lists is not None:
-            cols, a = ctx.lists
-        else:
-            biggest = max(int(offsets[r1] - offsets[r0]) for r0, r1 in ctx.segments)
-            cols, a = call.lists(biggest)
-        w = torch.empty_like(a)
-        for segment in ctx.segments:
-            if ctx.lists is None:
-                call.weights(q, k, v, ctx.rows_lse, None, offsets, segment, cols, a)
-            r0, r1 = segment
-            common = (r0, r1, call.n_k, call.d, call.dv, call.scale, offsets.data_ptr(), int(offsets[r0]),
-                      cols.data_ptr(), a.data_ptr(), w.data_ptr(), call.threads)
-            fused = call.threads == 1  # one thread: the column updates ride along the row pass (same order)
-            call.rows_pass(grad_scaled.data_ptr(), k.data_ptr(), v.data_ptr(), grad_q.data_ptr(), q.data_ptr(),
-                           grad_k.data_ptr() if fused else None, grad_v.data_ptr() if fused else None, *common)
-            if not fused:
-                call.cols_pass(q.data_ptr(), grad_scaled.data_ptr(), grad_k.data_ptr(), grad_v.data_ptr(), *common)
+        corrections = helper.result() if helper is not None else call.corrections(*args, 1)
         ctx.lists = None
+        grad_q, grad_k, grad_v = (g.add_(c) for g, c in zip(grads, corrections))
         return grad_q, grad_k, grad_v, None, None, None

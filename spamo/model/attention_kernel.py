@@ -39,6 +39,8 @@ import threading
 from pathlib import Path
 
 from spamo.model.attention_dropped import DROPPED_COMMON, DROPPED_TYPED
+from spamo.model.attention_lists import DROPPED_LISTS
+from spamo.model.attention_simd import DROPPED_SIMD
 
 _COMMON = r"""
 #include <stdint.h>
@@ -189,7 +191,7 @@ void backward_scores_SUFFIX(real *dp, const real *probs, const real *kept, const
 }
 """
 
-SOURCE = _COMMON + DROPPED_COMMON + "".join(
+SOURCE = _COMMON + DROPPED_COMMON + DROPPED_LISTS + DROPPED_SIMD + "".join(
     (_TYPED + DROPPED_TYPED).replace("SUFFIX", suffix).replace("real", real).replace("EXP2", exp2)
     for suffix, real, exp2 in (("f32", "float", "exp2_f32"), ("f64", "double", "exp2"))
 )
@@ -249,16 +251,17 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
         getattr(lib, f"sampled_row_dots_{name}").argtypes = [p, p, p, p, i64, i64, p, c]
         real = ctypes.c_float if name == "f32" else ctypes.c_double
         getattr(lib, f"drop_forward_{name}").argtypes = [p, p, p, p, p, i64, i64, i64, i64, i64, ctypes.c_double,
-                                                         real, p, i64,
-                                                         c, u64, i32, p, p, c]
+                                                         real, p, i64, p, p, c]
         getattr(lib, f"drop_grad_rows_{name}").argtypes = [p, p, p, p, p, p, p, i64, i64, i64, i64, i64, real, p,
                                                            i64, p, p, p, c]
         getattr(lib, f"drop_grad_cols_{name}").argtypes = [p, p, p, p, i64, i64, i64, i64, i64, real, p, i64, p, p,
                                                            p, c]
         for fn in ("drop_forward", "drop_grad_rows", "drop_grad_cols"):
             getattr(lib, f"{fn}_{name}").restype = None
-    lib.drop_counts.argtypes = [p, i64, i64, u64, i32, c]
+    lib.drop_counts.argtypes = [p, i64, i64, i64, u64, i32, c]
     lib.drop_counts.restype = None
+    lib.drop_lists.argtypes = [p, p, i64, i64, i64, i64, u64, i32, c]
+    lib.drop_lists.restype = c
     lib.keep_mask.argtypes = [p, i64, i64, i64, u64, i32, c]
     for fn in ("forward_rows_f32", "forward_rows_f64", "backward_probs_f32", "backward_probs_f64",
                "backward_scores_f32", "backward_scores_f64", "sampled_row_dots_f32", "sampled_row_dots_f64",

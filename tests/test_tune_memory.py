@@ -1,0 +1,99 @@
+"""The tune driver holds no per-trial objects beyond a bound (issue 14: driver memory flat over long searches).
+
+A real local Ray and a real Optuna study in its SQLite file run a search of many tiny trials in this process, with a
+watching Tune callback after the search's own. At trial ends it counts, in the driver, the objects that grew with
+every trial before (benchmarks/results/tune.md, "Driver memory"): Ray's tracked workers and tasks left queued on
+cancelled workers (search.schedulers), Optuna handles of told trials (search.searcher), and what Ray Tune keeps of an
+ended trial's results (search.ledger.ForgetEnded). Counts, not resident memory or time: they do not depend on the
+machine's load.
+"""
+
+from __future__ import annotations
+
+import gc
+
+import optuna
+import pandas as pd
+import pytest
+import ray
+from ray import tune
+from ray.air.execution._internal.tracked_actor import TrackedActor
+from ray.air.execution._internal.tracked_actor_task import TrackedActorTask
+
+from search.ledger import KEPT_RESULT_KEYS
+from search.run_folder import STUDY_FILE, TRIALS_FILE
+from search.tuning import TuneRequest, start_tune
+
+pytestmark = pytest.mark.ray
+
+TRIALS = 24
+SLOTS = 2  # trials at once: 2 CPUs, 1 per trial
+
+
+def live(kind: type) -> int:
+    return sum(type(obj) is kind for obj in gc.get_objects())
+
+
+class Watch(tune.Callback):
+    """At every trial end: is the ended trial trimmed; every `every` ends: live per-trial objects in the driver."""
+
+    def __init__(self, metric: str, every: int):
+        self.metric, self.every, self.ended, self.counts, self.untrimmed = metric, every, [], {}, []
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.ended.append(trial.trial_id)
+        ended = set(self.ended)
+        for seen in trials:  # every trial that ended so far, not only this one, stays trimmed
+            if seen.trial_id in ended:
+                metadata = seen.run_metadata
+                extra = set(metadata.last_result) - KEPT_RESULT_KEYS - {self.metric}
+                analysed = set(metadata.metric_analysis) - {self.metric, "training_iteration"}
+                if extra or analysed or metadata.metric_n_steps:
+                    self.untrimmed.append((seen.trial_id, sorted(extra), sorted(analysed)))
+        if len(self.ended) % self.every == 0:
+            gc.collect()
+            self.counts[len(self.ended)] = {"tracked workers": live(TrackedActor),
+                                            "tracked tasks": live(TrackedActorTask),
+                                            "optuna handles": live(optuna.trial.Trial)}
+
+
+@pytest.fixture(scope="module")
+def tiny_sim(tmp_path_factory):
+    from spamo.simulate import write_simulation
+
+    out = tmp_path_factory.mktemp("memory_data") / "sim"
+    write_simulation(out, n_spots=300, seed=3)
+    return out
+
+
+def test_a_long_search_keeps_no_per_trial_objects_in_the_driver(tiny_sim, tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # what search.ray_cluster.connect sets; undone after
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    request = TuneRequest(name="memory", num_samples=TRIALS, data_dir=str(tiny_sim), data_type="Simulation",
+                          n_clusters=5, epochs=2, report_every=2, cpus_per_trial=1, gpus_per_trial=0,
+                          storage=str(tmp_path / "runs"))
+    watch = Watch("ari", every=TRIALS // 3)
+    ray.init(address="local", num_cpus=SLOTS, include_dashboard=False, log_to_driver=False)
+    try:
+        outcome = start_tune(request, log=lambda *args, **kwargs: None, observers=(watch,))
+    finally:
+        ray.shutdown()
+
+    # nothing the trimming touched is lost: every trial is in trials.parquet and told to the study
+    assert outcome.complete and len(watch.ended) == TRIALS
+    frame = pd.read_parquet(outcome.run_dir / TRIALS_FILE)
+    assert len(frame) == TRIALS and frame["status"].isin(["finished", "stopped_early"]).all()
+    assert frame["ari"].notna().all()
+    study = optuna.load_study(study_name="memory", storage=f"sqlite:///{outcome.run_dir / STUDY_FILE}")
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == TRIALS
+
+    # every ended trial keeps only Ray's bookkeeping and the metric, for the rest of the search
+    assert watch.untrimmed == []
+    # per-trial objects stay bounded by the trials running at once, not by the trials run; without the schedulers'
+    # clean-up, 9 tracked workers were alive after 8 trials (about one per worker handed over), and without the
+    # searcher's, 10 Optuna handles (one per trial suggested)
+    assert sorted(watch.counts) == [8, 16, 24]
+    for ended, counts in watch.counts.items():
+        assert counts["tracked workers"] <= 2 * SLOTS + 1, (ended, counts)
+        assert counts["tracked tasks"] <= 2 * SLOTS + 1, (ended, counts)
+        assert counts["optuna handles"] <= SLOTS + 1, (ended, counts)
