@@ -359,12 +359,12 @@ def tune_command(
 
     from rich.console import Console
 
-    from spamo.search_options import check_tune_options
+    from spamo.search_options import check_named_run, check_tune_options
 
     if rescore:
-        check_tune_options({"metric": metric, "storage": storage}, new_search=False)
+        check_named_run("--rescore", {"name": rescore, "metric": metric, "storage": storage})
     elif resume:
-        check_tune_options({"address": address, "storage": storage}, new_search=False)
+        check_named_run("--resume", {"name": resume, "address": address, "storage": storage})
     else:
         default_name = f"{dataset or (data_dir.name if data_dir else 'tune')}-{_time.strftime('%Y%m%d-%H%M%S')}"
         options = dict(

@@ -3,6 +3,7 @@
     python benchmarks/bench_tune.py throughput      # ASHA vs no scheduler: 3,500 spots, 200 epochs, 12 trials
     python benchmarks/bench_tune.py overhead --n-spots 1296 --epochs 20 --trials 8      # reused vs fresh workers
     python benchmarks/bench_tune.py memory --trials 300                                 # driver memory, tiny data
+    python benchmarks/bench_tune.py memory --scheduler asha --epochs 8 --report-every 2   # ... with ASHA's rungs
 
 - `throughput`: `spamo tune` with the default ASHA settings and with `--scheduler none` on the same configurations
   (the seeded sampler's first 11 proposals do not depend on results; checked on trials.parquet): wall time,
@@ -263,14 +264,14 @@ def memory(args, work: Path) -> list[str]:
             samples.append((ended, value, sum(rss_mib(p) or 0.0 for p in head)))
             time.sleep(1.0)
 
-    wall, frame = tune(data, work, "mem", args, "--scheduler", "none", sampler=sample)
+    wall, frame = tune(data, work, "mem", args, "--scheduler", args.scheduler, sampler=sample)
     n = args.trials
     during = [s for s in samples if n / 10 <= s[0] < n]  # after the warm-up, before the outputs are written
     slope, slope_error, jitter = fit_slope([(s[0], s[1]) for s in during])
     head_slope = fit_slope([(s[0], s[2]) for s in during if s[2] > 0])[0]
     verdict = ("flat" if slope < FLAT_MIB_PER_100 else "GROWS") + f" (limit {FLAT_MIB_PER_100:g} MiB per 100 trials)"
     lines = header(f"Driver memory over a {n}-trial search ({args.n_spots} spots, {args.epochs} epochs, scheduler "
-                   f"none)", args)
+                   f"{args.scheduler})", args)
     lines += [f"Wall {wall:.0f} s, {3600 * len(frame) / wall:.0f} trials / hour. Resident memory sampled every second "
               f"with the number of trials ended (median of the samples around each point):", "",
               "| trials ended | driver RSS (MiB) | Ray GCS + raylet RSS (MiB) |", "|---|---|---|"]
@@ -298,6 +299,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--trials", type=int, default=None)
     parser.add_argument("--report-every", type=int, default=10)
+    parser.add_argument("--scheduler", choices=("none", "asha"), default="none", help="memory: the search's scheduler")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "tune.md")
     args = parser.parse_args()
     defaults = {"throughput": (3500, 200, 12), "overhead": (1296, 20, 8), "memory": (300, 2, 300)}[args.what]

@@ -45,7 +45,8 @@ def build_run_config(config: SpamoConfig | dict | str | Path | None = None, wher
 
 def fit(data, *, data_type: str | None = None, n_clusters: int | None = None,
         config: SpamoConfig | dict | str | Path | None = None, modalities: list[str] | None = None, truth=None,
-        layer: str | None = None, progress: bool = False, **settings: Any) -> RunResult:
+        layer: str | None = None, progress: bool = False, picture_layout: str | None = "graph",
+        **settings: Any) -> RunResult:
     """Train SPAMO once on data in memory and cluster the fused embedding into domains.
 
     `data` is a MuData, a dict modality name -> AnnData, or a list of AnnData in the data type's modality order
@@ -54,7 +55,9 @@ def fit(data, *, data_type: str | None = None, n_clusters: int | None = None,
     Spatial-epigenome-transcriptome, Simulation). `n_clusters` is the number of domains. `config` (a SpamoConfig,
     a dict or a TOML file) and `**settings` (any `SpamoConfig` field or reference flag name) set the method;
     `modalities` trains on a subset (an ablation); `truth` (N labels, or an obs column name) adds ground-truth scores;
-    `layer` reads `layers[layer]` instead of `.X`. Nothing is written to disk and the inputs are not modified.
+    `layer` reads `layers[layer]` instead of `.X`. `picture_layout` is the layout of the picture `.write()` draws
+    (`spamo.plots`), computed while R clusters, on the core R leaves idle (None: only if a picture is drawn).
+    Nothing is written to disk and the inputs are not modified.
     Returns a `RunResult`: `.embedding`, `.labels`, `.scores`, `.config`, `.annotate(mdata)`, `.write(out_dir)`.
     """
     config = build_run_config(config, data_type=data_type, n_clusters=n_clusters, **settings)
@@ -65,7 +68,7 @@ def fit(data, *, data_type: str | None = None, n_clusters: int | None = None,
             raise SpamoInputError("data_type", "give the data type of in-memory data (data_type=...)")
         with quiet_readers():
             loaded = datasets.from_memory(data, config.data_type, truth=truth, layer=layer)
-    return pipeline.run(loaded, config, modalities=modalities, progress=progress)
+    return pipeline.run(loaded, config, modalities=modalities, progress=progress, picture_layout=picture_layout)
 
 
 def load(dataset: str | None = None, data_dir: str | Path | None = None, data_type: str | None = None,

@@ -26,6 +26,7 @@ layout and the older ``Name: value`` one, and returns `TEXT_ORDER` names either 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -208,25 +209,53 @@ def spatial_edges(coords: np.ndarray, k: int = SPATIAL_COHERENCE_K) -> tuple[np.
 
 def spatial_coherence(pred, coords, k: int = SPATIAL_COHERENCE_K) -> float:
     """Share of spatial kNN edges whose two ends share a predicted label (see module docstring)."""
-    pred = np.asarray(pred)
-    rows, cols = spatial_edges(coords, k)
+    return _share_agreeing(np.asarray(pred), spatial_edges(coords, k))
+
+
+def _share_agreeing(pred: np.ndarray, edges: tuple[np.ndarray, np.ndarray]) -> float:
+    rows, cols = edges
     return float(np.mean(pred[rows] == pred[cols])) if rows.size else float("nan")
 
 
-def label_free_scores(embedding, pred, coords=None, truth=None, seed: int = 0, n_pcs: int = 20) -> dict[str, float]:
-    """ASW (and ASW_gt with a truth) on the PCA-`n_pcs` embedding, plus spatial coherence when coords are given."""
-    pred = _as_labels(pred, "pred")
-    points = pca_embedding(embedding, n_pcs=n_pcs, seed=seed)
-    if points.shape[0] != pred.size:
-        raise SpamoInputError("pred", f"{pred.size} labels but the embedding has {points.shape[0]} rows")
-    scores = {"ASW": _silhouette(points, pred, seed)}
+@dataclass(frozen=True)
+class LabelFreeParts:
+    """What the label-free scores compute without the predicted labels (`label_free_parts`): the PCA-`n_pcs`
+    embedding, ASW_gt (with a truth) and the spatial kNN edges (with coords). `spamo.pipeline` computes them while
+    R clusters, on the core R leaves idle; `label_free_scores` computes them itself when not given."""
+
+    points: np.ndarray
+    asw_truth: float | None = None
+    edges: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def label_free_parts(embedding, coords=None, truth=None, seed: int = 0, n_pcs: int = 20) -> LabelFreeParts:
+    return _parts_of(pca_embedding(embedding, n_pcs=n_pcs, seed=seed), coords, truth, seed)
+
+
+def _parts_of(points: np.ndarray, coords, truth, seed: int) -> LabelFreeParts:
+    asw_truth = None
     if truth is not None:
         truth = _as_labels(truth, "truth")
-        if truth.size != pred.size:
-            raise SpamoInputError("truth", f"{truth.size} labels but the embedding has {pred.size} rows")
-        scores["ASW_gt"] = (_silhouette(points, truth, seed) + 1.0) / 2.0
-    if coords is not None:
-        scores["Spatial coherence"] = spatial_coherence(pred, coords)
+        if truth.size != points.shape[0]:
+            raise SpamoInputError("truth", f"{truth.size} labels but the embedding has {points.shape[0]} rows")
+        asw_truth = (_silhouette(points, truth, seed) + 1.0) / 2.0
+    return LabelFreeParts(points, asw_truth, None if coords is None else spatial_edges(coords))
+
+
+def label_free_scores(embedding, pred, coords=None, truth=None, seed: int = 0, n_pcs: int = 20,
+                      parts: LabelFreeParts | None = None) -> dict[str, float]:
+    """ASW (and ASW_gt with a truth) on the PCA-`n_pcs` embedding, plus spatial coherence when coords are given;
+    `parts`: those of `label_free_parts` for the same arguments, computed beforehand."""
+    pred = _as_labels(pred, "pred")
+    points = parts.points if parts is not None else pca_embedding(embedding, n_pcs=n_pcs, seed=seed)
+    if points.shape[0] != pred.size:
+        raise SpamoInputError("pred", f"{pred.size} labels but the embedding has {points.shape[0]} rows")
+    parts = parts or _parts_of(points, coords, truth, seed)
+    scores = {"ASW": _silhouette(parts.points, pred, seed)}
+    if parts.asw_truth is not None:
+        scores["ASW_gt"] = parts.asw_truth
+    if parts.edges is not None:
+        scores["Spatial coherence"] = _share_agreeing(pred, parts.edges)
     return scores
 
 
@@ -248,12 +277,14 @@ def reference_named(scores: dict[str, float]) -> dict[str, float]:
     return {_LABEL.get(name, name): float(scores[name]) for name in ordered}
 
 
-def clustering_scores(labels, embedding, coords=None, truth=None, seed: int = 0) -> dict[str, float]:
-    """Every score of one clustering, machine-named: truth scores (with a truth) then the label-free ones."""
+def clustering_scores(labels, embedding, coords=None, truth=None, seed: int = 0,
+                      parts: LabelFreeParts | None = None) -> dict[str, float]:
+    """Every score of one clustering, machine-named: truth scores (with a truth) then the label-free ones
+    (`parts`: `label_free_parts(embedding, coords, truth, seed)` computed beforehand)."""
     scores: dict[str, float] = {}
     if truth is not None:
         scores.update(score_against_truth(truth, labels))
-    scores.update(label_free_scores(embedding, labels, coords=coords, truth=truth, seed=seed))
+    scores.update(label_free_scores(embedding, labels, coords=coords, truth=truth, seed=seed, parts=parts))
     return machine_named(scores)
 
 

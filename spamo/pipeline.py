@@ -8,24 +8,32 @@ from __future__ import annotations
 
 import platform
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from spamo import datasets, run_folder
-from spamo.clustering import cluster
-from spamo.clustering.mclust import start_r_in_background
-from spamo.config import SpamoConfig
-from spamo.data import MultiOmicsData, PreparedData
-from spamo.datasets import check_n_clusters
-from spamo.errors import SpamoInputError
-from spamo.graphs import build_graphs
-from spamo.io import atomic_dir, file_sha256
-from spamo.metrics import clustering_scores
-from spamo.preprocessing import preprocess
-from spamo.training import import_torch_compiler_in_background, train
+from spamo.gc_control import imports_without_gc, no_cycle_search_at_exit
+
+with imports_without_gc():  # torch, scikit-learn, pandas: half a million objects the collector need not walk
+    from spamo import datasets, run_folder
+    from spamo.clustering import cluster
+    from spamo.clustering.mclust import clusters_in_r, start_r_in_background
+    from spamo.config import SpamoConfig
+    from spamo.data import MultiOmicsData, PreparedData
+    from spamo.datasets import check_n_clusters
+    from spamo.errors import SpamoInputError
+    from spamo.graphs import build_graphs
+    from spamo.io import atomic_dir, file_sha256
+    from spamo.metrics import clustering_scores, label_free_parts
+    from spamo.preprocessing import preprocess
+    from spamo.training import import_torch_compiler_in_background, train
+
+if TYPE_CHECKING:
+    from spamo.plots import Placement
 
 VERSIONED_PACKAGES = ("spamo", "torch", "numpy", "scipy", "scikit-learn", "scanpy", "anndata", "ray", "optuna")
 
@@ -53,6 +61,7 @@ class RunResult:
     timings: dict = field(default_factory=dict)
     device: str = "cpu"
     data: MultiOmicsData | None = None  # the loaded data it was trained on (for write(): provenance, label order)
+    placement: Placement | None = None  # the picture's layout, when computed beside the clustering
 
     @property
     def embedding(self) -> np.ndarray:
@@ -158,15 +167,44 @@ def prepare(data: MultiOmicsData, config: SpamoConfig, modalities: list[str] | N
     return prepared, config.resolve(prepared.n_modalities, prepared.n_spots)
 
 
-def cluster_and_score(prepared: PreparedData, fused: np.ndarray, config: SpamoConfig,
-                      method: str | None = None) -> tuple[np.ndarray, dict]:
-    """Cluster the fused embedding into n_clusters domains and score them (machine names, `metrics.SCORES`)."""
+def cluster_and_score(prepared: PreparedData, fused: np.ndarray, config: SpamoConfig, method: str | None = None,
+                      picture_layout: str | None = None) -> tuple[np.ndarray, dict, Placement | None]:
+    """Cluster the fused embedding into n_clusters domains and score them (machine names, `metrics.SCORES`);
+    returns (labels, scores, placement).
 
-    labels = cluster(fused, config.n_clusters, method=method or config.cluster_method, n_pcs=config.n_pcs,
-                     coords=prepared.coords, smooth=config.smooth, init_k=config.init_k)
-    labels = np.asarray(labels)
-    scores = clustering_scores(labels, fused, coords=prepared.coords, truth=prepared.truth, seed=config.seed)
-    return labels, scores
+    While R clusters (mclust runs on one core and leaves Python's lock free meanwhile), a helper thread computes
+    beside it what needs no labels: the label-free scores' parts (`metrics.label_free_parts`) and, given
+    `picture_layout`, the picture's layout (`plots.place_embedding`, importing matplotlib with it). The values are
+    the ones computed after the clustering, only sooner (benchmarks/results/run.md). `placement` is None without
+    `picture_layout`, when another backend clusters (it would hold Python's lock and gain nothing) or when the
+    layout failed (a picture then computes it itself, and reports the failure, when it is drawn).
+    """
+    method = method or config.cluster_method
+    beside = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spamo-beside-R") if clusters_in_r(method) else None
+    parts = placement = None
+    try:
+        if beside is not None:
+            parts = beside.submit(label_free_parts, fused, coords=prepared.coords, truth=prepared.truth,
+                                  seed=config.seed)
+            placement = beside.submit(_place, fused, picture_layout, config.seed) if picture_layout else None
+        labels = np.asarray(cluster(fused, config.n_clusters, method=method, n_pcs=config.n_pcs,
+                                    coords=prepared.coords, smooth=config.smooth, init_k=config.init_k))
+        scores = clustering_scores(labels, fused, coords=prepared.coords, truth=prepared.truth, seed=config.seed,
+                                   parts=parts.result() if parts is not None else None)
+        return labels, scores, placement.result() if placement is not None else None
+    finally:
+        if beside is not None:
+            beside.shutdown(wait=False, cancel_futures=True)
+
+
+def _place(fused: np.ndarray, layout: str, seed: int) -> Placement | None:
+    """The picture's layout, or None where it fails: a picture that may never be drawn must not fail the run."""
+    try:
+        from spamo.plots import place_embedding  # matplotlib comes with it, so only where a picture is asked
+
+        return place_embedding(fused, layout, seed)
+    except Exception:  # noqa: BLE001 - the picture, when drawn, computes its layout again and reports this
+        return None
 
 
 def start_r_early(config: SpamoConfig) -> None:
@@ -177,11 +215,12 @@ def start_r_early(config: SpamoConfig) -> None:
 
 
 def fit_and_cluster(prepared: PreparedData, config: SpamoConfig, graphs=None, callback=None, callback_every: int = 10,
-                    progress: bool = True, train_options: dict | None = None) -> RunResult:
+                    progress: bool = True, train_options: dict | None = None,
+                    picture_layout: str | None = None) -> RunResult:
     """Train on prepared data (graphs built here unless given) and cluster the embedding.
 
     `train_options` go to `spamo.training.train` as they are (checkpoints: `start_from`, `on_checkpoint`,
-    `checkpoint_every`)."""
+    `checkpoint_every`); `picture_layout`: the picture's layout to compute beside R (`cluster_and_score`)."""
 
     timings: dict = {}
     start = time.perf_counter()
@@ -195,16 +234,20 @@ def fit_and_cluster(prepared: PreparedData, config: SpamoConfig, graphs=None, ca
     timings["train_s"] = time.perf_counter() - start
     timings["epoch_s"] = float(trained.epoch_seconds)
     start = time.perf_counter()
-    labels, scores = cluster_and_score(prepared, trained.fused, config)
+    labels, scores, placement = cluster_and_score(prepared, trained.fused, config, picture_layout=picture_layout)
     timings["cluster_s"] = time.perf_counter() - start
     return RunResult(prepared=prepared, config=config, fused=trained.fused, per_modality=trained.per_modality,
                      labels=labels, scores=scores, history=trained.history, timings=timings,
-                     device=str(trained.device))
+                     device=str(trained.device), placement=placement)
 
 
 def run(data: MultiOmicsData, config: SpamoConfig, modalities: list[str] | None = None,
-        progress: bool = True) -> RunResult:
-    """The method's main job on loaded data."""
+        progress: bool = True, picture_layout: str | None = "graph") -> RunResult:
+    """The method's main job on loaded data. `picture_layout`: the layout of the picture `RunResult.write` draws by
+    default, computed while R clusters (`cluster_and_score`; None: not computed unless a picture is drawn). The
+    process exits without searching its objects for reference cycles (`spamo.gc_control.no_cycle_search_at_exit`:
+    a second or two of the interpreter's shutdown)."""
+    no_cycle_search_at_exit()
     start = time.perf_counter()
     start_r_early(config)
     importing = import_torch_compiler_in_background()  # beside the preprocessing, which runs no torch code
@@ -214,7 +257,7 @@ def run(data: MultiOmicsData, config: SpamoConfig, modalities: list[str] | None 
         if importing is not None:
             importing.join()
     prep_s = time.perf_counter() - start
-    result = fit_and_cluster(prepared, resolved, progress=progress)
+    result = fit_and_cluster(prepared, resolved, progress=progress, picture_layout=picture_layout)
     result.data = data
     result.timings = {"preprocess_s": prep_s, **result.timings, "total_s": time.perf_counter() - start}
     return result
@@ -280,7 +323,7 @@ def write_outputs(result: RunResult, data: MultiOmicsData, out_dir: str | Path, 
         if draw:
             plot_domains(prep.coords, result.fused, result.labels, tmp / run_folder.PLOT_FILE,
                          title=f"{prep.name}: {result.config.n_clusters} domains", seed=result.config.seed,
-                         layout=layout)
+                         layout=layout, placement=result.placement)
         record = {
             "config": {k: v for k, v in result.config.to_dict().items() if v is not None},
             "run": {"dataset": prep.name, "data_type": prep.data_type, "modalities": prep.modality_names,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -192,10 +193,35 @@ def check_layout(layout: str) -> None:
         raise SpamoInputError("layout", f"'{layout}' is not one of {', '.join(LAYOUTS)}")
 
 
+@dataclass(frozen=True)
+class Placement:
+    """The picture's second panel without its colours: which spots it shows (`index`) and where (`xy`), from
+    `place_embedding`. It needs the embedding only, not the labels, so `spamo.pipeline` computes it while R
+    clusters, on the core R leaves idle."""
+
+    layout: str
+    seed: int
+    index: np.ndarray
+    xy: np.ndarray
+
+
+def place_embedding(embedding: np.ndarray, layout: str = "graph", seed: int = 0) -> Placement:
+    """The 2-D layout `layout` of the embedding (a seeded subsample above `LAYOUT_MAX_SPOTS` spots)."""
+    check_layout(layout)
+    n = len(embedding)
+    rng = np.random.default_rng(seed)
+    idx = np.arange(n) if n <= LAYOUT_MAX_SPOTS else np.sort(rng.choice(n, LAYOUT_MAX_SPOTS, replace=False))
+    place, _ = LAYOUT_REGISTRY[layout]
+    return Placement(layout, seed, idx, place(embedding[idx], seed=seed))
+
+
 def plot_domains(coords: np.ndarray, embedding: np.ndarray, labels: np.ndarray, path: str | Path,
-                 title: str = "", seed: int = 0, layout: str | None = "graph") -> Path:
+                 title: str = "", seed: int = 0, layout: str | None = "graph",
+                 placement: Placement | None = None) -> Path:
     """Spatial map coloured by domain and, beside it (unless `layout` is None), a 2-D layout of the embedding
-    coloured the same way: `layout` "graph" (spamo's own, the default) or "umap" (umap-learn); module docstring."""
+    coloured the same way: `layout` "graph" (spamo's own, the default) or "umap" (umap-learn); module docstring.
+    `placement`: `place_embedding(embedding, layout, seed)` computed beforehand (used when its layout and seed are
+    these)."""
     if layout is not None:
         check_layout(layout)
     labels = np.asarray(labels)
@@ -213,10 +239,10 @@ def plot_domains(coords: np.ndarray, embedding: np.ndarray, labels: np.ndarray, 
     ax.set_xticks([])
     ax.set_yticks([])
     if layout:
-        rng = np.random.default_rng(seed)
-        idx = np.arange(n) if n <= LAYOUT_MAX_SPOTS else np.sort(rng.choice(n, LAYOUT_MAX_SPOTS, replace=False))
-        place, panel_title = LAYOUT_REGISTRY[layout]
-        xy = place(embedding[idx], seed=seed)
+        if placement is None or (placement.layout, placement.seed) != (layout, seed):
+            placement = place_embedding(embedding, layout, seed)
+        idx, xy = placement.index, placement.xy
+        panel_title = LAYOUT_REGISTRY[layout][1]
         ax = axes[0, 1]
         ax.scatter(xy[:, 0], xy[:, 1], c=colors[idx], s=max(0.3, min(30.0, 20000.0 / len(idx))), linewidths=0,
                    rasterized=True)

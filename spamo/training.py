@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from spamo.errors import SpamoInputError
+from spamo.gc_control import imports_without_gc
 from spamo.model.feature_graph import LearnableFeatureGraph
 from spamo.model.losses import (
     dgi_loss,
@@ -126,7 +127,8 @@ def import_torch_compiler_in_background() -> threading.Thread | None:
 
 def _import_quietly(name: str) -> None:
     try:
-        importlib.import_module(name)
+        with imports_without_gc():
+            importlib.import_module(name)
     except Exception:  # noqa: BLE001 - the import is repeated, and reported, where training needs it
         pass
 

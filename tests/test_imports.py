@@ -4,10 +4,16 @@ a command imports only what it uses (`spamo --help` no torch, `spamo run` no Ray
 from __future__ import annotations
 
 import ast
+import gc
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
+
+import pytest
+
+from spamo.gc_control import imports_without_gc
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("spamo", "search", "evaluation")
@@ -112,6 +118,20 @@ def modules_loaded_by(*args: str, cwd: Path) -> set[str]:
     return set(done.stdout.rpartition("\nLOADED:")[2].split())
 
 
+@pytest.mark.slow
+def test_a_run_imports_torch_scikit_learn_and_anndata_and_none_of_the_other_heavy_libraries(tmp_path):
+    """A 1-epoch `spamo run` (R's mclust where installed, the picture drawn) on a small simulation: no scanpy (only
+    the selection of highly variable genes, for more than 3,000 genes, needs it), no umap or numba (the picture's
+    default layout is spamo's own), no igraph (community clustering only), no Ray, Optuna, mudata or gseapy."""
+    from spamo.simulate import write_simulation
+
+    write_simulation(tmp_path / "data", n_spots=300, seed=0, layout="hln", n_domains=4)
+    loaded = modules_loaded_by("run", "--data-dir", str(tmp_path / "data"), "--data-type", "10x", "--n-clusters", "4",
+                               "--epochs", "1", "--out", str(tmp_path / "run"), "--quiet", cwd=tmp_path)
+    assert loaded == {"torch", "sklearn", "anndata"}
+    assert (tmp_path / "run" / "domains.png").exists()
+
+
 def test_help_imports_none_of_the_heavy_libraries(tmp_path):
     """`spamo --help` and a command's help read the settings' declarations only (the allowed values come from
     spamo.choices): no torch, scikit-learn, Ray, Optuna or scanpy."""
@@ -146,6 +166,51 @@ def test_a_single_run_imports_neither_ray_nor_optuna_nor_the_analysis_stack():
     assert not {m for m in reached if m.startswith(("search", "evaluation", "spamo.analysis", "spamo.api_search"))}
     libraries = set().union(*(third_party_imports(files[m]) for m in reached))
     assert "torch" in libraries and not libraries & {"ray", "optuna", "gseapy"}  # scanpy: HVG selection needs it
+
+
+# ---------------------------------------------------------------------------------------------------------- collector
+def test_import_blocks_share_one_pause_of_the_collector_across_threads_and_keep_it_off_if_it_was():
+    """The pause ends when the last block ends, in whichever thread; a collector switched off before stays off."""
+    assert gc.isenabled()
+    started, release = threading.Event(), threading.Event()
+
+    def helper():
+        with imports_without_gc():
+            started.set()
+            release.wait(timeout=60)
+
+    with imports_without_gc():
+        with imports_without_gc():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+        thread = threading.Thread(target=helper)
+        thread.start()
+        assert started.wait(timeout=60)
+    assert not gc.isenabled()  # the helper's block still runs
+    release.set()
+    thread.join()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with imports_without_gc():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_after_a_run_the_process_exits_with_every_object_frozen_and_the_earlier_exit_handlers_run():
+    """`pipeline.run` asks for it (`spamo.gc_control.no_cycle_search_at_exit`); asking twice freezes once, and the
+    exit handlers registered before it still run, after it (atexit runs the last registered first)."""
+    script = ("import atexit, gc\n"
+              "atexit.register(lambda: print('frozen at exit:', gc.get_freeze_count() > 0))\n"
+              "from spamo.gc_control import no_cycle_search_at_exit\n"
+              "no_cycle_search_at_exit(); no_cycle_search_at_exit()\n"
+              "print('frozen before exit:', gc.get_freeze_count() > 0)\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["frozen before exit: False", "frozen at exit: True"]
 
 
 # ---------------------------------------------------------------------------------------------------------- size

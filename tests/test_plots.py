@@ -108,3 +108,22 @@ def test_an_unknown_layout_is_refused_in_one_line_before_anything_is_drawn(tmp_p
     message = str(refused.value)
     assert "\n" not in message and "'tsne'" in message and all(name in message for name in plots.LAYOUTS)
     assert not target.exists()
+
+
+def test_a_placement_computed_beforehand_draws_the_same_picture_and_one_for_another_seed_is_not_used(tmp_path):
+    """`spamo.pipeline` computes the layout while R clusters (`place_embedding`); the PNG must be the one drawn
+    without it, byte for byte. A placement of another seed or layout is not this picture's: it is computed again."""
+    embedding, labels = planted_groups()
+    coords = np.random.default_rng(2).uniform(size=(labels.size, 2))
+    placement = plots.place_embedding(embedding, "graph", seed=5)
+    assert placement.xy.shape == (labels.size, 2) and (placement.index == np.arange(labels.size)).all()
+    assert np.array_equal(placement.xy, plots.graph_layout(embedding, seed=5))
+    drawn = {}
+    for name, seed, given in [("alone", 5, None), ("given", 5, placement), ("other seed", 6, placement),
+                              ("other seed alone", 6, None)]:
+        path = plots.plot_domains(coords, embedding, labels, tmp_path / f"{name}.png", seed=seed, placement=given)
+        drawn[name] = path.read_bytes()
+    assert drawn["given"] == drawn["alone"]
+    assert drawn["other seed"] == drawn["other seed alone"] != drawn["alone"]
+    with pytest.raises(SpamoInputError, match="'tsne'"):
+        plots.place_embedding(embedding, "tsne")

@@ -16,8 +16,11 @@ from typer.testing import CliRunner
 
 from cli import app
 from spamo import pipeline
+from spamo.clustering import cluster, r_available
 from spamo.config import SpamoConfig
-from spamo.metrics import score_against_truth
+from spamo.errors import SpamoInputError
+from spamo.metrics import clustering_scores, label_free_parts, score_against_truth
+from spamo.plots import place_embedding
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -130,3 +133,43 @@ def test_bad_settings_exit_2_with_one_line_and_write_nothing(small_simulation, t
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and where in lines[0], stderr
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == []
+
+
+def test_the_label_free_parts_computed_beforehand_give_the_same_scores():
+    """`cluster_and_score` computes `label_free_parts` while R clusters; the scores must not change by it."""
+    rng = np.random.default_rng(4)
+    truth = np.repeat([0, 1, 2], 100)
+    embedding = (np.eye(3, 16)[truth] * 3 + rng.normal(size=(300, 16))).astype(np.float32)
+    labels = np.where(rng.uniform(size=300) < 0.1, rng.integers(0, 3, 300), truth)
+    coords = rng.uniform(size=(300, 2))
+    for extra in ({"coords": coords, "truth": truth}, {"coords": coords}, {"truth": truth}, {}):
+        parts = label_free_parts(embedding, seed=3, **extra)
+        assert clustering_scores(labels, embedding, seed=3, parts=parts, **extra) == \
+            clustering_scores(labels, embedding, seed=3, **extra)
+    with pytest.raises(SpamoInputError, match="299 labels but the embedding has 300 rows"):
+        clustering_scores(labels[:-1], embedding, seed=3, parts=label_free_parts(embedding, seed=3))
+
+
+@pytest.mark.r
+@pytest.mark.skipif(not r_available(), reason="R, rpy2 or the mclust package is not installed")
+def test_what_is_computed_beside_r_equals_what_is_computed_after_it(small_simulation, tmp_path):
+    """mclust's labels and every score as computed in place, the picture's layout as `place_embedding` computes
+    it, and the run folder's picture byte for byte the one drawn without the layout computed beforehand."""
+    data = pipeline.load_data(data_dir=small_simulation, data_type="10x", n_clusters=5)
+    prepared, config = pipeline.prepare(data, SpamoConfig(cluster_method="mclust", n_clusters=5))
+    fused = prepared.features[0][:, :20] / np.linalg.norm(prepared.features[0][:, :20], axis=1, keepdims=True)
+    labels, scores, placement = pipeline.cluster_and_score(prepared, fused, config, picture_layout="graph")
+    alone = cluster(fused, 5, method="mclust", n_pcs=config.n_pcs, coords=prepared.coords)
+    assert np.array_equal(labels, alone)
+    assert scores == clustering_scores(alone, fused, coords=prepared.coords, truth=prepared.truth, seed=config.seed)
+    assert np.array_equal(placement.xy, place_embedding(fused, "graph", config.seed).xy)
+    assert pipeline.cluster_and_score(prepared, fused, config)[2] is None  # no picture asked, none computed
+    gmm = config.replace(cluster_method="gmm")
+    assert pipeline.cluster_and_score(prepared, fused, gmm, picture_layout="graph")[2] is None  # no R, no helper
+    result = pipeline.RunResult(prepared=prepared, config=config, fused=fused, per_modality=[fused, fused],
+                                labels=labels, scores=scores, history=[], data=data, placement=placement)
+    with_placement = result.write(tmp_path / "beside")
+    result.placement = None
+    without = result.write(tmp_path / "after")
+    for name in ("domains.png", "labels.txt", "metrics.json", "embedding.h5ad"):
+        assert (with_placement / name).read_bytes() == (without / name).read_bytes(), name

@@ -48,15 +48,16 @@ sys.exit(code)
 """
 
 
-def fresh(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+def fresh(script: str, *args: str, cwd: Path, **environment: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("RAY_ADDRESS", None)
+    env.update(environment)
     return subprocess.run([sys.executable, "-c", f"HEAVY = {HEAVY!r}\n{script}", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 
 
-def refused_one_after_another(cases: list[list[str]], cwd: Path) -> list[dict]:
-    done = fresh(ONE_AFTER_ANOTHER, json.dumps(cases), cwd=cwd)
+def refused_one_after_another(cases: list[list[str]], cwd: Path, **environment: str) -> list[dict]:
+    done = fresh(ONE_AFTER_ANOTHER, json.dumps(cases), cwd=cwd, **environment)
     assert done.returncode == 0, done.stderr[-3000:]
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
@@ -86,6 +87,8 @@ def tune_cases(tmp_path: Path) -> list[tuple[list[str], str, str]]:
         (spaces / name).write_text(text)
     (tmp_path / "a_file").write_text("mine\n")
     runs = str(tmp_path / "runs")
+    (tmp_path / "runs" / "taken").mkdir(parents=True)
+    (tmp_path / "runs" / "taken" / "tune_run.toml").write_text("[tune]\n")
     sim = ["--dataset", "sim", "--storage", runs]
     return [
         (["--dataset", "atlantis", "--storage", runs], "--dataset", "unknown dataset 'atlantis'"),
@@ -108,6 +111,9 @@ def tune_cases(tmp_path: Path) -> list[tuple[list[str], str, str]]:
         ([*sim, "--address", "nowhere"], "--address", "expected auto, HOST:PORT or ray://HOST:PORT"),
         ([*sim, "--address", "127.0.0.1:1"], "--address", "nothing answers at 127.0.0.1:1"),
         ([*sim, "--name", "../escape"], "--name", "not a usable folder name"),
+        ([*sim, "--name", "taken"], "--name", "a run named 'taken' exists"),
+        (["--resume", "nothing-here", "--storage", runs], "--resume", "no tune run named 'nothing-here'"),
+        (["--rescore", "nothing-here", "--storage", runs], "--rescore", "no tune run named 'nothing-here'"),
         (["--dataset", "sim", "--storage", str(tmp_path / "a_file")], "--storage", "is not a folder"),
         (["--dataset", "sim", "--storage", str(tmp_path / "a_file" / "runs")], "--storage", "which is a file"),
         ([*sim, "--space", str(spaces / "absent.toml")], "absent.toml", ""),
@@ -162,20 +168,30 @@ def test_a_refused_evaluate_option_is_one_line_before_ray_or_torch_is_imported(t
 
 
 def test_what_only_the_search_can_refuse_shows_the_check_sees_the_imports(tmp_path):
-    """`--resume` of a run that is not there (its folder format is the search's) and a --runs folder that is no tune
-    run are refused after the search's modules are imported: the same report then lists Ray, Optuna and torch."""
+    """`--address auto` (looked up as Ray does: here RAY_ADDRESS, at a port nothing listens on) and a --runs folder
+    that is no tune run (its trials table is read with the evaluation's modules) are refused after the search's
+    modules are imported: the same report then lists Ray, Optuna and torch."""
     (tmp_path / "empty").mkdir()
-    outcomes = refused_one_after_another([["tune", "--resume", "nothing-here", "--storage", str(tmp_path / "runs")],
+    outcomes = refused_one_after_another([["tune", "--dataset", "sim", "--address", "auto", "--storage",
+                                           str(tmp_path / "runs")],
                                           ["evaluate", "--best", "--runs", str(tmp_path / "empty"), "--out",
-                                           str(tmp_path / "out")]], cwd=tmp_path)
-    resumed, evaluated = outcomes
-    assert resumed["exit_code"] == 2 and "--resume" in resumed["stderr"]
-    assert {"ray", "optuna", "torch"} <= set(resumed["loaded"])
+                                           str(tmp_path / "out")]], cwd=tmp_path, RAY_ADDRESS="127.0.0.1:1")
+    auto, evaluated = outcomes
+    assert auto["exit_code"] == 2 and "--address: nothing answers at 127.0.0.1:1" in auto["stderr"], auto
+    assert {"ray", "optuna", "torch"} <= set(auto["loaded"])
     assert evaluated["exit_code"] == 2 and "not a tune run folder" in evaluated["stderr"]
+    assert {"torch"} <= set(evaluated["loaded"])
 
 
-def test_the_light_names_are_those_of_their_owners():
+def test_the_light_names_are_those_of_their_owners(tmp_path):
+    from search import run_folder
     from search.results import METRICS
+    from spamo.search_options import RESULTS_ROOT, RUN_FILE, run_dir_of
+
+    assert (RUN_FILE, RESULTS_ROOT) == (run_folder.RUN_FILE, run_folder.RESULTS_ROOT)
+    for storage, root in ((None, None), (str(tmp_path), None), ("s3://bucket/tune", str(tmp_path)),
+                          (None, str(tmp_path / "root"))):
+        assert run_dir_of("a", storage, root) == run_folder.run_folder("a", storage, root or run_folder.RESULTS_ROOT)
     from search.tuning import TuneRequest, _check_request
     from spamo.choices import TUNE_METRICS, TUNE_SCHEDULERS
     from spamo.errors import SpamoInputError

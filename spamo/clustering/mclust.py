@@ -76,6 +76,11 @@ def r_available() -> bool:
     return not r_disabled() and _r_problem() is None
 
 
+def clusters_in_r(method: str) -> bool:
+    """Whether `--cluster-method method` clusters in R (mclust, or `auto` where R is usable)."""
+    return method in ("mclust", "auto") and r_available()
+
+
 def r_disabled() -> bool:
     return os.environ.get("SPAMO_DISABLE_R", "").strip().lower() not in ("", "0", "false", "no")
 

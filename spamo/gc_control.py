@@ -1,0 +1,67 @@
+"""Python's cyclic garbage collector around spamo's heavy imports and at the end of the process: the part of a run's
+fixed cost that is the interpreter's own bookkeeping (benchmarks/results/run.md, "The garbage collector").
+
+Importing torch, torch's compiler modules, scikit-learn, pandas and anndata creates about half a million objects
+that live as long as the process. The collector looks for reference cycles every 700 new objects and, every so
+often, walks every object there is: during those imports it walks the same long-lived objects again and again, and
+when the interpreter exits it walks them all once more before freeing them. Neither walk finds garbage among
+modules, classes and functions; together they cost seconds of a 1-epoch `spamo run`.
+
+- `imports_without_gc()`: a block in which the collector waits (objects are still freed by reference counting;
+  only the search for cycles waits until the block ends), around the two big imports of a run: `spamo.pipeline`'s
+  (torch, scikit-learn, pandas: some 280,000 objects) and torch's compiler modules (`spamo.training`, in a helper
+  thread beside the preprocessing: some 120,000). Blocks nest and may run in several threads at once: they share
+  one pause, and the collector runs again when the last block ends, if it ran before the first, after one full
+  collection when the block left more than `WALK_AFTER` new objects (each object is then walked once, not once per
+  generation and again each time the oldest generation grows by a quarter). Small imports gain nothing from it.
+- `no_cycle_search_at_exit()`: at exit, `gc.freeze()` moves every object into the collector's permanent generation,
+  so the interpreter's shutdown frees what reference counting frees and searches nothing for cycles (the memory goes
+  back to the system with the process). What is skipped: the finalisers (`__del__`) of objects that are garbage only
+  as part of a reference cycle at that moment, which Python does not promise to run at exit anyway (the language
+  reference, `object.__del__`). Registered once; it runs after the exit handlers registered later (atexit order).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import gc
+import threading
+from typing import Iterator
+
+# objects left to the collector by a pause above which it ends with one full collection (a heavy import's hundreds
+# of thousands: walked once, instead of once per generation and again each time the oldest grows by a quarter)
+WALK_AFTER = 50_000
+_LOCK = threading.Lock()
+_pauses = 0  # blocks of imports_without_gc now running, in any thread
+_resume = False  # whether the collector ran before the first of them
+_freeze_registered = False
+
+
+@contextlib.contextmanager
+def imports_without_gc() -> Iterator[None]:
+    """Pause the cyclic collector for the block (shared by nested and concurrent blocks; see the module docstring)."""
+    global _pauses, _resume
+    with _LOCK:
+        if _pauses == 0:
+            _resume = gc.isenabled()
+            gc.disable()
+        _pauses += 1
+    try:
+        yield
+    finally:
+        with _LOCK:
+            _pauses -= 1
+            if _pauses == 0 and _resume:
+                if gc.get_count()[0] > WALK_AFTER:
+                    gc.collect()  # one full walk moves the imported objects to the oldest generation at once
+                gc.enable()
+
+
+def no_cycle_search_at_exit() -> None:
+    """Freeze every object at exit, so that the interpreter's shutdown does not search them for cycles (once)."""
+    global _freeze_registered
+    with _LOCK:
+        if not _freeze_registered:
+            atexit.register(gc.freeze)
+            _freeze_registered = True
