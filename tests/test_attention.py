@@ -41,6 +41,20 @@ def dense_dropout_attention(q, k, v, p, seed):
     return (weights * mask / (1 - effective_drop_probability(p))) @ v
 
 
+def assert_flash_matches_float64_dense(q, k, v, upstream, p: float, seed: int) -> None:
+    """The flash backend's float32 output and gradients against the float64 dense function, within the float32
+    log-sum-exp bound: 8 eps max(|lse|, 1) of each result's largest entry (scale 1 / sqrt(d), as the backend)."""
+    wide = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    want = dense_dropout_attention(*wide, p, seed)
+    want = (want, *torch.autograd.grad(want, wide, upstream.double()))
+    out = exact_dropout_attention(q, k, v, p, seed, 0, "flash")
+    got = (out, *torch.autograd.grad(out, (q, k, v), upstream))
+    lse = torch.logsumexp(wide[0] @ wide[1].t() / q.shape[1] ** 0.5, dim=1).abs().max().item()
+    for a, b in zip(got, want):
+        bound = 8 * torch.finfo(torch.float32).eps * max(lse, 1.0) * b.abs().max().item()
+        assert (a.double() - b).abs().max().item() <= bound, ((a.double() - b).abs().max(), bound)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("n_q,n_k,block", [(70, 70, 16), (33, 50, 64), (40, 41, 7)])
 def test_blocked_dropout_attention_matches_dense_values_and_gradients(n_q, n_k, block, backend):
@@ -86,15 +100,7 @@ def test_all_backends_agree_in_float32_with_scores_far_below_the_row_max():
         for a, b in zip(*results):
             assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item()), (a - b).abs().max()
         if FLASH:
-            wide = [t.detach().double().requires_grad_() for t in (q, k, v)]
-            want = dense_dropout_attention(*wide, 0.1, 2024)
-            want = (want, *torch.autograd.grad(want, wide, upstream.double()))
-            out = exact_dropout_attention(q, k, v, 0.1, 2024, 0, "flash")
-            got = (out, *torch.autograd.grad(out, (q, k, v), upstream))
-            lse = torch.logsumexp(wide[0] @ wide[1].t() / 4, dim=1).abs().max().item()
-            for a, b in zip(got, want):
-                bound = 8 * torch.finfo(torch.float32).eps * max(lse, 1.0) * b.abs().max().item()
-                assert (a.double() - b).abs().max().item() <= bound, ((a.double() - b).abs().max(), bound)
+            assert_flash_matches_float64_dense(q, k, v, upstream, 0.1, 2024)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -286,15 +292,7 @@ def test_flash_backend_in_float32_at_the_model_width_matches_the_float64_dense_f
     gen = torch.Generator().manual_seed(11)
     q, k, v = (torch.randn(600, 64, generator=gen, requires_grad=True) for _ in range(3))
     upstream = torch.randn(600, 64, generator=gen)
-    wide = [t.detach().double().requires_grad_() for t in (q, k, v)]
-    want = dense_dropout_attention(*wide, 0.1, 5)
-    want = (want, *torch.autograd.grad(want, wide, upstream.double()))
-    out = exact_dropout_attention(q, k, v, 0.1, 5, 0, "flash")
-    got = (out, *torch.autograd.grad(out, (q, k, v), upstream))
-    lse = torch.logsumexp(wide[0] @ wide[1].t() / 8, dim=1).abs().max().item()
-    for a, b in zip(got, want):
-        bound = 8 * torch.finfo(torch.float32).eps * max(lse, 1.0) * b.abs().max().item()
-        assert (a.double() - b).abs().max().item() <= bound, ((a.double() - b).abs().max(), bound)
+    assert_flash_matches_float64_dense(q, k, v, upstream, 0.1, 5)
 
 
 @needs_flash
