@@ -1,6 +1,7 @@
 """Throughput of `spamo tune`: trials per hour, per-trial overhead, worker reuse, and the driver's memory.
 
     python benchmarks/bench_tune.py throughput      # ASHA vs no scheduler: 3,500 spots, 200 epochs, 12 trials
+    python benchmarks/bench_tune.py throughput --preset hln_soft --trials 24     # ... on a harder simulation
     python benchmarks/bench_tune.py overhead --n-spots 1296 --epochs 20 --trials 8      # reused vs fresh workers
     python benchmarks/bench_tune.py memory --trials 300                                 # driver memory, tiny data
     python benchmarks/bench_tune.py memory --scheduler asha --epochs 8 --report-every 2   # ... with ASHA's rungs
@@ -60,10 +61,10 @@ def rss_mib(pid: int) -> float | None:
     return None
 
 
-def tune(data: Path, work: Path, name: str, args, *extra: str, sampler=None) -> tuple[float, pd.DataFrame]:
-    """One `spamo tune` process; (wall seconds, trials table). `sampler(pid)` runs in a thread while it lives."""
-    command = [*CLI, "tune", "--data-dir", str(data), "--data-type", "Simulation", "--n-clusters", "5",
-               "--num-samples", str(args.trials), "--epochs", str(args.epochs), "--report-every",
+def tune(data: list[str], work: Path, name: str, args, *extra: str, sampler=None) -> tuple[float, pd.DataFrame]:
+    """One `spamo tune` process on `data` (its data options, see `simulated`); (wall seconds, trials table).
+    `sampler(pid)` runs in a thread while it lives."""
+    command = [*CLI, "tune", *data, "--num-samples", str(args.trials), "--epochs", str(args.epochs), "--report-every",
                str(args.report_every), "--cpus-per-trial", "1", "--gpus-per-trial", "0", "--name", name,
                "--storage", str(work / "runs"), *extra]
     start = time.perf_counter()
@@ -78,12 +79,20 @@ def tune(data: Path, work: Path, name: str, args, *extra: str, sampler=None) -> 
     return wall, pd.read_parquet(work / "runs" / name / "trials.parquet")
 
 
-def simulated(work: Path, n_spots: int) -> Path:
+def simulated(work: Path, n_spots: int, preset: str | None = None) -> list[str]:
+    """The data options of the searches: the default simulation at `n_spots` (easy: most configurations find its 5
+    domains), or a graded preset of configs/benchmarks/selection.toml (its own size, seed and difficulty; generated
+    under the work folder), where configurations differ and a scheduler that stops the wrong trials shows."""
+    if preset is not None:
+        from spamo.simulate import get_preset
+
+        get_preset(preset).write(work / "Data" / preset)
+        return ["--dataset", preset, "--data-root", str(work / "Data")]
     from spamo.simulate import write_simulation
 
     data = work / "sim"
     write_simulation(data, n_spots=n_spots, seed=0)
-    return data
+    return ["--data-dir", str(data), "--data-type", "Simulation", "--n-clusters", "5"]
 
 
 def overhead_s(frame: pd.DataFrame, slots: int) -> float:
@@ -149,7 +158,7 @@ def trial_times(frame: pd.DataFrame, slots: int) -> dict:
 
 
 def throughput(args, work: Path) -> list[str]:
-    data = simulated(work, args.n_spots)
+    data = simulated(work, args.n_spots, args.preset)
     slots = min(2, os.cpu_count() or 1)
     runs = []
     for label, name, scheduler in (("ASHA (default)", "asha", "asha"), ("none", "none", "none")):
@@ -161,7 +170,8 @@ def throughput(args, work: Path) -> list[str]:
     asha, fifo = runs[0][2], runs[1][2]
     searched = [c for c in load_space(SPACE_DIR / "default.toml").distributions if c in fifo and c in asha]
     same = fifo[searched].reset_index(drop=True).equals(asha[searched].reset_index(drop=True))
-    lines = header(f"spamo tune throughput ({args.n_spots} spots, {args.epochs} epochs, {args.trials} trials, "
+    what = f"preset {args.preset}" if args.preset else f"{args.n_spots} spots"
+    lines = header(f"spamo tune throughput ({what}, {args.epochs} epochs, {args.trials} trials, "
                    f"1 CPU per trial, {slots} at once, reports every {args.report_every} epochs)", args)
     lines += ["| scheduler | wall (s) | trials / hour | trials / hour in the search span | epochs trained | stopped "
               "early | with cross attention | best ARI (finished) | `uptime` before -> after |",
@@ -299,6 +309,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--trials", type=int, default=None)
     parser.add_argument("--report-every", type=int, default=10)
+    parser.add_argument("--preset", default=None, help="throughput: a graded simulation of "
+                        "configs/benchmarks/selection.toml instead of the default one (--n-spots is then ignored)")
     parser.add_argument("--scheduler", choices=("none", "asha"), default="none", help="memory: the search's scheduler")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "tune.md")
     args = parser.parse_args()
