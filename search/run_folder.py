@@ -97,9 +97,12 @@ def ray_storage_path(storage: str | None, results_root: str | Path) -> str:
     return str(Path(storage or results_root).resolve())
 
 
-def experiment_path(request: TuneRequest) -> str:
-    """Where Ray keeps the experiment state and the trial folders (checkpoints included)."""
-    return f"{ray_storage_path(request.storage, request.results_root).rstrip('/')}/{request.name}"
+def experiment_path(request: TuneRequest, segment: int = 1) -> str:
+    """Where Ray keeps the experiment state and the trial folders (checkpoints included) of one segment of the
+    search (search.segments): the first at STORAGE/NAME (where a search of one segment, and every search before
+    segments, always kept it), segment k > 1 inside it, at STORAGE/NAME/segment_00k."""
+    first = f"{ray_storage_path(request.storage, request.results_root).rstrip('/')}/{request.name}"
+    return first if segment == 1 else f"{first}/segment_{segment:03d}"
 
 
 def write_request(run_dir: Path, request: TuneRequest) -> None:

@@ -45,8 +45,25 @@ class _DropsCancelledActorTasks:
         drop_cancelled_actor_tasks(tune_controller)
 
 
+    def for_next_segment(self):
+        """The scheduler for the next segment of the search (search.segments): this one, its state kept."""
+        return self
+
+
 class AshaScheduler(_DropsCancelledActorTasks, ASHAScheduler):
-    """Ray Tune's ASHA, keeping the driver's memory flat (see the module docstring)."""
+    """Ray Tune's ASHA, keeping the driver's memory flat (see the module docstring). One object serves every
+    segment of a search, so the rungs (each trial's metric at each milestone) carry over: a new segment's first
+    trials are judged against every trial before them, not against empty rungs."""
+
+    def for_next_segment(self):
+        """This scheduler, its rungs kept, without the trials of the segment that ended: an ended trial leaves
+        `_trial_info` only when it completes (Ray's ASHA forgets nothing of a trial that failed)."""
+        self._trial_info.clear()
+        return self
+
+    def recorded(self) -> list[int]:
+        """How many trials each rung recorded, lowest milestone first (for tests and benchmarks)."""
+        return [len(recorded) for bracket in self._brackets for _, recorded in reversed(bracket._rungs)]
 
 
 class FifoScheduler(_DropsCancelledActorTasks, FIFOScheduler):

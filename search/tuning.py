@@ -7,6 +7,7 @@ in its folder, which is all `spamo tune --resume NAME` needs to continue it.
 
 from __future__ import annotations
 
+import gc
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,13 +15,15 @@ from pathlib import Path
 from search import ray_cluster
 from search.graph_cache import start_cache
 from search.ledger import (ForgetEnded, TrialLedger, TrialLog, exception_summary, finished_results,
-                           load_ledger)
+                           load_ledger, release_freed_memory)
 from search.results import (METRICS, TRUTH_SCORES, best_row, metric_mode, plot_history, plot_importances,
                             selection_note, top_table, trials_frame, write_best_config, write_parquet)
 from search.run_folder import (RESULTS_ROOT, RUN_FILE, STUDY_FILE, TRIALS_FILE, TuneRequest, experiment_path,
-                               is_uri, load_prepared, ray_storage_path, read_request, run_folder, write_request)
+                               is_uri, load_prepared, read_request, run_folder, write_request)
 from search.schedulers import AshaScheduler, FifoScheduler
 from search.searcher import ResumableOptunaSearch
+from search.segments import (SEGMENT_TRIALS, NumberedTrials, Segment, SegmentPlan, read_plan,
+                             write_plan)
 from search.space import load_space, space_path
 from search.trainable import TrialContext, run_trial, trial_dirname
 from spamo.errors import SpamoInputError
@@ -144,32 +147,42 @@ def asha_grace(epochs: int, report_every: int) -> int:
     return min(epochs, max(report_every, grace))
 
 
-def build_tuner(search: Search, trainable, resources: dict, observers: tuple = ()):
-    """The Tuner of a search. `observers`: more Tune callbacks, run after the search's own (so after an ended trial
-    was trimmed, see search.ledger.ForgetEnded): what a test or a benchmark watches the driver with."""
+def build_scheduler(search: Search):
+    request, mode = search.request, metric_mode(search.metric)
+    epochs = search.space.max_epochs(search.base.epochs)
+    if request.scheduler == "asha":
+        return AshaScheduler(time_attr="epoch", metric=search.metric, mode=mode, max_t=epochs + 1,
+                             grace_period=asha_grace(epochs, request.report_every), reduction_factor=3)
+    return FifoScheduler()
+
+
+def build_tuner(search: Search, trainable, resources: dict, observers: tuple = (), segment: Segment | None = None,
+                scheduler=None):
+    """The Tuner of one segment of a search (search.segments; None: the whole search as one). `scheduler`: the
+    previous segment's, whose state (ASHA's rungs) the new segment carries on (None: a new one). `observers`: more
+    Tune callbacks, run after the search's own (so after an ended trial was trimmed, see search.ledger.ForgetEnded):
+    what a test or a benchmark watches the driver with; the same objects watch every segment."""
     import optuna
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
 
     request, mode = search.request, metric_mode(search.metric)
-    sampler = optuna.samplers.TPESampler(seed=request.seed, multivariate=True)
+    segment = segment or Segment(1, 1, request.num_samples)
+    first = segment.number == 1
+    # a fresh sampler per segment: seeded apart, or it would repeat the first segment's random start-up proposals
+    sampler = optuna.samplers.TPESampler(seed=request.seed + segment.number - 1, multivariate=True)
     searcher = ResumableOptunaSearch(space=search.space.distributions, metric=search.metric, mode=mode,
-                            points_to_evaluate=search.space.first_points(search.base), sampler=sampler,
-                            study_name=request.name, storage=study_storage(search.run_dir))
-    epochs = search.space.max_epochs(search.base.epochs)
-    if request.scheduler == "asha":
-        scheduler = AshaScheduler(time_attr="epoch", metric=search.metric, mode=mode, max_t=epochs + 1,
-                                  grace_period=asha_grace(epochs, request.report_every), reduction_factor=3)
-    else:
-        scheduler = FifoScheduler()
+                                     points_to_evaluate=search.space.first_points(search.base) if first else None,
+                                     sampler=sampler, study_name=request.name, storage=study_storage(search.run_dir))
+    scheduler = scheduler.for_next_segment() if scheduler is not None else build_scheduler(search)
+    storage_path, name = experiment_path(request, segment.number).rsplit("/", 1)
     return tune.Tuner(
         tune.with_resources(trainable, resources),
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=request.num_samples,
-                                    max_concurrent_trials=request.max_concurrent, reuse_actors=request.reuse_workers,
+        tune_config=tune.TuneConfig(search_alg=NumberedTrials(searcher, segment, request.max_concurrent),
+                                    scheduler=scheduler, num_samples=segment.last, reuse_actors=request.reuse_workers,
                                     trial_dirname_creator=trial_dirname,
                                     trial_name_creator=trial_dirname),
-        run_config=tune.RunConfig(name=request.name, storage_path=ray_storage_path(request.storage,
-                                                                                   request.results_root),
+        run_config=tune.RunConfig(name=name, storage_path=storage_path,
                                   # only system failures reach Ray (a trial's own error is reported as a result,
                                   # see search.trainable): a lost worker or node is retried from its checkpoint
                                   failure_config=tune.FailureConfig(max_failures=request.max_retries,
@@ -178,15 +191,16 @@ def build_tuner(search: Search, trainable, resources: dict, observers: tuple = (
                                   callbacks=[TrialLedger(search.run_dir), TrialLog(search.metric, request.num_samples),
                                              JsonLoggerCallback(), ForgetEnded(search.metric), *observers],
                                   verbose=0),
-    )
+    ), scheduler
 
 
 # ------------------------------------------------------------------------------------------------ entry points
 
 
-def start_tune(request: TuneRequest, log=print, observers: tuple = ()) -> TuneOutcome:
+def start_tune(request: TuneRequest, log=print, observers: tuple = (),
+               segment_trials: int = SEGMENT_TRIALS) -> TuneOutcome:
     """A new search named `request.name`; refuses a name that already has a run folder. `observers`: see
-    `build_tuner`."""
+    `build_tuner`. `segment_trials`: trials per segment (search.segments; smaller only in tests)."""
     _check_request(request)
     request = request.resolved()
     if request.address:
@@ -198,19 +212,24 @@ def start_tune(request: TuneRequest, log=print, observers: tuple = ()) -> TuneOu
     search = load_search(request, run_dir)
     ray_cluster.connect(request.address, log)  # before anything is written: a refused connection leaves nothing
     write_request(run_dir, request)
+    plan = SegmentPlan(request.num_samples, max(1, min(segment_trials, request.num_samples)))
+    write_plan(run_dir, plan)
     resources = ray_cluster.trial_resources(request.cpus_per_trial, request.gpus_per_trial, log)
+    segments = len(plan.segments)
     log(f"[bold]spamo tune[/] {request.name}: {search.prepared.name}, {search.prepared.n_spots} spots, "
         f"{request.num_samples} trials of {resources['cpu']:g} CPU + {resources['gpu']:g} GPU, metric "
-        f"{search.metric}, scheduler {request.scheduler} -> {run_dir}")
+        f"{search.metric}, scheduler {request.scheduler}"
+        + (f", in {segments} segments of {plan.size}" if segments > 1 else "") + f" -> {run_dir}")
     log(f"optimising {metric_reason(search.metric, request.metric)}")
-    tuner = build_tuner(search, build_trainable(search, finished={}), resources, observers)
-    return finish(search, tuner, log)
+    trainable = build_trainable(search, finished={})
+    return finish(search, plan, SegmentRun(plan.segments[0], None, None), trainable, resources, log, observers)
 
 
 def resume_tune(name: str, storage: str | None = None, address: str | None = None,
-                results_root: str | Path = RESULTS_ROOT, log=print) -> TuneOutcome:
+                results_root: str | Path = RESULTS_ROOT, log=print, observers: tuple = ()) -> TuneOutcome:
     """Continue an interrupted search (Ctrl+C or a killed driver): finished trials are kept, not rerun, and
-    unfinished ones continue from their last checkpoint."""
+    unfinished ones continue from their last checkpoint. The segment that was running is restored (Ray's own
+    experiment state), then the segments after it run."""
     from ray import tune
 
 
@@ -223,33 +242,95 @@ def resume_tune(name: str, storage: str | None = None, address: str | None = Non
     if request.address:
         ray_cluster.resolve(request.address)
     search = load_search(request, run_dir)
-    experiment = experiment_path(request)
+    plan = read_plan(run_dir, request.num_samples)
+    segment = plan.next_segment()
+    experiment = experiment_path(request, segment.number if segment else len(plan.segments))
     ray_cluster.connect(request.address, log)
-    if not tune.Tuner.can_restore(experiment):
+    restorable = tune.Tuner.can_restore(experiment)
+    if not restorable and (segment is None or segment.number == 1):
         ray_cluster.disconnect()
         raise SpamoInputError("--resume", f"no Ray experiment state at {experiment} to resume from")
     finished = finished_results(load_ledger(run_dir))
     log(f"[bold]resuming[/] {name}: {len(finished)} trial(s) already finished are kept -> {run_dir}")
     resources = ray_cluster.trial_resources(request.cpus_per_trial, request.gpus_per_trial, log)
-    trainable = tune.with_resources(build_trainable(search, finished), resources)
-    tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False,
-                               restart_errored=False)
-    return finish(search, tuner, log)
+    trainable = build_trainable(search, finished)
+    if segment is None:  # every segment ended (the driver stopped while writing the outputs)
+        return finish(search, plan, None, trainable, resources, log, observers)
+    if not restorable:  # the driver stopped between two segments, before the next one saved anything
+        return finish(search, plan, SegmentRun(segment, None, None), trainable, resources, log, observers)
+    tuner = tune.Tuner.restore(experiment, trainable=tune.with_resources(trainable, resources),
+                               resume_unfinished=True, resume_errored=False, restart_errored=False)
+    return finish(search, plan, SegmentRun(segment, tuner, restored_scheduler(tuner)), trainable, resources, log,
+                  observers)
 
 
-def finish(search: Search, tuner, log) -> TuneOutcome:
-    """Run the search, then write trials.parquet, best_config.toml and the pictures, and print the top trials."""
+def restored_scheduler(tuner):
+    """The scheduler a restored Tuner runs with (unpickled with it: the rungs of the segments before it), to carry
+    on into the next segments; None (a new one) where Ray's Tuner keeps it elsewhere."""
+    config = getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None)
+    scheduler = getattr(config, "scheduler", None)
+    return scheduler if isinstance(scheduler, (AshaScheduler, FifoScheduler)) else None
+
+
+@dataclass
+class SegmentRun:
+    """A segment to run: its Tuner when restored (None: build one) and the scheduler to carry on (None: new)."""
+
+    segment: Segment
+    tuner: object
+    scheduler: object
+
+
+@dataclass
+class SegmentEnd:
+    """What the last segment run left: its trials as Ray knows them, None when Ray's controller failed."""
+
+    segment: Segment
+    known: list | None
+
+
+def finish(search: Search, plan: SegmentPlan, start: SegmentRun | None, trainable, resources: dict, log,
+           observers: tuple = ()) -> TuneOutcome:
+    """Run the segments from `start` on (None: all ended), then write trials.parquet, best_config.toml and the
+    pictures, and print the top trials."""
     started = time.time()
+    last = None
     try:
-        grid = tuner.fit()
-    except Exception as exc:  # noqa: BLE001 - Ray's controller itself failed (e.g. workers killed for memory)
-        grid = None
-
-        log(f"[red]the search stopped[/]: {exception_summary(str(exc)) or type(exc).__name__}")
+        if start is not None:
+            last = run_segments(search, plan, start, trainable, resources, log, observers)
     finally:
         ray_cluster.disconnect()
     log(f"search ran {time.time() - started:.0f} s")
-    return write_outputs(search, grid, log)
+    return write_outputs(search, plan, last, log)
+
+
+def run_segments(search: Search, plan: SegmentPlan, start: SegmentRun, trainable, resources: dict, log,
+                 observers: tuple) -> SegmentEnd:
+    """Fit segment after segment until one does not end (stopped, or Ray failed) or all have; each ended segment
+    is recorded in segments.json before the next starts, and its Tuner, Trials and searcher are dropped."""
+    tuner, scheduler = start.tuner, start.scheduler
+    for segment in [s for s in plan.segments if s.number >= start.segment.number]:
+        if tuner is None:
+            tuner, scheduler = build_tuner(search, trainable, resources, observers, segment, scheduler)
+        if len(plan.segments) > 1:
+            log(f"segment {segment.number}/{len(plan.segments)}: trials {segment.first}-{segment.last}")
+        try:
+            grid = tuner.fit()
+        except Exception as exc:  # noqa: BLE001 - Ray's controller itself failed (e.g. workers killed for memory)
+            log(f"[red]the search stopped[/]: {exception_summary(str(exc)) or type(exc).__name__}")
+            return SegmentEnd(segment, None)
+        known = _ray_trials(grid)
+        tuner = grid = None  # the segment's Trials, searcher and results go with them
+        records = load_ledger(search.run_dir)
+        ids = {k[0] for k in known}
+        if len(known) < segment.size or not ids <= set(records):  # stopped (Ctrl+C) before all its trials ended
+            return SegmentEnd(segment, known)
+        plan.ended[segment.number] = sorted(tid for tid, record in records.items()
+                                            if segment.holds(record.get("number")) and tid not in ids)
+        write_plan(search.run_dir, plan)
+        gc.collect()
+        release_freed_memory()
+    return SegmentEnd(segment, known)
 
 
 def _ray_trials(grid) -> list[tuple[str, int | None, dict]]:
@@ -262,16 +343,19 @@ def _ray_trials(grid) -> list[tuple[str, int | None, dict]]:
     return out
 
 
-def write_outputs(search: Search, grid, log) -> TuneOutcome:
+def write_outputs(search: Search, plan: SegmentPlan, last: SegmentEnd | None, log) -> TuneOutcome:
     import optuna
     from rich.console import Console
 
 
     run_dir, request, metric = search.run_dir, search.request, search.metric
-    known = _ray_trials(grid) if grid is not None else []
-    records = load_ledger(run_dir)
-    if grid is not None:  # trials recorded but unknown to Ray's snapshot were lost with it: leave them out
-        records = {tid: rec for tid, rec in records.items() if tid in {k[0] for k in known}}
+    lost = plan.lost()  # recorded by an ended segment, unknown to Ray's snapshot of it: lost with that snapshot
+    records = {tid: rec for tid, rec in load_ledger(run_dir).items() if tid not in lost}
+    known = last.known if last is not None and last.known is not None else []
+    if last is not None and last.known is not None:  # the same for the segment that ran last (ended or not)
+        ids = {k[0] for k in known}
+        records = {tid: rec for tid, rec in records.items()
+                   if tid in ids or not (last.segment.holds(rec.get("number")) or rec.get("number") is None)}
     pending = [{"trial_id": tid, "number": number, "status": "unfinished", "params": config, "result": {}}
                for tid, number, config in known if tid not in records]
     truth = search.prepared.truth
@@ -285,7 +369,7 @@ def write_outputs(search: Search, grid, log) -> TuneOutcome:
         write_best_config(best, metric, run_dir / "best_config.toml", why=metric_reason(metric, request.metric))
     plot_history(frame, metric, run_dir / "optimization_history.png")
     study = optuna.load_study(study_name=request.name, storage=f"sqlite:///{run_dir / STUDY_FILE}")
-    complete = grid is not None and len(frame) == request.num_samples and not pending
+    complete = plan.next_segment() is None and len(frame) == request.num_samples and not pending
     if complete:
         _close_orphans(study)
     plot_importances(study, run_dir / "param_importances.png")
