@@ -309,6 +309,7 @@ def run_segments(search: Search, plan: SegmentPlan, start: SegmentRun, trainable
     """Fit segment after segment until one does not end (stopped, or Ray failed) or all have; each ended segment
     is recorded in segments.json before the next starts, and its Tuner, Trials and searcher are dropped."""
     tuner, scheduler = start.tuner, start.scheduler
+    start.tuner = None  # held only here, so that it goes when its segment ends
     for segment in [s for s in plan.segments if s.number >= start.segment.number]:
         if tuner is None:
             tuner, scheduler = build_tuner(search, trainable, resources, observers, segment, scheduler)

@@ -4,8 +4,10 @@ A real local Ray and a real Optuna study in its SQLite file run a search of many
 watching Tune callback after the search's own. At trial ends it counts, in the driver, the objects that grew with
 every trial before (benchmarks/results/tune.md, "Driver memory"): Ray's tracked workers and tasks left queued on
 cancelled workers (search.schedulers), Optuna handles of told trials (search.searcher), and what Ray Tune keeps of an
-ended trial's results (search.ledger.ForgetEnded). Counts, not resident memory or time: they do not depend on the
-machine's load.
+ended trial's results (search.ledger.ForgetEnded), and Ray Tune's `Trial`s themselves, which its controller keeps
+for as long as its experiment runs: the search runs as segments of a few trials, one experiment each
+(search.segments), so at most one segment's Trials are alive. Counts, not resident memory or time: they do not
+depend on the machine's load.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import ray
 from ray import tune
 from ray.air.execution._internal.tracked_actor import TrackedActor
 from ray.air.execution._internal.tracked_actor_task import TrackedActorTask
+from ray.tune.experiment import Trial
 
 from search.ledger import KEPT_RESULT_KEYS
 from search.run_folder import STUDY_FILE, TRIALS_FILE
@@ -27,6 +30,7 @@ from search.tuning import TuneRequest, start_tune
 pytestmark = pytest.mark.ray
 
 TRIALS = 24
+SEGMENT = 8  # trials per segment (one Tuner each): the search runs as 3
 SLOTS = 2  # trials at once: 2 CPUs, 1 per trial
 
 
@@ -54,7 +58,8 @@ class Watch(tune.Callback):
             gc.collect()
             self.counts[len(self.ended)] = {"tracked workers": live(TrackedActor),
                                             "tracked tasks": live(TrackedActorTask),
-                                            "optuna handles": live(optuna.trial.Trial)}
+                                            "optuna handles": live(optuna.trial.Trial),
+                                            "ray trials": live(Trial)}
 
 
 @pytest.fixture(scope="module")
@@ -72,10 +77,10 @@ def test_a_long_search_keeps_no_per_trial_objects_in_the_driver(tiny_sim, tmp_pa
     request = TuneRequest(name="memory", num_samples=TRIALS, data_dir=str(tiny_sim), data_type="Simulation",
                           n_clusters=5, epochs=2, report_every=2, cpus_per_trial=1, gpus_per_trial=0,
                           storage=str(tmp_path / "runs"))
-    watch = Watch("ari", every=TRIALS // 3)
+    watch = Watch("ari", every=SEGMENT)
     ray.init(address="local", num_cpus=SLOTS, include_dashboard=False, log_to_driver=False)
     try:
-        outcome = start_tune(request, log=lambda *args, **kwargs: None, observers=(watch,))
+        outcome = start_tune(request, log=lambda *args, **kwargs: None, observers=(watch,), segment_trials=SEGMENT)
     finally:
         ray.shutdown()
 
@@ -97,3 +102,6 @@ def test_a_long_search_keeps_no_per_trial_objects_in_the_driver(tiny_sim, tmp_pa
         assert counts["tracked workers"] <= 2 * SLOTS + 1, (ended, counts)
         assert counts["tracked tasks"] <= 2 * SLOTS + 1, (ended, counts)
         assert counts["optuna handles"] <= SLOTS + 1, (ended, counts)
+    # counted at each segment's last trial end: that segment's Trials, none of the segments before it (in one
+    # experiment, 8, 16 and 24)
+    assert [counts["ray trials"] for counts in watch.counts.values()] == [SEGMENT] * 3, watch.counts

@@ -1,0 +1,136 @@
+"""A long search runs as segments, one Ray Tune experiment each, over one Optuna study (search.segments): real Ray,
+real SQLite study, a tiny simulation and segments of 2 trials (the real size is 100).
+
+The first test runs a 5-trial search (3 segments) in this process and checks what must not notice the segments:
+numbering, the ledger, trials.parquet, the study, and ASHA's rungs carried into the next segment. The second kills
+the driver (SIGKILL, its own session) in the second segment and resumes it with `spamo tune --resume`.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pandas as pd
+import pytest
+import ray
+from ray import tune
+
+from search.ledger import load_ledger
+from search.run_folder import STUDY_FILE, TRIALS_FILE
+from search.schedulers import AshaScheduler
+from search.segments import SEGMENTS_FILE
+from search.tuning import TuneRequest, start_tune
+from test_tune import ROOT, kill_session, session_pids, tiny_sim  # noqa: F401 - tiny_sim is a fixture
+
+pytestmark = pytest.mark.ray
+
+
+class RungWatch(tune.Callback):
+    """At each trial's start: the ASHA schedulers alive in the driver and how many trials each rung recorded."""
+
+    def __init__(self):
+        self.at_start = {}
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        number = int(str(trial.experiment_tag).split("_", 1)[0])
+        self.at_start[number] = [s.recorded() for s in gc.get_objects() if type(s) is AshaScheduler]
+
+
+def study_states(run_dir, name: str) -> list[str]:
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{run_dir / STUDY_FILE}")
+    return [t.state.name for t in study.trials]
+
+
+def test_a_search_in_segments_numbers_records_and_studies_every_trial_and_carries_the_rungs(tiny_sim, tmp_path,
+                                                                                            monkeypatch):
+    monkeypatch.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # what search.ray_cluster.connect sets; undone after
+    request = TuneRequest(name="segmented", num_samples=5, data_dir=str(tiny_sim), data_type="Simulation",
+                          n_clusters=5, epochs=4, report_every=2, cpus_per_trial=1, gpus_per_trial=0,
+                          storage=str(tmp_path), scheduler="asha")
+    watch = RungWatch()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        outcome = start_tune(request, log=lambda *args, **kwargs: None, observers=(watch,), segment_trials=2)
+    finally:
+        ray.shutdown()
+
+    run_dir = outcome.run_dir
+    assert outcome.complete and outcome.n_trials == 5
+    frame = pd.read_parquet(run_dir / TRIALS_FILE)
+    assert list(frame["number"]) == [1, 2, 3, 4, 5] and frame["trial_id"].is_unique
+    assert frame["status"].isin(["finished", "stopped_early"]).all() and frame["ari"].notna().all()
+    ledger = load_ledger(run_dir)
+    assert sorted(r["number"] for r in ledger.values()) == [1, 2, 3, 4, 5] and set(ledger) == set(frame["trial_id"])
+    states = study_states(run_dir, "segmented")
+    assert len(states) == 5 and states.count("COMPLETE") == 5  # one study: every segment's trials told to it
+    # segment 1 is where a one-segment search keeps its Ray experiment (the run folder); the others are inside it
+    folders = {int(p.name.split("_")[1]): p.parent for p in run_dir.glob("**/trial_*") if (p / "result.json").is_file()}
+    assert folders == {1: run_dir, 2: run_dir, 3: run_dir / "segment_002", 4: run_dir / "segment_002",
+                       5: run_dir / "segment_003"}
+    assert json.loads((run_dir / SEGMENTS_FILE).read_text()) == {"trials_per_segment": 2,
+                                                                   "ended": {"1": [], "2": [], "3": []}}
+    # the first trial of each later segment is judged against the rung of every trial before it (each reports at
+    # epoch 2, ASHA's one rung): one scheduler serves all segments
+    assert watch.at_start[1] == [[0]]
+    assert watch.at_start[3] == [[2]] and watch.at_start[5] == [[4]]
+
+
+def test_a_driver_killed_in_its_second_segment_resumes_that_segment_then_runs_the_rest(tiny_sim, tmp_path):
+    """SIGKILL while segment 2's first trial trains: --resume restores segment 2 (that trial continues from its
+    checkpoint), then runs segment 3; the trials that finished before the kill are not trained again."""
+    epochs = 240  # long enough that trial 3 still trains a snapshot interval after its first checkpoint
+    script = ("import sys; from search.tuning import TuneRequest, start_tune; "
+              f"start_tune(TuneRequest(name='cut', num_samples=5, data_dir={str(tiny_sim)!r}, data_type='Simulation', "
+              f"n_clusters=5, epochs={epochs}, report_every=2, cpus_per_trial=1, gpus_per_trial=0, scheduler='none', "
+              f"max_concurrent=1, checkpoint_every=4, storage={str(tmp_path)!r}), segment_trials=2)")
+    log = open(tmp_path / "driver.log", "w")
+    driver = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    run_dir = tmp_path / "cut"
+    second = run_dir / "segment_002"
+
+    def third_trial_checkpointed() -> bool:
+        return len(list((run_dir / "ledger").glob("*.json"))) == 2 and bool(list(second.glob("trial_00003_*/checkpoint_*")))
+
+    try:
+        deadline = time.time() + 300
+        while not third_trial_checkpointed() and time.time() < deadline and driver.poll() is None:
+            time.sleep(0.3)
+        assert third_trial_checkpointed(), (tmp_path / "driver.log").read_text()[-3000:]
+        time.sleep(2.5)  # one experiment snapshot (every 2 s) later, so the resumed segment knows the checkpoint
+        assert driver.poll() is None, "the search ended before it could be killed"
+        running = next(second.glob("trial_00003_*")).name.rsplit("_", 1)[-1]
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+        deadline = time.time() + 60
+        while session_pids(driver.pid) and time.time() < deadline:
+            time.sleep(0.5)
+    finally:
+        kill_session(driver.pid)
+        log.close()
+    before = load_ledger(run_dir)
+    assert sorted(r["number"] for r in before.values()) == [1, 2] and running not in before
+    assert json.loads((run_dir / SEGMENTS_FILE).read_text())["ended"] == {"1": []}
+
+    resumed = subprocess.run([sys.executable, str(ROOT / "cli.py"), "tune", "--resume", "cut", "--storage",
+                              str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    frame = pd.read_parquet(run_dir / TRIALS_FILE).set_index("trial_id")
+    assert sorted(frame["number"]) == [1, 2, 3, 4, 5] and (frame["status"] == "finished").all()
+    after = load_ledger(run_dir)
+    for trial_id, record in before.items():  # not trained again: the same record, the same run
+        assert after[trial_id]["recorded_at"] == record["recorded_at"]
+        assert frame.loc[trial_id, "started_at"] == pytest.approx(record["result"]["started_at"])
+    third = frame.loc[running]  # segment 2 was restored: its running trial continued, it was not replaced
+    assert third["number"] == 3 and third["start_epoch"] > 0 and third["epoch"] == epochs
+    assert next(run_dir.glob("segment_003/trial_00005_*")).is_dir()
+    states = study_states(run_dir, "cut")
+    assert states.count("COMPLETE") == 5 and "RUNNING" not in states
+    assert json.loads((run_dir / SEGMENTS_FILE).read_text())["ended"] == {"1": [], "2": [], "3": []}
