@@ -105,6 +105,8 @@ class Search:
     space: object
     metric: str
     graph_cache: object = None  # handle of the graph cache actor: the actor lives as long as the driver holds it
+    study_storage: object = None  # the study's SQLite storage, one for all segments (a new one per segment left
+    #                               its SQLAlchemy engine and compiled statements alive: tests/test_tune_memory.py)
 
 
 def load_search(request: TuneRequest, run_dir: Path) -> Search:
@@ -156,9 +158,10 @@ def build_scheduler(search: Search):
     return FifoScheduler()
 
 
-def build_tuner(search: Search, trainable, resources: dict, observers: tuple = (), segment: Segment | None = None,
-                scheduler=None):
-    """The Tuner of one segment of a search (search.segments; None: the whole search as one). `scheduler`: the
+def build_tuner(search: Search, trainable, observers: tuple = (), segment: Segment | None = None, scheduler=None):
+    """The Tuner of one segment of a search (search.segments; None: the whole search as one). `trainable`: with its
+    resources (`tune.with_resources`), wrapped once for all segments: each wrapping puts the trial parameters
+    (the data) in the object store again. `scheduler`: the
     previous segment's, whose state (ASHA's rungs) the new segment carries on (None: a new one). `observers`: more
     Tune callbacks, run after the search's own (so after an ended trial was trimmed, see search.ledger.ForgetEnded):
     what a test or a benchmark watches the driver with; the same objects watch every segment."""
@@ -169,15 +172,17 @@ def build_tuner(search: Search, trainable, resources: dict, observers: tuple = (
     request, mode = search.request, metric_mode(search.metric)
     segment = segment or Segment(1, 1, request.num_samples)
     first = segment.number == 1
+    if search.study_storage is None:
+        search.study_storage = study_storage(search.run_dir)
     # a fresh sampler per segment: seeded apart, or it would repeat the first segment's random start-up proposals
     sampler = optuna.samplers.TPESampler(seed=request.seed + segment.number - 1, multivariate=True)
     searcher = ResumableOptunaSearch(space=search.space.distributions, metric=search.metric, mode=mode,
                                      points_to_evaluate=search.space.first_points(search.base) if first else None,
-                                     sampler=sampler, study_name=request.name, storage=study_storage(search.run_dir))
+                                     sampler=sampler, study_name=request.name, storage=search.study_storage)
     scheduler = scheduler.for_next_segment() if scheduler is not None else build_scheduler(search)
     storage_path, name = experiment_path(request, segment.number).rsplit("/", 1)
     return tune.Tuner(
-        tune.with_resources(trainable, resources),
+        trainable,
         tune_config=tune.TuneConfig(search_alg=NumberedTrials(searcher, segment, request.max_concurrent),
                                     scheduler=scheduler, num_samples=segment.last, reuse_actors=request.reuse_workers,
                                     trial_dirname_creator=trial_dirname,
@@ -201,6 +206,8 @@ def start_tune(request: TuneRequest, log=print, observers: tuple = (),
                segment_trials: int = SEGMENT_TRIALS) -> TuneOutcome:
     """A new search named `request.name`; refuses a name that already has a run folder. `observers`: see
     `build_tuner`. `segment_trials`: trials per segment (search.segments; smaller only in tests)."""
+    from ray import tune
+
     _check_request(request)
     request = request.resolved()
     if request.address:
@@ -221,8 +228,8 @@ def start_tune(request: TuneRequest, log=print, observers: tuple = (),
         f"{search.metric}, scheduler {request.scheduler}"
         + (f", in {segments} segments of {plan.size}" if segments > 1 else "") + f" -> {run_dir}")
     log(f"optimising {metric_reason(search.metric, request.metric)}")
-    trainable = build_trainable(search, finished={})
-    return finish(search, plan, SegmentRun(plan.segments[0], None, None), trainable, resources, log, observers)
+    trainable = tune.with_resources(build_trainable(search, finished={}), resources)
+    return finish(search, plan, SegmentRun(plan.segments[0], None, None), trainable, log, observers)
 
 
 def resume_tune(name: str, storage: str | None = None, address: str | None = None,
@@ -253,15 +260,14 @@ def resume_tune(name: str, storage: str | None = None, address: str | None = Non
     finished = finished_results(load_ledger(run_dir))
     log(f"[bold]resuming[/] {name}: {len(finished)} trial(s) already finished are kept -> {run_dir}")
     resources = ray_cluster.trial_resources(request.cpus_per_trial, request.gpus_per_trial, log)
-    trainable = build_trainable(search, finished)
+    trainable = tune.with_resources(build_trainable(search, finished), resources)
     if segment is None:  # every segment ended (the driver stopped while writing the outputs)
-        return finish(search, plan, None, trainable, resources, log, observers)
+        return finish(search, plan, None, trainable, log, observers)
     if not restorable:  # the driver stopped between two segments, before the next one saved anything
-        return finish(search, plan, SegmentRun(segment, None, None), trainable, resources, log, observers)
-    tuner = tune.Tuner.restore(experiment, trainable=tune.with_resources(trainable, resources),
+        return finish(search, plan, SegmentRun(segment, None, None), trainable, log, observers)
+    tuner = tune.Tuner.restore(experiment, trainable=trainable,
                                resume_unfinished=True, resume_errored=False, restart_errored=False)
-    return finish(search, plan, SegmentRun(segment, tuner, restored_scheduler(tuner)), trainable, resources, log,
-                  observers)
+    return finish(search, plan, SegmentRun(segment, tuner, restored_scheduler(tuner)), trainable, log, observers)
 
 
 def restored_scheduler(tuner):
@@ -289,7 +295,7 @@ class SegmentEnd:
     known: list | None
 
 
-def finish(search: Search, plan: SegmentPlan, start: SegmentRun | None, trainable, resources: dict, log,
+def finish(search: Search, plan: SegmentPlan, start: SegmentRun | None, trainable, log,
            observers: tuple = ()) -> TuneOutcome:
     """Run the segments from `start` on (None: all ended), then write trials.parquet, best_config.toml and the
     pictures, and print the top trials."""
@@ -297,14 +303,14 @@ def finish(search: Search, plan: SegmentPlan, start: SegmentRun | None, trainabl
     last = None
     try:
         if start is not None:
-            last = run_segments(search, plan, start, trainable, resources, log, observers)
+            last = run_segments(search, plan, start, trainable, log, observers)
     finally:
         ray_cluster.disconnect()
     log(f"search ran {time.time() - started:.0f} s")
     return write_outputs(search, plan, last, log)
 
 
-def run_segments(search: Search, plan: SegmentPlan, start: SegmentRun, trainable, resources: dict, log,
+def run_segments(search: Search, plan: SegmentPlan, start: SegmentRun, trainable, log,
                  observers: tuple) -> SegmentEnd:
     """Fit segment after segment until one does not end (stopped, or Ray failed) or all have; each ended segment
     is recorded in segments.json before the next starts, and its Tuner, Trials and searcher are dropped."""
@@ -312,7 +318,7 @@ def run_segments(search: Search, plan: SegmentPlan, start: SegmentRun, trainable
     start.tuner = None  # held only here, so that it goes when its segment ends
     for segment in [s for s in plan.segments if s.number >= start.segment.number]:
         if tuner is None:
-            tuner, scheduler = build_tuner(search, trainable, resources, observers, segment, scheduler)
+            tuner, scheduler = build_tuner(search, trainable, observers, segment, scheduler)
         if len(plan.segments) > 1:
             log(f"segment {segment.number}/{len(plan.segments)}: trials {segment.first}-{segment.last}")
         try:

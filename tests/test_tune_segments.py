@@ -3,7 +3,8 @@ real SQLite study, a tiny simulation and segments of 2 trials (the real size is 
 
 The first test runs a 5-trial search (3 segments) in this process and checks what must not notice the segments:
 numbering, the ledger, trials.parquet, the study, and ASHA's rungs carried into the next segment. The second kills
-the driver (SIGKILL, its own session) in the second segment and resumes it with `spamo tune --resume`.
+the driver (SIGKILL, its own session) in the second of three one-trial segments and resumes it with
+`spamo tune --resume`.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def study_states(run_dir, name: str) -> list[str]:
 def test_a_search_in_segments_numbers_records_and_studies_every_trial_and_carries_the_rungs(tiny_sim, tmp_path,
                                                                                             monkeypatch):
     monkeypatch.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # what search.ray_cluster.connect sets; undone after
-    request = TuneRequest(name="segmented", num_samples=5, data_dir=str(tiny_sim), data_type="Simulation",
+    request = TuneRequest(name="segmented", num_samples=3, data_dir=str(tiny_sim), data_type="Simulation",
                           n_clusters=5, epochs=4, report_every=2, cpus_per_trial=1, gpus_per_trial=0,
                           storage=str(tmp_path), scheduler="asha")
     watch = RungWatch()
@@ -83,30 +84,32 @@ def test_a_search_in_segments_numbers_records_and_studies_every_trial_and_carrie
 
 
 def test_a_driver_killed_in_its_second_segment_resumes_that_segment_then_runs_the_rest(tiny_sim, tmp_path):
-    """SIGKILL while segment 2's first trial trains: --resume restores segment 2 (that trial continues from its
-    checkpoint), then runs segment 3; the trials that finished before the kill are not trained again."""
-    epochs = 240  # long enough that trial 3 still trains a snapshot interval after its first checkpoint
+    """SIGKILL while segment 2's trial trains: --resume restores segment 2 (its trial continues from its checkpoint),
+    then runs segment 3; the trial that finished before the kill is not trained again. Segments of one trial: the
+    fewest trials that put a segment before and after the one killed."""
+    epochs = 240  # long enough that trial 2 still trains a snapshot interval after its first checkpoint
     script = ("import sys; from search.tuning import TuneRequest, start_tune; "
-              f"start_tune(TuneRequest(name='cut', num_samples=5, data_dir={str(tiny_sim)!r}, data_type='Simulation', "
+              f"start_tune(TuneRequest(name='cut', num_samples=3, data_dir={str(tiny_sim)!r}, data_type='Simulation', "
               f"n_clusters=5, epochs={epochs}, report_every=2, cpus_per_trial=1, gpus_per_trial=0, scheduler='none', "
-              f"max_concurrent=1, checkpoint_every=4, storage={str(tmp_path)!r}), segment_trials=2)")
+              f"max_concurrent=1, checkpoint_every=4, storage={str(tmp_path)!r}), segment_trials=1)")
     log = open(tmp_path / "driver.log", "w")
     driver = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                               start_new_session=True)
     run_dir = tmp_path / "cut"
-    second = run_dir / "segment_002"
+    segment_two = run_dir / "segment_002"
 
-    def third_trial_checkpointed() -> bool:
-        return len(list((run_dir / "ledger").glob("*.json"))) == 2 and bool(list(second.glob("trial_00003_*/checkpoint_*")))
+    def second_trial_checkpointed() -> bool:
+        ended = len(list((run_dir / "ledger").glob("*.json")))
+        return ended == 1 and bool(list(segment_two.glob("trial_00002_*/checkpoint_*")))
 
     try:
         deadline = time.time() + 300
-        while not third_trial_checkpointed() and time.time() < deadline and driver.poll() is None:
+        while not second_trial_checkpointed() and time.time() < deadline and driver.poll() is None:
             time.sleep(0.3)
-        assert third_trial_checkpointed(), (tmp_path / "driver.log").read_text()[-3000:]
+        assert second_trial_checkpointed(), (tmp_path / "driver.log").read_text()[-3000:]
         time.sleep(2.5)  # one experiment snapshot (every 2 s) later, so the resumed segment knows the checkpoint
         assert driver.poll() is None, "the search ended before it could be killed"
-        running = next(second.glob("trial_00003_*")).name.rsplit("_", 1)[-1]
+        running = next(segment_two.glob("trial_00002_*")).name.rsplit("_", 1)[-1]
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait(timeout=30)
         deadline = time.time() + 60
@@ -116,21 +119,21 @@ def test_a_driver_killed_in_its_second_segment_resumes_that_segment_then_runs_th
         kill_session(driver.pid)
         log.close()
     before = load_ledger(run_dir)
-    assert sorted(r["number"] for r in before.values()) == [1, 2] and running not in before
+    assert sorted(r["number"] for r in before.values()) == [1] and running not in before
     assert json.loads((run_dir / SEGMENTS_FILE).read_text())["ended"] == {"1": []}
 
     resumed = subprocess.run([sys.executable, str(ROOT / "cli.py"), "tune", "--resume", "cut", "--storage",
-                              str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                              str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     frame = pd.read_parquet(run_dir / TRIALS_FILE).set_index("trial_id")
-    assert sorted(frame["number"]) == [1, 2, 3, 4, 5] and (frame["status"] == "finished").all()
+    assert sorted(frame["number"]) == [1, 2, 3] and (frame["status"] == "finished").all()
     after = load_ledger(run_dir)
     for trial_id, record in before.items():  # not trained again: the same record, the same run
         assert after[trial_id]["recorded_at"] == record["recorded_at"]
         assert frame.loc[trial_id, "started_at"] == pytest.approx(record["result"]["started_at"])
-    third = frame.loc[running]  # segment 2 was restored: its running trial continued, it was not replaced
-    assert third["number"] == 3 and third["start_epoch"] > 0 and third["epoch"] == epochs
-    assert next(run_dir.glob("segment_003/trial_00005_*")).is_dir()
+    second = frame.loc[running]  # segment 2 was restored: its running trial continued, it was not replaced
+    assert second["number"] == 2 and second["start_epoch"] > 0 and second["epoch"] == epochs
+    assert next(run_dir.glob("segment_003/trial_00003_*")).is_dir()
     states = study_states(run_dir, "cut")
-    assert states.count("COMPLETE") == 5 and "RUNNING" not in states
+    assert states.count("COMPLETE") == 3 and "RUNNING" not in states
     assert json.loads((run_dir / SEGMENTS_FILE).read_text())["ended"] == {"1": [], "2": [], "3": []}
