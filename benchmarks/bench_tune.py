@@ -16,7 +16,9 @@
   start, imports, data and graph fetch, reports, Tune's bookkeeping).
 - `memory`: a long search of a tiny dataset; the driver's resident memory is sampled every second with the number
   of trials ended: the curve (trials vs MiB at every 10%), the growth per 100 trials (least squares, after the first
-  10% and before the outputs are written) and a verdict, flat when it is under `FLAT_MIB_PER_100`.
+  10% and before the outputs are written) and a verdict, flat when it is under `FLAT_MIB_PER_100`. The search runs
+  as segments of `search.segments.SEGMENT_TRIALS` trials (one Ray Tune experiment each), so a 300-trial search has
+  three, and the curve shows what each segment leaves behind.
 
 Each section is appended to --out (default benchmarks/results/tune.md) with the machine and `uptime` (the load
 average: the machine may be shared).

@@ -105,8 +105,7 @@ class Search:
     space: object
     metric: str
     graph_cache: object = None  # handle of the graph cache actor: the actor lives as long as the driver holds it
-    study_storage: object = None  # the study's SQLite storage, one for all segments (a new one per segment left
-    #                               its SQLAlchemy engine and compiled statements alive: tests/test_tune_memory.py)
+    study_storage: object = None  # the study's SQLite storage: one SQLAlchemy engine for all segments
 
 
 def load_search(request: TuneRequest, run_dir: Path) -> Search:
@@ -160,8 +159,7 @@ def build_scheduler(search: Search):
 
 def build_tuner(search: Search, trainable, observers: tuple = (), segment: Segment | None = None, scheduler=None):
     """The Tuner of one segment of a search (search.segments; None: the whole search as one). `trainable`: with its
-    resources (`tune.with_resources`), wrapped once for all segments: each wrapping puts the trial parameters
-    (the data) in the object store again. `scheduler`: the
+    resources (`tune.with_resources`), wrapped once for all segments. `scheduler`: the
     previous segment's, whose state (ASHA's rungs) the new segment carries on (None: a new one). `observers`: more
     Tune callbacks, run after the search's own (so after an ended trial was trimmed, see search.ledger.ForgetEnded):
     what a test or a benchmark watches the driver with; the same objects watch every segment."""

@@ -59,7 +59,8 @@ class Watch(tune.Callback):
             self.counts[len(self.ended)] = {"tracked workers": live(TrackedActor),
                                             "tracked tasks": live(TrackedActorTask),
                                             "optuna handles": live(optuna.trial.Trial),
-                                            "ray trials": live(Trial)}
+                                            "ray trials": live(Trial),
+                                            "study storages": live(optuna.storages.RDBStorage)}
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +106,5 @@ def test_a_long_search_keeps_no_per_trial_objects_in_the_driver(tiny_sim, tmp_pa
     # counted at each segment's last trial end: that segment's Trials, none of the segments before it (in one
     # experiment, 8, 16 and 24)
     assert [counts["ray trials"] for counts in watch.counts.values()] == [SEGMENT] * 3, watch.counts
+    # one storage (one SQLAlchemy engine) serves the study in every segment
+    assert all(counts["study storages"] == 1 for counts in watch.counts.values()), watch.counts
