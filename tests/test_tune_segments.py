@@ -52,7 +52,7 @@ def study_states(run_dir, name: str) -> list[str]:
 def test_a_search_in_segments_numbers_records_and_studies_every_trial_and_carries_the_rungs(tiny_sim, tmp_path,
                                                                                             monkeypatch):
     monkeypatch.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # what search.ray_cluster.connect sets; undone after
-    request = TuneRequest(name="segmented", num_samples=3, data_dir=str(tiny_sim), data_type="Simulation",
+    request = TuneRequest(name="segmented", num_samples=5, data_dir=str(tiny_sim), data_type="Simulation",
                           n_clusters=5, epochs=4, report_every=2, cpus_per_trial=1, gpus_per_trial=0,
                           storage=str(tmp_path), scheduler="asha")
     watch = RungWatch()
