@@ -26,6 +26,7 @@ from evaluation.seed_runs import CACHE_DIR, SeedJob, SeedRunCache, config_json, 
 from evaluation.tables import write_tables
 from evaluation.transfer import config_for
 from search import ray_cluster
+from search.options import check_evaluate_options
 from search.run_folder import load_data, load_prepared
 from spamo import pipeline
 from spamo.analysis import analyze_data
@@ -33,7 +34,6 @@ from spamo.config import SpamoConfig
 from spamo.errors import SpamoInputError
 from spamo.io import check_output_folder, replaced_outputs
 from spamo.pipeline import RunResult, truth_sha256, write_outputs
-from spamo.search_options import check_evaluate_options
 from spamo.selection import DEFAULT_LABEL_FREE
 
 DEFAULT_OUT = Path("results/evaluate")
@@ -97,7 +97,7 @@ class EvaluationFailed(SpamoInputError):
 
 
 def check_request(request: EvaluateRequest) -> None:
-    """The options (`spamo.search_options`, which `spamo evaluate` also calls before importing this module), then
+    """The options (`search.options`, which `spamo evaluate` also calls before importing this module), then
     what needs Ray: `--address auto` looked up and the cluster's token tried, before any data is loaded."""
     check_evaluate_options(dataclasses.asdict(request))
     if request.address:
