@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from search import ray_cluster
+from search.backends import travelling_backends
 from search.graph_cache import start_cache
 from search.ledger import (ForgetEnded, TrialLedger, TrialLog, exception_summary, finished_results,
                            load_ledger)
@@ -45,10 +46,12 @@ class TuneOutcome:
 
 def _check_request(request: TuneRequest) -> None:
     """A request handed to `start_tune` directly, by the rules (and in the words) of `spamo tune`'s own refusals
-    (`search.options`, which the command line and `spamo.tune` apply before importing this module)."""
+    (`search.options`, which the command line and `spamo.tune` apply before importing this module); then that the
+    clustering backends registered in this process can travel to the trials (`search.backends`)."""
     check_tune_numbers(request)
     check_tune_choices(request)
     check_run_name(request.name)
+    travelling_backends()
 
 
 def choose_metric(metric: str | None, has_truth: bool) -> str:
