@@ -359,7 +359,7 @@ def tune_command(
 
     from rich.console import Console
 
-    from spamo.search_options import check_named_run, check_tune_options
+    from search.options import check_named_run, check_tune_options
 
     if rescore:
         check_named_run("--rescore", {"name": rescore, "metric": metric, "storage": storage})
@@ -425,7 +425,7 @@ def evaluate_command(
     """Best configurations across datasets and seeds, with split-and-merge: Arrow tables, pictures, a summary."""
     from rich.console import Console
 
-    from spamo.search_options import check_evaluate_options
+    from search.options import check_evaluate_options
 
     if not best:
         raise SpamoInputError("--best", "say what to evaluate: spamo evaluate --best [--runs DIR ...]")

@@ -26,6 +26,8 @@ from evaluation.seed_runs import CACHE_DIR, SeedJob, SeedRunCache, config_json, 
 from evaluation.tables import write_tables
 from evaluation.transfer import config_for
 from search import ray_cluster
+from search.backends import travelling_backends
+from search.options import check_evaluate_options
 from search.run_folder import load_data, load_prepared
 from spamo import pipeline
 from spamo.analysis import analyze_data
@@ -33,7 +35,6 @@ from spamo.config import SpamoConfig
 from spamo.errors import SpamoInputError
 from spamo.io import check_output_folder, replaced_outputs
 from spamo.pipeline import RunResult, truth_sha256, write_outputs
-from spamo.search_options import check_evaluate_options
 from spamo.selection import DEFAULT_LABEL_FREE
 
 DEFAULT_OUT = Path("results/evaluate")
@@ -97,9 +98,11 @@ class EvaluationFailed(SpamoInputError):
 
 
 def check_request(request: EvaluateRequest) -> None:
-    """The options (`spamo.search_options`, which `spamo evaluate` also calls before importing this module), then
-    what needs Ray: `--address auto` looked up and the cluster's token tried, before any data is loaded."""
+    """The options (`search.options`, which `spamo evaluate` also calls before importing this module), then
+    what needs Ray: `--address auto` looked up and the cluster's token tried, and the clustering backends the user
+    registered checked to travel to the workers, before any data is loaded."""
     check_evaluate_options(dataclasses.asdict(request))
+    travelling_backends()
     if request.address:
         ray_cluster.resolve(request.address)
 
@@ -171,7 +174,8 @@ def run_pending(pending: list[SeedJob], entries: dict[str, DatasetEntry], cache:
         task = ray.remote(seed_task).options(num_cpus=request.cpus_per_run, num_gpus=gpus, max_retries=SYSTEM_RETRIES,
                                              retry_exceptions=False)
         refs = {name: ray.put(entries[name].prepared) for name in {job.dataset for job in unique.values()}}
-        futures = {task.remote(refs[job.dataset], job): job for job in unique.values()}
+        backends = ray.put(travelling_backends())  # the user's registered clustering backends, for every run
+        futures = {task.remote(refs[job.dataset], job, backends): job for job in unique.values()}
         failures = _collect(futures, cache, log, progress)
     finally:
         if started_here:

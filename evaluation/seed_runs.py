@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from spamo.clustering import split_merge
+from spamo.clustering.base import register_backends
 from spamo.config import SpamoConfig
 from spamo.io import atomic_path, atomic_write_text
 from spamo.metrics import clustering_scores, score_against_truth
@@ -153,8 +154,11 @@ def run_seed(prepared, config: SpamoConfig, threads: int = 1) -> tuple[dict, dic
     return record, arrays
 
 
-def seed_task(prepared, job: SeedJob) -> tuple[dict, dict]:
-    """The Ray task body: one thread, the job's config; the record carries the job it answers."""
+def seed_task(prepared, job: SeedJob, backends: dict | None = None) -> tuple[dict, dict]:
+    """The Ray task body: one thread, the job's config; the record carries the job it answers. `backends` are the
+    clustering backends the user registered in the driver (`search.backends.travelling_backends`), registered here
+    first: the job's config may name one, and this worker process knows only the built-in ones."""
+    register_backends(backends or {})
     record, arrays = run_seed(prepared, job.config, threads=1)
     record["job"] = job.__dict__ | {"key": job.key}
     return record, arrays

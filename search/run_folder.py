@@ -10,6 +10,10 @@ read.
 Everything that reads a request goes through `read_request` (a typed `TuneRequest`, refused in one line if the data
 it names has moved) and loads the data through `load_prepared`, so a field added to `TuneRequest` reaches the search,
 its resume and the evaluation alike.
+
+The module itself stays light (no torch, Ray or Optuna): `search.options` takes the format's names and `run_folder`
+from here to refuse a run name before those imports (seconds). Only the two functions that load data import the
+pipeline, when they are called.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from spamo import pipeline
 from spamo.config import SpamoConfig
 from spamo.errors import SpamoInputError
 from spamo.io import atomic_write_text, dump_toml, read_toml
@@ -153,6 +156,8 @@ def load_prepared(request: TuneRequest, data=None):
     """Load (unless `data` is given) and preprocess the data a request names, as the search did:
     (prepared data, base config)."""
 
+    from spamo import pipeline  # torch: imported when data is loaded, not by the light readers of the format
+
     data = load_data(request) if data is None else data
     base = SpamoConfig(seed=request.seed, n_clusters=request.n_clusters, epochs=request.epochs)
     return pipeline.prepare(data, base)
@@ -160,6 +165,7 @@ def load_prepared(request: TuneRequest, data=None):
 
 def load_data(request: TuneRequest):
     """The raw data a request names (MultiOmicsData)."""
+    from spamo import pipeline  # torch (see load_prepared)
 
     return pipeline.load_data(dataset=request.dataset, data_dir=request.data_dir, data_type=request.data_type,
                               data_root=request.data_root, n_clusters=request.n_clusters, layer=request.layer)

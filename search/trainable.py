@@ -30,9 +30,11 @@ import ray
 import torch
 from ray import tune
 
+from search.backends import travelling_backends
 from search.graph_cache import cached_graphs
 from search.space import trial_config
 from spamo.clustering import cluster
+from spamo.clustering.base import register_backends
 from spamo.config import SpamoConfig
 from spamo.graphs import build_graphs
 from spamo.metrics import label_free_scores, machine_named, score_against_truth, spatial_coherence
@@ -57,6 +59,9 @@ class TrialContext:
     checkpoint_every: int | None = None  # epochs between checkpoints (None: spamo.training's time rule)
     run_dir: str | None = None  # the run folder: trial folders (and their found.npz) live under it
     keep_embeddings: bool = True  # write found.npz (domains + float16 fused embedding) per finished trial
+    # the clustering backends the user registered in the driver (name -> function), read when the context is built
+    # there: each trial registers them in its worker before building its config (search.backends)
+    backends: dict = field(default_factory=travelling_backends)
 
 
 CHECKPOINT_FILE = "trainer.pt"
@@ -191,6 +196,7 @@ def run_trial(sampled: dict, prepared=None, context: TrialContext | None = None)
 def train_trial(sampled: dict, prepared, context: TrialContext, started: float, node: dict) -> dict:
     """Train and cluster one trial (from its checkpoint when it has one); the final report."""
 
+    register_backends(context.backends)  # a user's cluster_method is unknown to this worker until then
     torch.set_num_threads(max(1, int(round(context.cpus_per_trial))))
     config = trial_config(context.base, context.fixed, sampled, prepared.n_modalities, prepared.n_spots)
     tick = time.perf_counter()

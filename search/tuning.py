@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from search import ray_cluster
+from search.backends import travelling_backends
 from search.graph_cache import start_cache
 from search.ledger import (ForgetEnded, TrialLedger, TrialLog, exception_summary, finished_results,
                            load_ledger, release_freed_memory)
+from search.options import check_run_name, check_tune_choices, check_tune_numbers
 from search.results import (METRICS, TRUTH_SCORES, best_row, metric_mode, plot_history, plot_importances,
                             selection_note, top_table, trials_frame, write_best_config, write_parquet)
 from search.run_folder import (RESULTS_ROOT, RUN_FILE, STUDY_FILE, TRIALS_FILE, TuneRequest, experiment_path,
@@ -46,26 +48,13 @@ class TuneOutcome:
 
 
 def _check_request(request: TuneRequest) -> None:
-    if request.num_samples < 1:
-        raise SpamoInputError("--num-samples", f"must be at least 1, got {request.num_samples}")
-    if request.epochs is not None and request.epochs < 1:
-        raise SpamoInputError("--epochs", f"must be at least 1, got {request.epochs}")
-    if request.scheduler not in ("asha", "none"):
-        raise SpamoInputError("--scheduler", f"'{request.scheduler}' is not one of asha, none")
-    if request.cpus_per_trial <= 0:
-        raise SpamoInputError("--cpus-per-trial", f"must be positive, got {request.cpus_per_trial}")
-    if request.gpus_per_trial < 0:
-        raise SpamoInputError("--gpus-per-trial", f"must be >= 0, got {request.gpus_per_trial}")
-    if request.max_concurrent is not None and request.max_concurrent < 1:
-        raise SpamoInputError("--max-concurrent", f"must be at least 1, got {request.max_concurrent}")
-    if request.report_every < 1:
-        raise SpamoInputError("--report-every", f"must be at least 1, got {request.report_every}")
-    if request.max_retries < 0:
-        raise SpamoInputError("--max-retries", f"must be >= 0, got {request.max_retries}")
-    if request.checkpoint_every is not None and request.checkpoint_every < 1:
-        raise SpamoInputError("--checkpoint-every", f"must be at least 1 epoch, got {request.checkpoint_every}")
-    if not request.name or any(c in request.name for c in "/\\") or request.name.startswith("."):
-        raise SpamoInputError("--name", f"'{request.name}' is not a usable folder name")
+    """A request handed to `start_tune` directly, by the rules (and in the words) of `spamo tune`'s own refusals
+    (`search.options`, which the command line and `spamo.tune` apply before importing this module); then that the
+    clustering backends registered in this process can travel to the trials (`search.backends`)."""
+    check_tune_numbers(request)
+    check_tune_choices(request)
+    check_run_name(request.name)
+    travelling_backends()
 
 
 def choose_metric(metric: str | None, has_truth: bool) -> str:

@@ -3,7 +3,7 @@ datasets), thin wrappers over `search/` and `evaluation/` (re-exported by `spamo
 
 They write the folders `spamo tune` / `spamo evaluate --best` write and return their content in memory. Apart from
 `spamo.api_run`, so that a single run never imports Ray or Optuna (the scores they search over are those of
-docs/method.md section 6). Like the command line, each function checks its options (`spamo.search_options`) before
+docs/method.md section 6). Like the command line, each function checks its options (`search.options`) before
 it imports the search or the evaluation, which brings Ray, Optuna and torch (seconds): a refused option answers at
 once.
 """
@@ -19,9 +19,9 @@ from typing import Any, Callable
 import pandas as pd
 import pyarrow.feather as feather
 
+from search.options import check_evaluate_options, check_tune_options
 from spamo.config import SpamoConfig
 from spamo.errors import SpamoInputError
-from spamo.search_options import check_evaluate_options, check_tune_options
 
 __all__ = ["tune", "evaluate", "TuneResult"]
 

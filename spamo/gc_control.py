@@ -14,6 +14,14 @@ modules, classes and functions; together they cost seconds of a 1-epoch `spamo r
   one pause, and the collector runs again when the last block ends, if it ran before the first, after one full
   collection when the block left more than `WALK_AFTER` new objects (each object is then walked once, not once per
   generation and again each time the oldest generation grows by a quarter). Small imports gain nothing from it.
+- `imports_without_gc(freeze=True)`: the same pause, but when it is the last block to end it freezes the objects
+  (`gc.freeze()`: moved to the collector's permanent generation, walked by no later collection) instead of walking
+  them all; `thaw()` puts them back (`gc.unfreeze()`) when the work that wanted them out of the way ends.
+  `pipeline.run` holds such a block over the preprocessing, which the torch compiler's import (a block of its own,
+  in a helper thread) runs beside: that import's full walk was 0.7 CPU s of some 435,000 objects, in the middle of
+  the preprocessing and holding Python's lock while it ran (benchmarks/results/run.md); frozen, the run's
+  collections walk only what the run itself creates, and after `thaw()` the objects are collected as they would
+  have been. Nothing is frozen where someone else froze objects already (their freeze is theirs to undo).
 - `no_cycle_search_at_exit()`: at exit, `gc.freeze()` moves every object into the collector's permanent generation,
   so the interpreter's shutdown frees what reference counting frees and searches nothing for cycles (the memory goes
   back to the system with the process). What is skipped: the finalisers (`__del__`) of objects that are garbage only
@@ -36,12 +44,14 @@ _LOCK = threading.Lock()
 _pauses = 0  # blocks of imports_without_gc now running, in any thread
 _resume = False  # whether the collector ran before the first of them
 _freeze_registered = False
+_frozen_here = False  # whether a freeze-ended pause froze the objects now frozen (thaw() undoes only that)
 
 
 @contextlib.contextmanager
-def imports_without_gc() -> Iterator[None]:
-    """Pause the cyclic collector for the block (shared by nested and concurrent blocks; see the module docstring)."""
-    global _pauses, _resume
+def imports_without_gc(freeze: bool = False) -> Iterator[None]:
+    """Pause the cyclic collector for the block (shared by nested and concurrent blocks; see the module docstring);
+    `freeze`: if this block ends the pause, freeze the objects instead of walking them (undone by `thaw()`)."""
+    global _pauses, _resume, _frozen_here
     with _LOCK:
         if _pauses == 0:
             _resume = gc.isenabled()
@@ -54,8 +64,21 @@ def imports_without_gc() -> Iterator[None]:
             _pauses -= 1
             if _pauses == 0 and _resume:
                 if gc.get_count()[0] > WALK_AFTER:
-                    gc.collect()  # one full walk moves the imported objects to the oldest generation at once
+                    if freeze and (_frozen_here or gc.get_freeze_count() == 0):
+                        gc.freeze()  # out of every later walk until thaw()
+                        _frozen_here = True
+                    else:
+                        gc.collect()  # one full walk moves the imported objects to the oldest generation at once
                 gc.enable()
+
+
+def thaw() -> None:
+    """Give the objects a freeze-ended pause froze back to the collector (its oldest generation); nothing else."""
+    global _frozen_here
+    with _LOCK:
+        if _frozen_here:
+            gc.unfreeze()
+            _frozen_here = False
 
 
 def no_cycle_search_at_exit() -> None:

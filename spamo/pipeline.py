@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from spamo.gc_control import imports_without_gc, no_cycle_search_at_exit
+from spamo.gc_control import imports_without_gc, no_cycle_search_at_exit, thaw
 
 with imports_without_gc():  # torch, scikit-learn, pandas: half a million objects the collector need not walk
     from spamo import datasets, run_folder
@@ -246,18 +246,24 @@ def run(data: MultiOmicsData, config: SpamoConfig, modalities: list[str] | None 
     """The method's main job on loaded data. `picture_layout`: the layout of the picture `RunResult.write` draws by
     default, computed while R clusters (`cluster_and_score`; None: not computed unless a picture is drawn). The
     process exits without searching its objects for reference cycles (`spamo.gc_control.no_cycle_search_at_exit`:
-    a second or two of the interpreter's shutdown)."""
+    a second or two of the interpreter's shutdown). The objects there are when torch's compiler modules are in are
+    frozen out of the collector's walks until the run ends (`spamo.gc_control`, `imports_without_gc(freeze=True)`:
+    a full walk of the whole heap less, in the middle of the preprocessing)."""
     no_cycle_search_at_exit()
     start = time.perf_counter()
     start_r_early(config)
-    importing = import_torch_compiler_in_background()  # beside the preprocessing, which runs no torch code
     try:
-        prepared, resolved = prepare(data, config, modalities)
+        with imports_without_gc(freeze=True):  # one pause with the helper's import, ended by a freeze, not a walk
+            importing = import_torch_compiler_in_background()  # beside the preprocessing, which runs no torch code
+            try:
+                prepared, resolved = prepare(data, config, modalities)
+            finally:
+                if importing is not None:
+                    importing.join()
+        prep_s = time.perf_counter() - start
+        result = fit_and_cluster(prepared, resolved, progress=progress, picture_layout=picture_layout)
     finally:
-        if importing is not None:
-            importing.join()
-    prep_s = time.perf_counter() - start
-    result = fit_and_cluster(prepared, resolved, progress=progress, picture_layout=picture_layout)
+        thaw()
     result.data = data
     result.timings = {"preprocess_s": prep_s, **result.timings, "total_s": time.perf_counter() - start}
     return result

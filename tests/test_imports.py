@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from spamo.gc_control import imports_without_gc
+from spamo.gc_control import WALK_AFTER, imports_without_gc, thaw
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("spamo", "search", "evaluation")
@@ -197,6 +197,38 @@ def test_import_blocks_share_one_pause_of_the_collector_across_threads_and_keep_
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_a_freeze_ended_pause_freezes_instead_of_walking_and_thaw_gives_back_only_its_own_freeze():
+    """`imports_without_gc(freeze=True)` over more than WALK_AFTER new objects leaves them frozen (no full walk) and
+    the collector on; `thaw()` unfreezes them; where objects were frozen already the pause walks as before and
+    `thaw()` leaves that freeze alone."""
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    walks = []
+
+    def count_full_walks(phase, info):
+        if phase == "start" and info["generation"] == 2:
+            walks.append(info)
+
+    gc.callbacks.append(count_full_walks)
+    try:
+        with imports_without_gc(freeze=True):
+            kept = [[i] for i in range(WALK_AFTER + 10_000)]
+        assert gc.isenabled() and gc.get_freeze_count() >= len(kept) and walks == []
+        thaw()
+        assert gc.get_freeze_count() == 0
+        thaw()  # nothing left to give back
+        gc.freeze()  # someone else's freeze
+        theirs = gc.get_freeze_count()
+        with imports_without_gc(freeze=True):
+            more = [[i] for i in range(WALK_AFTER + 10_000)]
+        assert len(walks) == 1 and gc.get_freeze_count() == theirs  # walked, not frozen
+        thaw()
+        assert gc.get_freeze_count() == theirs
+    finally:
+        gc.callbacks.remove(count_full_walks)
+        gc.unfreeze()
+    assert len(kept) == len(more)
 
 
 def test_after_a_run_the_process_exits_with_every_object_frozen_and_the_earlier_exit_handlers_run():

@@ -183,15 +183,27 @@ def test_what_only_the_search_can_refuse_shows_the_check_sees_the_imports(tmp_pa
     assert {"torch"} <= set(evaluated["loaded"])
 
 
-def test_the_light_names_are_those_of_their_owners(tmp_path):
-    from search import run_folder
-    from search.results import METRICS
-    from spamo.search_options import RESULTS_ROOT, RUN_FILE, run_dir_of
+LIGHT_OPTIONS = r"""
+import sys
+import search.options
+print("LOADED:", " ".join(sorted(m for m in HEAVY if m in sys.modules)))
+"""
 
-    assert (RUN_FILE, RESULTS_ROOT) == (run_folder.RUN_FILE, run_folder.RESULTS_ROOT)
-    for storage, root in ((None, None), (str(tmp_path), None), ("s3://bucket/tune", str(tmp_path)),
-                          (None, str(tmp_path / "root"))):
-        assert run_dir_of("a", storage, root) == run_folder.run_folder("a", storage, root or run_folder.RESULTS_ROOT)
+
+def test_the_options_and_the_run_folder_format_import_none_of_the_heavy_libraries(tmp_path):
+    """`search.options` takes the run-folder names from `search.run_folder` itself (no copies), so both must stay
+    light: imported in a fresh interpreter, neither brings torch, Ray, Optuna or the single-cell stack."""
+    done = fresh(LIGHT_OPTIONS, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "LOADED:", done.stdout
+
+
+def test_a_request_handed_to_the_search_is_refused_in_the_words_of_the_command_line():
+    """`search.tuning` checks a request given to `start_tune` directly by the same rules as `spamo tune`: the same
+    line for a bad number, scheduler or name; and the scheduler and metric names the light check knows are those
+    of the search (`search.results.METRICS`)."""
+    from search.options import check_tune_options
+    from search.results import METRICS
     from search.tuning import TuneRequest, _check_request
     from spamo.choices import TUNE_METRICS, TUNE_SCHEDULERS
     from spamo.errors import SpamoInputError
@@ -199,8 +211,14 @@ def test_the_light_names_are_those_of_their_owners(tmp_path):
     assert TUNE_METRICS == METRICS
     for scheduler in TUNE_SCHEDULERS:
         _check_request(TuneRequest(name="x", num_samples=1, scheduler=scheduler))
-    with pytest.raises(SpamoInputError, match="--scheduler"):
-        _check_request(TuneRequest(name="x", num_samples=1, scheduler="hyperband"))
+    for bad in ({"num_samples": 0}, {"cpus_per_trial": 0}, {"checkpoint_every": 0}, {"max_retries": -1},
+                {"scheduler": "hyperband"}, {"metric": "accuracy"}, {"name": "../escape"}):
+        request = {"name": "x", "num_samples": 1, "dataset": "sim", **bad}
+        with pytest.raises(SpamoInputError) as direct:
+            _check_request(TuneRequest(**request))
+        with pytest.raises(SpamoInputError) as light:
+            check_tune_options(request)
+        assert str(direct.value) == str(light.value), bad
 
 
 FROM_PYTHON = r"""

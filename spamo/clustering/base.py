@@ -3,12 +3,17 @@
 A backend is a function `(points, n_clusters, request) -> labels` registered under the name the user gives as
 `--cluster-method`; `spamo.clustering.cluster` projects the embedding, checks the input and dispatches to it. This
 module is the floor the backends stand on, so that they register themselves without importing the dispatcher.
+
+A registration changes the calling process only. Ray's workers import spamo, and with it the built-in backends,
+but not what a user registered in a notebook or script: a search or an evaluation therefore hands the user's
+backends (`user_backends`) to its workers with the work, and each worker registers them (`register_backends`)
+before it builds a config or clusters (search/trainable.py, evaluation/seed_runs.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -40,6 +45,25 @@ def register_backend(name: str) -> Callable[[Backend], Backend]:
         return func
 
     return add
+
+
+def user_backends() -> dict[str, Backend]:
+    """The backends registered by the user, by name: those whose function is defined outside spamo's own modules
+    (in `__main__`, a notebook, a module of the user's), including one that replaces a built-in name. These are the
+    ones another process (a Ray worker) lacks; the built-in ones it has from importing spamo."""
+    return {name: func for name, func in BACKENDS.items() if not _defined_in_spamo(func)}
+
+
+def register_backends(backends: Mapping[str, Backend]) -> None:
+    """Register backends handed over by another process (a Ray worker given the driver's `user_backends()`), so its
+    configs accept the names and `cluster` finds the functions; registering the same one again changes nothing."""
+    for name, func in backends.items():
+        register_backend(name)(func)
+
+
+def _defined_in_spamo(func: Backend) -> bool:
+    module = getattr(func, "__module__", None) or ""
+    return module == "spamo" or module.startswith("spamo.")
 
 
 def available_methods() -> tuple[str, ...]:

@@ -79,9 +79,11 @@ def default_backend(n_queries: int = 0, n_keys: int = 0) -> str:
     """The fastest backend that runs here for an n_queries x n_keys attention (0, 0: the largest problems).
 
     "tensor" without the C kernel; else "flash" (fused kernel + dropped-entry passes) from `FLASH_MIN_PAIRS` weights
-    on, where torch has the fused CPU ops; else "compiled". Measured side by side, one thread, N x N, d 64
-    (benchmarks/results/train.md): compiled 1.11x / 1.18x / 1.73x / 2.29x the no-dropout floor at 2,500 / 5,000 /
-    10,000 / 20,000 spots, flash 1.29x / 1.38x / 1.49x / 1.64x.
+    on, where torch has the fused CPU ops; else "compiled". The crossover comes from one direction alone, side by
+    side, one thread, N x N, d 64: compiled ahead at 2,500 and 5,000 spots, flash from 10,000 on. The whole epoch
+    now (benchmarks/results/train.md, profile_epoch.py, one thread, epoch / no-dropout floor): 2,500 spots compiled
+    1.37x (quiet window; 1.60x against flash 1.64x in the loaded hour before it), 10,000 spots flash 1.32x against
+    compiled 1.35x, 30,000 spots flash 1.51x.
     """
     if attention_kernel.load() is None:
         return "tensor"

@@ -7,10 +7,12 @@ step takes a seed, so the same seed gives the same features on every run.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import numpy as np
 import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
 
 from spamo.data import input_matrix
 
@@ -124,6 +126,12 @@ def pca(matrix, n_components: int, seed: int = 2025) -> np.ndarray:
     Solver by shape: few features -> exact covariance eigendecomposition; fewer components than half the rank ->
     ARPACK (sparse-friendly, start vector seeded); otherwise an exact dense SVD. Signs follow scikit-learn's rule,
     so a seed gives the same scores on every run.
+
+    The first two solvers run with one BLAS thread: ARPACK's work is its sparse products (single-threaded C) and
+    BLAS calls on n x ncv blocks, the covariance route a features x features eigendecomposition, both too small for
+    a second thread to pay for its waking and spinning. On the 2,500-spot HLN simulation's RNA (1,000 features,
+    99 components, ~990 sparse products) the same scores, byte for byte, cost 2.4-2.5 CPU s instead of 3.8-4.4
+    (benchmarks/results/run.md). The dense SVD keeps the thread pool: there a large matrix is factorised.
     """
     from sklearn.decomposition import PCA
 
@@ -136,7 +144,8 @@ def pca(matrix, n_components: int, seed: int = 2025) -> np.ndarray:
     else:
         solver = "full"
         matrix = matrix.toarray() if sp.issparse(matrix) else matrix
-    scores = PCA(n_components=n_components, svd_solver=solver, random_state=seed).fit_transform(matrix)
+    with threadpool_limits(limits=1, user_api="blas") if solver != "full" else contextlib.nullcontext():
+        scores = PCA(n_components=n_components, svd_solver=solver, random_state=seed).fit_transform(matrix)
     return np.ascontiguousarray(scores, dtype=np.float32)
 
 

@@ -9,9 +9,13 @@ against their ranges (`spamo.config.Range`, the words of `spamo run`'s refusals)
 checked by `search.space`, which needs no Optuna for it), the syntax of `--address` (and, for HOST:PORT, that
 something listens there: a socket, no Ray), the output and storage folders, a run name already taken (or, for
 `--resume` / `--rescore`, not there), the run folders to evaluate. What needs Ray or the data (`--address auto`, the
-cluster's token, the data's own problems) is refused later, still before anything is written. `cli.py` calls these first; `evaluation.evaluate.check_request`
-goes through `check_evaluate_options` too (`search.tuning` still checks a request's numbers itself, by the same
-rules).
+cluster's token, the data's own problems) is refused later, still before anything is written. `cli.py` and the Python API (`spamo.api_search`) call these
+first; `evaluation.evaluate.check_request` goes through `check_evaluate_options` too, and `search.tuning` checks a
+request handed to it directly by the same rules (`check_tune_numbers`, `check_tune_choices`, `check_run_name`), so
+each refusal has one wording wherever it is met.
+
+The search layer owns these options, as it owns the tune-run folder format (`search.run_folder`, which is light too:
+its names and `run_folder` come from there, not copies).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from search.ray_cluster import reachable
+from search.run_folder import RESULTS_ROOT, RUN_FILE, is_uri, run_folder
 from search.space import load_space, space_path
 from spamo.choices import TUNE_METRICS, TUNE_SCHEDULERS
 from spamo.config import Range, SpamoConfig
@@ -29,13 +34,7 @@ from spamo.errors import SpamoInputError
 from spamo.io import check_output_folder
 
 __all__ = ["TUNE_LIMITS", "EVALUATE_LIMITS", "check_tune_options", "check_named_run", "check_evaluate_options",
-           "check_address"]
-
-# The tune-run folder format, as far as a refusal needs it: the file that makes a folder a run, the default root of
-# the runs, and where a run's folder is (`run_dir_of`). search.run_folder owns the format (it imports the pipeline,
-# hence torch); tests/test_tune_refusals.py checks these against it.
-RUN_FILE = "tune_run.toml"
-RESULTS_ROOT = Path("results/tune")
+           "check_address", "check_tune_numbers", "check_tune_choices", "check_run_name"]
 
 # option (a TuneRequest / EvaluateRequest field) -> (its flag, the range it must be in, whether it is an integer);
 # None means "not given" and is left alone
@@ -65,8 +64,7 @@ def check_tune_options(options: Mapping[str, Any]) -> None:
     """
     _check_given(options)
     name = options.get("name")
-    if not name or any(c in name for c in "/\\") or name.startswith("."):
-        raise SpamoInputError("--name", f"'{name}' is not a usable folder name")
+    check_run_name(name)
     run_dir = run_dir_of(name, options.get("storage"), options.get("results_root"))
     if (run_dir / RUN_FILE).exists():
         raise SpamoInputError("--name", f"a run named '{name}' exists in {run_dir}: continue it with --resume {name} "
@@ -88,11 +86,8 @@ def check_named_run(flag: str, options: Mapping[str, Any]) -> None:
 
 
 def run_dir_of(name: str, storage: str | Path | None, results_root: str | Path | None = None) -> Path:
-    """A run's folder: STORAGE/NAME for local storage, else (no storage, or a URI that Ray writes to) the results
-    root's NAME on this machine."""
-    if storage and not _is_uri(storage):
-        return Path(storage).resolve() / name
-    return Path(results_root or RESULTS_ROOT).resolve() / name
+    """A run's folder (`search.run_folder.run_folder`), the results root defaulting when the option is not given."""
+    return run_folder(name, storage, results_root or RESULTS_ROOT)
 
 
 def check_evaluate_options(options: Mapping[str, Any]) -> None:
@@ -122,17 +117,38 @@ def check_address(address: str | None) -> None:
 
 def _check_given(options: Mapping[str, Any]) -> None:
     """What every form of `spamo tune` checks of the options it was given."""
-    _check_numbers(options, TUNE_LIMITS)
-    _check_name(options.get("scheduler"), TUNE_SCHEDULERS, "--scheduler")
-    _check_name(options.get("metric"), TUNE_METRICS, "--metric")
+    check_tune_numbers(options)
+    check_tune_choices(options)
     check_address(options.get("address"))
     storage = options.get("storage")
-    if storage and not _is_uri(storage):  # a URI (s3://, gs://) is Ray's to check
+    if storage and not is_uri(storage):  # a URI (s3://, gs://) is Ray's to check
         check_output_folder(storage, option="--storage")
 
 
-def _is_uri(storage: str | Path) -> bool:
-    return "://" in str(storage)
+def check_tune_numbers(request: Any) -> None:
+    """The numeric options of a search (`TUNE_LIMITS`), each against its range; `request` is a `TuneRequest` or a
+    mapping of some of its fields (an option not given, or None, is left alone)."""
+    _check_numbers(_fields(request, TUNE_LIMITS), TUNE_LIMITS)
+
+
+def check_tune_choices(request: Any) -> None:
+    """The scheduler and the metric of a search (a `TuneRequest` or a mapping of its fields), when given, by name."""
+    fields = _fields(request, ("scheduler", "metric"))
+    _check_name(fields.get("scheduler"), TUNE_SCHEDULERS, "--scheduler")
+    _check_name(fields.get("metric"), TUNE_METRICS, "--metric")
+
+
+def check_run_name(name: str | None) -> None:
+    """A run's name is its folder's name: not empty, no path separator, not hidden."""
+    if not name or any(c in name for c in "/\\") or name.startswith("."):
+        raise SpamoInputError("--name", f"'{name}' is not a usable folder name")
+
+
+def _fields(request: Any, keys) -> dict[str, Any]:
+    """The given `keys` of a mapping of options or of a request object (its attributes)."""
+    if isinstance(request, Mapping):
+        return {key: request.get(key) for key in keys}
+    return {key: getattr(request, key, None) for key in keys}
 
 
 def _check_numbers(options: Mapping[str, Any], limits: dict[str, tuple[str, Range, bool]]) -> None:
