@@ -155,62 +155,8 @@ def test_search_records_every_trial_and_a_failing_trial_leaves_the_others_intact
 
 
 # ------------------------------------------------------------------------------------------------ killed driver
-
-
-def test_a_killed_driver_resumes_without_losing_or_repeating_finished_trials(tiny_sim, tmp_path):
-    """SIGKILL to the driver alone (as a preempted machine or the OOM killer would): no Ray process of its session
-    survives it, and the resumed search keeps the finished trial and continues the running one from its checkpoint."""
-    # long enough that the second trial is still training a snapshot interval after its first checkpoint (reports
-    # got cheaper, and 60 epochs of the tiny data can end inside that interval)
-    epochs = 240
-    args = tune_args(tiny_sim, tmp_path, "killed", "--num-samples", "2", "--epochs", str(epochs), "--scheduler", "none",
-                     "--max-concurrent", "1", "--checkpoint-every", "4")
-    log = open(tmp_path / "driver.log", "w")
-    driver = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    ledger = tmp_path / "killed" / "ledger"
-
-    def second_trial_checkpointed() -> bool:
-        done = {p.stem for p in ledger.glob("*.json")}
-        return any(list(d.glob("checkpoint_*")) for d in (tmp_path / "killed").glob("trial_*")
-                   if d.name.rsplit("_", 1)[-1] not in done)
-
-    try:
-        deadline = time.time() + 300
-        while not (list(ledger.glob("*.json")) and second_trial_checkpointed()) and time.time() < deadline \
-                and driver.poll() is None:
-            time.sleep(0.3)
-        assert list(ledger.glob("*.json")) and second_trial_checkpointed(), \
-            (tmp_path / "driver.log").read_text()[-3000:]
-        time.sleep(2.5)  # one experiment snapshot (every 2 s) later, so the resumed run knows the checkpoint
-        assert driver.poll() is None, "the search ended before it could be killed"
-        os.kill(driver.pid, signal.SIGKILL)  # the driver only: what it started must end with it
-        driver.wait(timeout=30)
-        deadline = time.time() + 60
-        while session_pids(driver.pid) and time.time() < deadline:
-            time.sleep(0.5)
-        survivors = session_pids(driver.pid)
-    finally:
-        kill_session(driver.pid)
-        log.close()
-    assert not survivors, f"Ray processes outlived the killed driver: {survivors}"
-    before = {p.stem: json.loads(p.read_text()) for p in ledger.glob("*.json")}
-    assert all(r["status"] == "finished" for r in before.values())
-    assert len(before) == 1
-
-    resumed = run([sys.executable, str(ROOT / "cli.py"), "tune", "--resume", "killed", "--storage", str(tmp_path)])
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    frame = trials(tmp_path / "killed").set_index("trial_id")
-    assert len(frame) == 2 and (frame["status"] == "finished").all()
-    assert sorted(frame["number"]) == [1, 2]
-    for trial_id, record in before.items():  # same id, same scores, same run: not trained again
-        row = frame.loc[trial_id]
-        assert row["ari"] == pytest.approx(record["result"]["ari"])
-        assert row["started_at"] == pytest.approx(record["result"]["started_at"])
-        assert row["finished_at"] == pytest.approx(record["result"]["finished_at"])
-    after = {p.stem: json.loads(p.read_text()) for p in ledger.glob("*.json")}
-    assert all(after[tid]["recorded_at"] == rec["recorded_at"] for tid, rec in before.items())
-    continued = frame.drop(index=list(before)).iloc[0]
-    assert continued["start_epoch"] > 0 and continued["epoch"] == epochs  # continued from its checkpoint
+# tests/test_tune_segments.py: a driver killed by SIGKILL leaves no Ray process and resumes without losing or
+# repeating a trial
 
 
 # ------------------------------------------------------------------------------------------------ two-node cluster
