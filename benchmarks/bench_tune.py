@@ -322,6 +322,15 @@ def main() -> None:
     args.trials = args.trials or defaults[2]
     if args.what == "memory":
         args.report_every = min(args.report_every, args.epochs)
+    if args.preset is not None:  # an unknown preset is one line (exit 2), before anything is made
+        from spamo.errors import SpamoInputError
+        from spamo.simulate import get_preset
+
+        try:
+            get_preset(args.preset)
+        except SpamoInputError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
     args.uptime_start = uptime()
     work = Path(tempfile.mkdtemp(prefix="bench_tune_"))
     lines = {"throughput": throughput, "overhead": overhead, "memory": memory}[args.what](args, work)
