@@ -9,11 +9,13 @@ from spamo.data import MultiOmicsData
 from spamo.datatypes import get_data_type
 from spamo.errors import SpamoInputError
 from spamo.preprocessing import (
+    PCA_SOLVERS,
     Recipe,
     clr,
     features_per_spot,
     lsi,
     pca,
+    pca_solver,
     preprocess,
     scale,
     spots_per_feature,
@@ -167,3 +169,20 @@ def test_scale_and_pca_and_counters():
     assert np.allclose(pca(sp.csr_matrix(x), 3, seed=1), scores, atol=1e-4)
     counts = sp.csr_matrix(np.array([[0, 1, 2], [0, 0, 3.0]]))
     assert list(spots_per_feature(counts)) == [0, 1, 2] and list(features_per_spot(counts)) == [2, 1]
+
+
+def test_pca_solvers_agree_and_the_cheapest_is_chosen():
+    """The solver is chosen by cost; every exact solver gives the same scores (signs included), dense or sparse."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(300, 520)) + rng.normal(size=(300, 1)) * np.linspace(0, 3, 520)
+    x[rng.random(x.shape) < 0.5] = 0.0
+    scores = {solver: pca(x, 12, seed=4, solver=solver) for solver in PCA_SOLVERS}
+    for solver in PCA_SOLVERS:
+        assert np.allclose(scores[solver], scores["arpack"], atol=1e-4), solver
+    assert np.allclose(pca(sp.csr_matrix(x), 12, seed=4), scores["arpack"], atol=1e-4)
+    assert pca_solver(2500, 1000, 99) == "covariance_eigh"  # the HLN simulation's RNA
+    assert pca_solver(9000, 3000, 50) == "covariance_eigh"
+    assert pca_solver(3500, 3000, 30) == "arpack"  # where the covariance's p^3 no longer pays
+    assert pca_solver(100, 800, 60) == "full"
+    with pytest.raises(ValueError, match="not one of"):
+        pca(x, 3, solver="randomized")

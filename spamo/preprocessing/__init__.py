@@ -15,16 +15,16 @@ published recipes and running them). Every public name is importable from `spamo
 
 from __future__ import annotations
 
-from spamo.preprocessing.matrices import (HVG_TOP, SCALE_MAX_VALUE, TARGET_SUM, clr, features_per_spot,
-                                          highly_variable_features, log1p, lsi, normalize_total, pca, raw_counts,
-                                          scale, spots_per_feature, tfidf)
+from spamo.preprocessing.matrices import (HVG_TOP, PCA_SOLVERS, SCALE_MAX_VALUE, TARGET_SUM, clr, features_per_spot,
+                                          highly_variable_features, log1p, lsi, normalize_total, pca, pca_solver,
+                                          raw_counts, scale, spots_per_feature, tfidf)
 from spamo.preprocessing.recipes import RECIPES, ModalityRecipe, Recipe, preprocess, run_recipe
 from spamo.preprocessing.steps import (ComponentCount, ModalityState, RecipeContext, Step, adt_count, clr_step,
                                        fixed_count, hvg_step, log1p_step, lsi_step, normalize_step, pca_step,
                                        scale_step)
 
-__all__ = ["HVG_TOP", "SCALE_MAX_VALUE", "TARGET_SUM", "clr", "features_per_spot", "highly_variable_features", "log1p",
-           "lsi", "normalize_total", "pca", "raw_counts", "scale", "spots_per_feature", "tfidf", "RECIPES",
+__all__ = ["HVG_TOP", "PCA_SOLVERS", "SCALE_MAX_VALUE", "TARGET_SUM", "clr", "features_per_spot", "highly_variable_features", "log1p",
+           "lsi", "normalize_total", "pca", "pca_solver", "raw_counts", "scale", "spots_per_feature", "tfidf", "RECIPES",
            "ModalityRecipe", "Recipe", "preprocess", "run_recipe", "ComponentCount", "ModalityState",
            "RecipeContext", "Step", "adt_count", "clr_step", "fixed_count", "hvg_step", "log1p_step", "lsi_step",
            "normalize_step", "pca_step", "scale_step"]

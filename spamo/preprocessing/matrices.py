@@ -120,31 +120,49 @@ def clr(counts):
     return np.log1p(x / geo[:, None])
 
 
-def pca(matrix, n_components: int, seed: int = 2025) -> np.ndarray:
+PCA_SOLVERS = ("covariance_eigh", "arpack", "full")  # scikit-learn's exact solvers, the ones `pca` chooses from
+
+
+def pca_solver(n_spots: int, n_features: int, n_components: int) -> str:
+    """The exact PCA solver that is cheapest for this shape (all three give the same scores to ~1e-10).
+
+    Cost estimates, in units fitted on this project's 2-core machine (benchmarks/results/run.md): the covariance
+    route forms the features x features covariance and eigendecomposes it, ~ N p^2 + 5 p^3; ARPACK runs ~ 250 k
+    products of the N x p matrix, ~ 250 N p k. Measured: 2,500 x 1,000, 99 components 0.25 s against 1.6 s;
+    9,000 x 3,000, 50 components 6.8 s against 17.9 s; 3,500 x 3,000, 30 components 5.1 s against 4.7 s, where
+    ARPACK stays. More components than half the rank take the dense SVD, as before this choice by cost.
+    """
+    n, p, k = n_spots, n_features, n_components
+    if p <= 500:
+        return "covariance_eigh"
+    if k >= min(n, p) // 2:
+        return "full"
+    return "covariance_eigh" if n * p * p + 5 * p**3 < 250 * n * p * k else "arpack"
+
+
+def pca(matrix, n_components: int, seed: int = 2025, solver: str | None = None) -> np.ndarray:
     """Principal component scores (N x n_components, float32), centring implicitly so sparse input stays sparse.
 
-    Solver by shape: few features -> exact covariance eigendecomposition; fewer components than half the rank ->
-    ARPACK (sparse-friendly, start vector seeded); otherwise an exact dense SVD. Signs follow scikit-learn's rule,
-    so a seed gives the same scores on every run.
+    `solver` (one of `PCA_SOLVERS`) defaults to the cheapest for the shape (`pca_solver`); signs follow
+    scikit-learn's rule, so a seed gives the same scores on every run.
 
-    The first two solvers run with one BLAS thread: ARPACK's work is its sparse products (single-threaded C) and
-    BLAS calls on n x ncv blocks, the covariance route a features x features eigendecomposition, both too small for
-    a second thread to pay for its waking and spinning. On the 2,500-spot HLN simulation's RNA (1,000 features,
-    99 components, ~990 sparse products) the same scores, byte for byte, cost 2.4-2.5 CPU s instead of 3.8-4.4
-    (benchmarks/results/run.md). The dense SVD keeps the thread pool: there a large matrix is factorised.
+    A small features x features problem (covariance route up to 500 features) and ARPACK run with one BLAS thread:
+    ARPACK's work is its sparse products (single-threaded C) and BLAS calls on n x ncv blocks, the small
+    covariance an eigendecomposition too small for a second thread to pay for its waking and spinning (the same
+    scores, byte for byte, 2.4-2.5 CPU s instead of 3.8-4.4 for ARPACK on the HLN simulation's RNA;
+    benchmarks/results/run.md). Larger covariances and the dense SVD keep the thread pool.
     """
     from sklearn.decomposition import PCA
 
     n, p = matrix.shape
     n_components = int(min(n_components, n, p))
-    if p <= 500:
-        solver = "covariance_eigh"
-    elif n_components < min(n, p) // 2:
-        solver = "arpack"
-    else:
-        solver = "full"
-        matrix = matrix.toarray() if sp.issparse(matrix) else matrix
-    with threadpool_limits(limits=1, user_api="blas") if solver != "full" else contextlib.nullcontext():
+    solver = solver or pca_solver(n, p, n_components)
+    if solver not in PCA_SOLVERS:
+        raise ValueError(f"PCA solver {solver!r} is not one of {PCA_SOLVERS}")
+    if solver == "full" and sp.issparse(matrix):
+        matrix = matrix.toarray()
+    one_thread = solver == "arpack" or (solver == "covariance_eigh" and p <= 500)
+    with threadpool_limits(limits=1, user_api="blas") if one_thread else contextlib.nullcontext():
         scores = PCA(n_components=n_components, svd_solver=solver, random_state=seed).fit_transform(matrix)
     return np.ascontiguousarray(scores, dtype=np.float32)
 
