@@ -150,8 +150,8 @@ def timed_epoch(trainer) -> dict:
     for graph, before in zip(self.graphs, refined):
         graph.update_after_step(before.detach())
     CLOCK.parts["feature-graph update"] += time.process_time() - t
-    if self.scheduler is not None and not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-        self.scheduler.step()
+    if self.scheduler is not None:
+        self.scheduler.step(values["total"])
     self.epoch += 1
     total = time.process_time() - start
     CLOCK.active = False

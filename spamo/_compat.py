@@ -48,6 +48,27 @@ def rpy2_environment_kept():
                 os.environ[key] = value
 
 
+def set_deterministic_algorithms(mode: bool, warn_only: bool = False) -> None:
+    """Set torch's deterministic-algorithms flag without importing torch's compiler.
+
+    `torch.use_deterministic_algorithms` sets the flag of the kernels (`torch._C._set_deterministic_algorithms`)
+    and, first, the same flag of the Inductor compiler, for which it imports torch._inductor and with it
+    torch._dynamo and sympy: about two seconds of imports at the start of every training, for a compiler spamo
+    never calls (its attention kernel is plain C: `spamo.model.attention_kernel`). Setting the kernels' flag alone
+    gives the kernels the same setting.
+    Used by: `spamo.training.deterministic_algorithms`.
+    Remove when: torch sets the flag without the import (true of no torch up to 2.13), or spamo compiles with
+    Inductor. Where torch lacks the private setter, the public call is made.
+    """
+    import torch
+
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is None:
+        torch.use_deterministic_algorithms(mode, warn_only=warn_only)
+    else:
+        setter(mode, warn_only=warn_only)
+
+
 class CsrOutput:
     """Wraps a kNN transformer so its graph comes back as `csr_matrix`.
 

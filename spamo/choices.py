@@ -59,8 +59,8 @@ KNN_TIES = ("sklearn", "index")
 "index" = the smaller spot index first (old spamo)."""
 EMA_UPDATES = ("after_step", "before_step")  # spamo.model.feature_graph: when the EMA target follows the graph
 DGI_INITS = ("torch", "xavier")  # spamo.model.losses: initialisation of the DGI discriminator
-OPTIMIZERS = ("adamw", "adam", "sgd")  # spamo.training.OPTIMIZERS
-SCHEDULERS = ("none", "cosine", "plateau")  # spamo.training.SCHEDULERS
+OPTIMIZERS = ("adamw", "adam", "sgd")  # spamo.optim.OPTIMIZERS
+SCHEDULERS = ("none", "cosine", "plateau")  # spamo.optim.SCHEDULERS
 # spamo.clustering's backends, in registration order (`available_methods()`): the built-in ones, then every name
 # given to `register_backend`
 CLUSTER_METHODS = OpenChoices("mclust", "auto", "gmm", "kmeans", "leiden", "louvain", "split-merge")

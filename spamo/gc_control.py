@@ -1,27 +1,26 @@
 """Python's cyclic garbage collector around spamo's heavy imports and at the end of the process: the part of a run's
 fixed cost that is the interpreter's own bookkeeping (benchmarks/results/run.md, "The garbage collector").
 
-Importing torch, torch's compiler modules, scikit-learn, pandas and anndata creates about half a million objects
+Importing torch, scikit-learn, pandas and anndata creates hundreds of thousands of objects
 that live as long as the process. The collector looks for reference cycles every 700 new objects and, every so
 often, walks every object there is: during those imports it walks the same long-lived objects again and again, and
 when the interpreter exits it walks them all once more before freeing them. Neither walk finds garbage among
 modules, classes and functions; together they cost seconds of a 1-epoch `spamo run`.
 
 - `imports_without_gc()`: a block in which the collector waits (objects are still freed by reference counting;
-  only the search for cycles waits until the block ends), around the two big imports of a run: `spamo.pipeline`'s
-  (torch, scikit-learn, pandas: some 280,000 objects) and torch's compiler modules (`spamo.training`, in a helper
-  thread beside the preprocessing: some 120,000). Blocks nest and may run in several threads at once: they share
-  one pause, and the collector runs again when the last block ends, if it ran before the first, after one full
-  collection when the block left more than `WALK_AFTER` new objects (each object is then walked once, not once per
-  generation and again each time the oldest generation grows by a quarter). Small imports gain nothing from it.
+  only the search for cycles waits until the block ends), around the big imports of a run: `spamo.pipeline`'s
+  (torch, scikit-learn, pandas: some 280,000 objects) and the preprocessing's. Blocks nest and may run in several
+  threads at once: they share one pause, and the collector runs again when the last block ends, if it ran before
+  the first, after one full collection when the block left more than `WALK_AFTER` new objects (each object is then
+  walked once, not once per generation and again each time the oldest generation grows by a quarter). Small
+  imports gain nothing from it.
 - `imports_without_gc(freeze=True)`: the same pause, but when it is the last block to end it freezes the objects
   (`gc.freeze()`: moved to the collector's permanent generation, walked by no later collection) instead of walking
   them all; `thaw()` puts them back (`gc.unfreeze()`) when the work that wanted them out of the way ends.
-  `pipeline.run` holds such a block over the preprocessing, which the torch compiler's import (a block of its own,
-  in a helper thread) runs beside: that import's full walk was 0.7 CPU s of some 435,000 objects, in the middle of
-  the preprocessing and holding Python's lock while it ran (benchmarks/results/run.md); frozen, the run's
-  collections walk only what the run itself creates, and after `thaw()` the objects are collected as they would
-  have been. Nothing is frozen where someone else froze objects already (their freeze is theirs to undo).
+  `pipeline.run` holds such a block over the preprocessing: the full walk that would end it was 0.7 CPU s of some
+  435,000 objects when torch's compiler was imported beside it (benchmarks/results/run.md; spamo no longer
+  imports the compiler: `spamo._compat.set_deterministic_algorithms`); frozen, the run's collections walk only what
+  the run itself creates, and after `thaw()` the objects are collected as they would have been. Nothing is frozen where someone else froze objects already (their freeze is theirs to undo).
 - `no_cycle_search_at_exit()`: at exit, `gc.freeze()` moves every object into the collector's permanent generation,
   so the interpreter's shutdown frees what reference counting frees and searches nothing for cycles (the memory goes
   back to the system with the process). What is skipped: the finalisers (`__del__`) of objects that are garbage only

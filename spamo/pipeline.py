@@ -30,7 +30,7 @@ with imports_without_gc():  # torch, scikit-learn, pandas: half a million object
     from spamo.io import atomic_dir, file_sha256
     from spamo.metrics import clustering_scores, label_free_parts
     from spamo.preprocessing import preprocess
-    from spamo.training import import_torch_compiler_in_background, train
+    from spamo.training import train
 
 if TYPE_CHECKING:
     from spamo.plots import Placement
@@ -246,20 +246,15 @@ def run(data: MultiOmicsData, config: SpamoConfig, modalities: list[str] | None 
     """The method's main job on loaded data. `picture_layout`: the layout of the picture `RunResult.write` draws by
     default, computed while R clusters (`cluster_and_score`; None: not computed unless a picture is drawn). The
     process exits without searching its objects for reference cycles (`spamo.gc_control.no_cycle_search_at_exit`:
-    a second or two of the interpreter's shutdown). The objects there are when torch's compiler modules are in are
+    a second or two of the interpreter's shutdown). The objects there are after the preprocessing's imports are
     frozen out of the collector's walks until the run ends (`spamo.gc_control`, `imports_without_gc(freeze=True)`:
     a full walk of the whole heap less, in the middle of the preprocessing)."""
     no_cycle_search_at_exit()
     start = time.perf_counter()
     start_r_early(config)
     try:
-        with imports_without_gc(freeze=True):  # one pause with the helper's import, ended by a freeze, not a walk
-            importing = import_torch_compiler_in_background()  # beside the preprocessing, which runs no torch code
-            try:
-                prepared, resolved = prepare(data, config, modalities)
-            finally:
-                if importing is not None:
-                    importing.join()
+        with imports_without_gc(freeze=True):  # the preprocessing's imports in one pause, ended by a freeze
+            prepared, resolved = prepare(data, config, modalities)
         prep_s = time.perf_counter() - start
         result = fit_and_cluster(prepared, resolved, progress=progress, picture_layout=picture_layout)
     finally:

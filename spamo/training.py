@@ -8,11 +8,8 @@ returns L2-normalised embeddings. `Trainer` is the same plan one step at a time 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import math
 import random
-import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -21,8 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from spamo._compat import set_deterministic_algorithms
 from spamo.errors import SpamoInputError
-from spamo.gc_control import imports_without_gc
 from spamo.model.feature_graph import LearnableFeatureGraph
 from spamo.model.losses import (
     dgi_loss,
@@ -32,6 +29,7 @@ from spamo.model.losses import (
 )
 from spamo.model.module import SpamoModule
 from spamo.model.sparse import to_operator
+from spamo.optim import OPTIMIZERS, SCHEDULERS
 
 
 @dataclass
@@ -46,39 +44,6 @@ class TrainResult:
     device: str = "cpu"
     stopped_early: bool = False  # the callback asked to stop
     start_epoch: int = 0  # the epoch training continued from (0 unless started from a checkpoint)
-
-
-# ---------------------------------------------------------------------------------------------- optimisers
-
-
-def _adamw(params, config):
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-
-
-def _adam(params, config):
-    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-
-
-def _sgd(params, config):
-    return torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
-
-
-OPTIMIZERS: dict[str, Callable] = {"adamw": _adamw, "adam": _adam, "sgd": _sgd}
-
-
-def _no_scheduler(optimizer, config):
-    return None
-
-
-def _cosine(optimizer, config):
-    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs, eta_min=config.lr / 100)
-
-
-def _plateau(optimizer, config):
-    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=5)
-
-
-SCHEDULERS: dict[str, Callable] = {"none": _no_scheduler, "cosine": _cosine, "plateau": _plateau}
 
 
 # ---------------------------------------------------------------------------------------------- run setup
@@ -105,44 +70,16 @@ def set_random_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-# torch.use_deterministic_algorithms imports this module (and with it torch._dynamo); torch.optim's optimisers import
-# torch._dynamo on first use: about a second of imports at the start of every training, for code spamo never compiles
-TORCH_COMPILER_MODULE = "torch._inductor.config"
-
-
-def import_torch_compiler_in_background() -> threading.Thread | None:
-    """Import torch's compiler modules (`TORCH_COMPILER_MODULE`) in a helper thread and return it (None when they
-    are loaded already), so that this second of imports overlaps work that runs no torch code (the preprocessing:
-    `spamo.pipeline.run`). The caller joins the thread before it runs torch code of its own, so no torch operation
-    runs while torch registers its compiler's kernels. Nothing else changes: the modules are the ones training
-    would import itself; should the import fail here, training imports them again and reports the failure.
-    """
-    if TORCH_COMPILER_MODULE in sys.modules:
-        return None
-    thread = threading.Thread(target=_import_quietly, args=(TORCH_COMPILER_MODULE,), name="spamo-import-torch",
-                              daemon=True)
-    thread.start()
-    return thread
-
-
-def _import_quietly(name: str) -> None:
-    try:
-        with imports_without_gc():
-            importlib.import_module(name)
-    except Exception:  # noqa: BLE001 - the import is repeated, and reported, where training needs it
-        pass
-
-
 @contextlib.contextmanager
 def deterministic_algorithms():
     """Ask torch for deterministic kernels (warning where none exists) for the duration of a run."""
     before = torch.are_deterministic_algorithms_enabled()
     before_warn = torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    set_deterministic_algorithms(True, warn_only=True)
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(before, warn_only=before_warn)
+        set_deterministic_algorithms(before, warn_only=before_warn)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -229,10 +166,8 @@ class Trainer:
         for graph, before in zip(self.graphs, refined):
             graph.update_after_step(before.detach())
         values["lr"] = self.optimizer.param_groups[0]["lr"]
-        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        if self.scheduler is not None:
             self.scheduler.step(values["total"])
-        elif self.scheduler is not None:
-            self.scheduler.step()
         self.epoch += 1
         values["epoch"] = self.epoch
         return values

@@ -15,7 +15,19 @@ import math
 import torch
 import torch.nn.functional as F
 
-from spamo.training import OPTIMIZERS, SCHEDULERS
+# the reference trains with torch.optim's own optimisers and schedules, so that the comparison checks spamo.optim too
+TORCH_OPTIMIZERS = {
+    "adamw": lambda params, c: torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay),
+    "adam": lambda params, c: torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay),
+    "sgd": lambda params, c: torch.optim.SGD(params, lr=c.lr, momentum=0.9, weight_decay=c.weight_decay),
+}
+TORCH_SCHEDULERS = {
+    "none": lambda optimizer, c: None,
+    "cosine": lambda optimizer, c: torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=c.epochs,
+                                                                              eta_min=c.lr / 100),
+    "plateau": lambda optimizer, c: torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5,
+                                                                               patience=5),
+}
 
 
 def to_dense(graph: torch.Tensor) -> torch.Tensor:
@@ -41,8 +53,8 @@ class DenseSpamo:
         self.P = [to_dense(g).clone().requires_grad_(True) for g in feature_graphs]
         self.current = [to_dense(g).clone() for g in feature_graphs]
         self.target = [to_dense(g).clone() for g in feature_graphs]
-        self.optimizer = OPTIMIZERS[config.optimizer](list(self.params.values()) + self.P, config)
-        self.scheduler = SCHEDULERS[config.scheduler](self.optimizer, config)
+        self.optimizer = TORCH_OPTIMIZERS[config.optimizer](list(self.params.values()) + self.P, config)
+        self.scheduler = TORCH_SCHEDULERS[config.scheduler](self.optimizer, config)
         self.training = True
 
     # -- layers -------------------------------------------------------------------------------------------

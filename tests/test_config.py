@@ -77,7 +77,7 @@ def test_allowed_values_come_from_their_owning_registries():
     from spamo.config import choices
     from spamo.graphs import KNN_TIES, WEIGHTS
     from spamo.model.feature_graph import EMA_UPDATES
-    from spamo.training import OPTIMIZERS, SCHEDULERS
+    from spamo.optim import OPTIMIZERS, SCHEDULERS
 
     declared = {f.name: choices(f) for f in settings()}
     assert declared["optimizer"] == tuple(OPTIMIZERS) and declared["scheduler"] == tuple(SCHEDULERS)
