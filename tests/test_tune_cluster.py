@@ -62,10 +62,12 @@ def start_node(args: list[str], env: dict, log_path: Path) -> subprocess.Popen:
     return process
 
 
-@pytest.fixture
-def cluster(tmp_path):
-    """A head and a worker node, 1 CPU each, token authentication on with a per-test token; fast node-death
-    detection so the lost node's trial is rescheduled within seconds."""
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A head and a worker node, 1 CPU each, token authentication on with a token of their own; fast node-death
+    detection so the lost node's trial is rescheduled within seconds. One cluster for the module (starting one costs
+    two `ray start`s): the test that loses the worker node kills it, and the refusals after it need only the head."""
+    tmp_path = tmp_path_factory.mktemp("cluster")
     token = tmp_path / "ray_token"
     token.write_text(secrets.token_hex(32))
     env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token),
@@ -85,6 +87,15 @@ def cluster(tmp_path):
             kill_session(process.pid)
             process.wait(timeout=30)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def started(args: list[str], env: dict) -> subprocess.Popen:
+    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finished(process: subprocess.Popen, timeout: int = 240) -> subprocess.CompletedProcess:
+    stdout, stderr = process.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 def results_of(trial_dir: Path) -> list[dict]:
@@ -156,19 +167,24 @@ def test_a_lost_worker_node_s_trial_is_retried_on_the_head_from_its_checkpoint(t
 
 
 def test_an_address_without_a_cluster_or_without_its_token_is_one_line_before_any_work(tiny_sim, tmp_path, cluster):
+    """The three drivers run side by side (each is mostly Python's start-up: its imports, one core)."""
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)
-    done = run(tune_args(tiny_sim, tmp_path, "x", "--address", f"127.0.0.1:{free_port()}"), env=env)
-    assert done.returncode == 2, done.stderr
-    assert done.stderr.count("\n") == 1 and "nothing answers at 127.0.0.1" in done.stderr
-    assert "is the head node running" in done.stderr
-
+    nobody = started(tune_args(tiny_sim, tmp_path, "x", "--address", f"127.0.0.1:{free_port()}"), env=env)
     wrong = tmp_path / "wrong_token"
     wrong.write_text(secrets.token_hex(32))
+    refused = []
     for token_env in ({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(wrong)},
                       {"RAY_AUTH_MODE": "disabled"}):
         env = {k: v for k, v in cluster["env"].items() if not k.startswith("RAY_AUTH")} | token_env
-        done = run(tune_args(tiny_sim, tmp_path, "y", "--address", cluster["address"]), env=env)
+        refused.append(started(tune_args(tiny_sim, tmp_path, "y", "--address", cluster["address"]), env=env))
+
+    done = finished(nobody)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and "nothing answers at 127.0.0.1" in done.stderr
+    assert "is the head node running" in done.stderr
+    for driver in refused:
+        done = finished(driver)
         assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: --address: the Ray cluster at"), done.stderr

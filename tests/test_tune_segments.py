@@ -1,9 +1,10 @@
 """A long search runs as segments, one Ray Tune experiment each, over one Optuna study (search.segments): real Ray,
 real SQLite study, a tiny simulation and segments of 2 trials (the real size is 100).
 
-The first test runs a 5-trial search (3 segments) in this process and checks what must not notice the segments:
-numbering, the ledger, trials.parquet, the study, and ASHA's rungs carried into the next segment. The second kills
-the driver (SIGKILL, its own session) in the first of two segments and resumes it with `spamo tune --resume`.
+What must not notice the segments (numbering, the ledger, trials.parquet, the study, and ASHA's rungs carried into
+the next segment) is checked on the 3-segment search of tests/test_tune_memory.py (`RungWatch` is here). The test
+here kills the driver (SIGKILL, its own session) in the first of two segments and resumes it with
+`spamo tune --resume`.
 """
 
 from __future__ import annotations
@@ -19,14 +20,12 @@ import time
 import optuna
 import pandas as pd
 import pytest
-import ray
 from ray import tune
 
 from search.ledger import load_ledger
 from search.run_folder import STUDY_FILE, TRIALS_FILE
 from search.schedulers import AshaScheduler
 from search.segments import SEGMENTS_FILE
-from search.tuning import TuneRequest, start_tune
 from test_tune import ROOT, kill_session, session_pids, tiny_sim  # noqa: F401 - tiny_sim is a fixture
 
 pytestmark = pytest.mark.ray
@@ -48,38 +47,22 @@ def study_states(run_dir, name: str) -> list[str]:
     return [t.state.name for t in study.trials]
 
 
-def test_a_search_in_segments_numbers_records_and_studies_every_trial_and_carries_the_rungs(tiny_sim, tmp_path,
-                                                                                            monkeypatch):
-    monkeypatch.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # what search.ray_cluster.connect sets; undone after
-    request = TuneRequest(name="segmented", num_samples=5, data_dir=str(tiny_sim), data_type="Simulation",
-                          n_clusters=5, epochs=4, report_every=2, cpus_per_trial=1, gpus_per_trial=0,
-                          storage=str(tmp_path), scheduler="asha")
-    watch = RungWatch()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        outcome = start_tune(request, log=lambda *args, **kwargs: None, observers=(watch,), segment_trials=2)
-    finally:
-        ray.shutdown()
+def snapshot_has_checkpoint(run_dir, trial_id: str) -> bool:
+    """Whether segment 1's experiment snapshot records a checkpoint of the trial (False while it is being written)."""
+    for path in run_dir.glob("experiment_state-*.json"):
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return False
+        for _, metadata in state["trial_data"]:
+            last = json.loads(metadata)["last_result"]
+            if last.get("trial_id") == trial_id and last.get("checkpoint_dir_name"):
+                return True
+    return False
 
-    run_dir = outcome.run_dir
-    assert outcome.complete and outcome.n_trials == 5
-    frame = pd.read_parquet(run_dir / TRIALS_FILE)
-    assert list(frame["number"]) == [1, 2, 3, 4, 5] and frame["trial_id"].is_unique
-    assert frame["status"].isin(["finished", "stopped_early"]).all() and frame["ari"].notna().all()
-    ledger = load_ledger(run_dir)
-    assert sorted(r["number"] for r in ledger.values()) == [1, 2, 3, 4, 5] and set(ledger) == set(frame["trial_id"])
-    states = study_states(run_dir, "segmented")
-    assert len(states) == 5 and states.count("COMPLETE") == 5  # one study: every segment's trials told to it
-    # segment 1 is where a one-segment search keeps its Ray experiment (the run folder); the others are inside it
-    folders = {int(p.name.split("_")[1]): p.parent for p in run_dir.glob("**/trial_*") if (p / "result.json").is_file()}
-    assert folders == {1: run_dir, 2: run_dir, 3: run_dir / "segment_002", 4: run_dir / "segment_002",
-                       5: run_dir / "segment_003"}
-    assert json.loads((run_dir / SEGMENTS_FILE).read_text()) == {"trials_per_segment": 2,
-                                                                   "ended": {"1": [], "2": [], "3": []}}
-    # the first trial of each later segment is judged against the rung of every trial before it (each reports at
-    # epoch 2, ASHA's one rung): one scheduler serves all segments
-    assert watch.at_start[1] == [[0]]
-    assert watch.at_start[3] == [[2]] and watch.at_start[5] == [[4]]
+
+# A search of 3 segments (numbering, ledger, trials.parquet, study, folders, ASHA's rungs carried on) is checked on
+# the long search of tests/test_tune_memory.py, which runs one: a second segmented search cost a minute of CI.
 
 
 def test_a_killed_driver_resumes_its_segment_without_losing_or_repeating_trials_then_runs_the_rest(tiny_sim,
@@ -88,12 +71,13 @@ def test_a_killed_driver_resumes_its_segment_without_losing_or_repeating_trials_
     1 trains: no Ray process of its session survives it; `spamo tune --resume` restores segment 1 (where a search of
     one segment, the usual case, keeps its experiment), the running trial continues from its checkpoint, the
     finished one is not trained again, then segment 2 runs. Segments of 2, 3 trials: the fewest that put a segment
-    after the one killed."""
-    epochs = 240  # long enough that trial 2 still trains a snapshot interval after its first checkpoint
+    after the one killed. A report (and a checkpoint) every 8 epochs: a report clusters and scores the embedding,
+    which at 2 epochs cost as much as the training itself; the kill needs only one checkpoint Ray's snapshot knows."""
+    epochs = 240  # long enough that trial 2 still trains a snapshot interval (2 s) after its first checkpoint
     script = ("from search.tuning import TuneRequest, start_tune; "
               f"start_tune(TuneRequest(name='cut', num_samples=3, data_dir={str(tiny_sim)!r}, data_type='Simulation', "
-              f"n_clusters=5, epochs={epochs}, report_every=2, cpus_per_trial=1, gpus_per_trial=0, scheduler='none', "
-              f"max_concurrent=1, checkpoint_every=4, storage={str(tmp_path)!r}), segment_trials=2)")
+              f"n_clusters=5, epochs={epochs}, report_every=8, cpus_per_trial=1, gpus_per_trial=0, scheduler='none', "
+              f"max_concurrent=1, checkpoint_every=8, storage={str(tmp_path)!r}), segment_trials=2)")
     log = open(tmp_path / "driver.log", "w")
     driver = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                               start_new_session=True)
@@ -106,11 +90,16 @@ def test_a_killed_driver_resumes_its_segment_without_losing_or_repeating_trials_
     try:
         deadline = time.time() + 300
         while not second_trial_checkpointed() and time.time() < deadline and driver.poll() is None:
-            time.sleep(0.3)
+            time.sleep(0.2)
         assert second_trial_checkpointed(), (tmp_path / "driver.log").read_text()[-3000:]
-        time.sleep(2.5)  # one experiment snapshot (every 2 s) later, so the resumed segment knows the checkpoint
-        assert driver.poll() is None, "the search ended before it could be killed"
         running = next(run_dir.glob("trial_00002_*")).name.rsplit("_", 1)[-1]
+        # killed once Ray's experiment snapshot (rewritten every 2 s) holds a checkpoint of the running trial: what
+        # the resumed segment continues it from
+        deadline = time.time() + 60
+        while not snapshot_has_checkpoint(run_dir, running) and time.time() < deadline and driver.poll() is None:
+            time.sleep(0.2)
+        assert snapshot_has_checkpoint(run_dir, running), (tmp_path / "driver.log").read_text()[-3000:]
+        assert driver.poll() is None, "the search ended before it could be killed"
         os.kill(driver.pid, signal.SIGKILL)  # the driver only: what it started must end with it
         driver.wait(timeout=30)
         deadline = time.time() + 60
