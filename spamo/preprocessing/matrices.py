@@ -121,6 +121,7 @@ def clr(counts):
 
 
 PCA_SOLVERS = ("covariance_eigh", "arpack", "full")  # scikit-learn's exact solvers, the ones `pca` chooses from
+ONE_THREAD_COVARIANCE = 2e10  # covariance routes below this cost (N p^2 + 5 p^3) run on one BLAS thread (`pca`)
 
 
 def pca_solver(n_spots: int, n_features: int, n_components: int) -> str:
@@ -146,11 +147,13 @@ def pca(matrix, n_components: int, seed: int = 2025, solver: str | None = None) 
     `solver` (one of `PCA_SOLVERS`) defaults to the cheapest for the shape (`pca_solver`); signs follow
     scikit-learn's rule, so a seed gives the same scores on every run.
 
-    A small features x features problem (covariance route up to 500 features) and ARPACK run with one BLAS thread:
-    ARPACK's work is its sparse products (single-threaded C) and BLAS calls on n x ncv blocks, the small
-    covariance an eigendecomposition too small for a second thread to pay for its waking and spinning (the same
-    scores, byte for byte, 2.4-2.5 CPU s instead of 3.8-4.4 for ARPACK on the HLN simulation's RNA;
-    benchmarks/results/run.md). Larger covariances and the dense SVD keep the thread pool.
+    ARPACK, and a covariance route of less than `ONE_THREAD_COVARIANCE` (N p^2 + 5 p^3, about a second on one
+    core), run with one BLAS thread: ARPACK's work is its sparse products (single-threaded C) and BLAS calls on
+    n x ncv blocks, a small covariance too little work for a second thread to pay for its waking and spinning, and
+    on a busy machine a second thread that has to wait for a core costs far more than it saves (2,500 x 1,000, 99
+    components, at load 2.9: 0.4-0.6 s on one thread, 2.4-4.1 s on two). ARPACK on one thread gives the same
+    scores, byte for byte, in 2.4-2.5 CPU s instead of 3.8-4.4 (benchmarks/results/run.md). Larger covariances
+    and the dense SVD keep the thread pool.
     """
     from sklearn.decomposition import PCA
 
@@ -161,7 +164,7 @@ def pca(matrix, n_components: int, seed: int = 2025, solver: str | None = None) 
         raise ValueError(f"PCA solver {solver!r} is not one of {PCA_SOLVERS}")
     if solver == "full" and sp.issparse(matrix):
         matrix = matrix.toarray()
-    one_thread = solver == "arpack" or (solver == "covariance_eigh" and p <= 500)
+    one_thread = solver == "arpack" or (solver == "covariance_eigh" and n * p * p + 5 * p**3 < ONE_THREAD_COVARIANCE)
     with threadpool_limits(limits=1, user_api="blas") if one_thread else contextlib.nullcontext():
         scores = PCA(n_components=n_components, svd_solver=solver, random_state=seed).fit_transform(matrix)
     return np.ascontiguousarray(scores, dtype=np.float32)
