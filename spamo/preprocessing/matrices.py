@@ -142,11 +142,13 @@ def pca_solver(n_spots: int, n_features: int, n_components: int) -> str:
     return "covariance_eigh" if n * p * p + 5 * p**3 < 250 * n * p * k else "arpack"
 
 
-def pca(matrix, n_components: int, seed: int = 2025, solver: str | None = None) -> np.ndarray:
+def pca(matrix, n_components: int, seed: int = 2025, solver: str | None = None,
+        blas_threads: int | None = None) -> np.ndarray:
     """Principal component scores (N x n_components, float32), centring implicitly so sparse input stays sparse.
 
     `solver` (one of `PCA_SOLVERS`) defaults to the cheapest for the shape (`pca_solver`); signs follow
-    scikit-learn's rule, so a seed gives the same scores on every run.
+    scikit-learn's rule, so a seed gives the same scores on every run. `blas_threads` overrides the BLAS thread
+    count chosen below (benchmarks/bench_pca.py).
 
     The covariance route takes sparse input dense when the copy stays under `DENSE_COVARIANCE_BYTES`: the
     features x features product is then one BLAS call instead of scipy's sparse-times-sparse product (the HLN
@@ -171,8 +173,10 @@ def pca(matrix, n_components: int, seed: int = 2025, solver: str | None = None) 
     if sp.issparse(matrix) and (solver == "full" or (solver == "covariance_eigh"
                                                      and n * p * 8 <= DENSE_COVARIANCE_BYTES)):
         matrix = matrix.toarray()
-    one_thread = solver == "arpack" or (solver == "covariance_eigh" and n * p * p + 5 * p**3 < ONE_THREAD_COVARIANCE)
-    with threadpool_limits(limits=1, user_api="blas") if one_thread else contextlib.nullcontext():
+    if blas_threads is None and (solver == "arpack" or (solver == "covariance_eigh"
+                                                        and n * p * p + 5 * p**3 < ONE_THREAD_COVARIANCE)):
+        blas_threads = 1
+    with threadpool_limits(limits=blas_threads, user_api="blas") if blas_threads else contextlib.nullcontext():
         scores = PCA(n_components=n_components, svd_solver=solver, random_state=seed).fit_transform(matrix)
     return np.ascontiguousarray(scores, dtype=np.float32)
 
