@@ -25,22 +25,28 @@ class Adam(Optimizer):
                  weight_decay: float = 0.0):
         super().__init__(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
 
-    def update(self, param: torch.Tensor, grad: torch.Tensor, state: dict, group: dict) -> None:
-        if not state:
-            state.update(step=0, exp_avg=torch.zeros_like(param), exp_avg_sq=torch.zeros_like(param))
+    def update(self, params, grads, states, group) -> None:
         lr, (beta1, beta2), eps, decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-        state["step"] = step = int(float(state["step"])) + 1  # torch keeps a float tensor; a checkpoint may hold one
+        for param, state in zip(params, states):
+            if not state:
+                state.update(step=0, exp_avg=torch.zeros_like(param), exp_avg_sq=torch.zeros_like(param))
+            # torch keeps the step as a float tensor; a checkpoint written by torch.optim may hold one
+            state["step"] = int(float(state["step"])) + 1
         if decay != 0:
             if self.decoupled_weight_decay:
-                param.mul_(1 - lr * decay)
+                torch._foreach_mul_(params, 1 - lr * decay)
             else:
-                grad = grad.add(param, alpha=decay)
-        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        exp_avg.lerp_(grad, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        step_size = lr / (1 - beta1**step)
-        denom = (exp_avg_sq.sqrt() / (1 - beta2**step) ** 0.5).add_(eps)
-        param.addcdiv_(exp_avg, denom, value=-step_size)
+                grads = torch._foreach_add(grads, params, alpha=decay)
+        exp_avgs = [s["exp_avg"] for s in states]
+        exp_avg_sqs = [s["exp_avg_sq"] for s in states]
+        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+        steps = [s["step"] for s in states]
+        denoms = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_div_(denoms, [(1 - beta2**t) ** 0.5 for t in steps])
+        torch._foreach_add_(denoms, eps)
+        torch._foreach_addcdiv_(params, exp_avgs, denoms, [-(lr / (1 - beta1**t)) for t in steps])
 
 
 class AdamW(Adam):

@@ -16,7 +16,9 @@ import torch
 
 class Optimizer:
     """One parameter group (torch's layout: `param_groups[0]` holds "lr" and the hyperparameters), per-parameter
-    state, `zero_grad`, `step` and state dicts; subclasses give `update(param, grad, state, group)`."""
+    state, `zero_grad`, `step` and state dicts; subclasses give `update(params, grads, states, group)`, which
+    updates every parameter that has a gradient at once with torch's `_foreach_` operations (one kernel launch per
+    operation on a GPU, as torch.optim's default there; on a CPU they run the single-tensor operations)."""
 
     def __init__(self, params: Iterable[torch.Tensor], **hyperparameters):
         self.params = list(params)
@@ -37,12 +39,12 @@ class Optimizer:
 
     @torch.no_grad()
     def step(self) -> None:
-        group = self.param_groups[0]
-        for param, state in zip(self.params, self.state):
-            if param.grad is not None:
-                self.update(param, param.grad, state, group)
+        ready = [(param, state) for param, state in zip(self.params, self.state) if param.grad is not None]
+        if ready:
+            self.update([p for p, _ in ready], [p.grad for p, _ in ready], [s for _, s in ready],
+                        self.param_groups[0])
 
-    def update(self, param: torch.Tensor, grad: torch.Tensor, state: dict, group: dict) -> None:
+    def update(self, params: list[torch.Tensor], grads: list[torch.Tensor], states: list[dict], group: dict) -> None:
         raise NotImplementedError
 
     def state_dict(self) -> dict:

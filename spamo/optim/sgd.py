@@ -16,15 +16,18 @@ class SGD(Optimizer):
     def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
         super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
-    def update(self, param: torch.Tensor, grad: torch.Tensor, state: dict, group: dict) -> None:
+    def update(self, params, grads, states, group) -> None:
         lr, momentum, decay = group["lr"], group["momentum"], group["weight_decay"]
         if decay != 0:
-            grad = grad.add(param, alpha=decay)
+            grads = torch._foreach_add(grads, params, alpha=decay)
         if momentum != 0:
-            buffer = state.get("momentum_buffer")
-            if buffer is None:
-                buffer = state["momentum_buffer"] = grad.detach().clone()
-            else:
-                buffer.mul_(momentum).add_(grad)
-            grad = buffer
-        param.add_(grad, alpha=-lr)
+            fresh = [s.get("momentum_buffer") is None for s in states]
+            kept = [s["momentum_buffer"] for s, new in zip(states, fresh) if not new]
+            if kept:
+                torch._foreach_mul_(kept, momentum)
+                torch._foreach_add_(kept, [g for g, new in zip(grads, fresh) if not new])
+            for state, grad, new in zip(states, grads, fresh):
+                if new:
+                    state["momentum_buffer"] = grad.detach().clone()
+            grads = [s["momentum_buffer"] for s in states]
+        torch._foreach_add_(params, grads, alpha=-lr)

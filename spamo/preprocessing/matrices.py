@@ -121,6 +121,8 @@ def clr(counts):
 
 
 PCA_SOLVERS = ("covariance_eigh", "arpack", "full")  # scikit-learn's exact solvers, the ones `pca` chooses from
+ONE_THREAD_COVARIANCE = 2e10  # covariance routes below this cost (N p^2 + 5 p^3) run on one BLAS thread (`pca`)
+DENSE_COVARIANCE_BYTES = 1 << 30  # sparse input to the covariance route is made dense up to this size (`pca`)
 
 
 def pca_solver(n_spots: int, n_features: int, n_components: int) -> str:
@@ -140,17 +142,26 @@ def pca_solver(n_spots: int, n_features: int, n_components: int) -> str:
     return "covariance_eigh" if n * p * p + 5 * p**3 < 250 * n * p * k else "arpack"
 
 
-def pca(matrix, n_components: int, seed: int = 2025, solver: str | None = None) -> np.ndarray:
+def pca(matrix, n_components: int, seed: int = 2025, solver: str | None = None,
+        blas_threads: int | None = None) -> np.ndarray:
     """Principal component scores (N x n_components, float32), centring implicitly so sparse input stays sparse.
 
     `solver` (one of `PCA_SOLVERS`) defaults to the cheapest for the shape (`pca_solver`); signs follow
-    scikit-learn's rule, so a seed gives the same scores on every run.
+    scikit-learn's rule, so a seed gives the same scores on every run. `blas_threads` overrides the BLAS thread
+    count chosen below (benchmarks/bench_pca.py).
 
-    A small features x features problem (covariance route up to 500 features) and ARPACK run with one BLAS thread:
-    ARPACK's work is its sparse products (single-threaded C) and BLAS calls on n x ncv blocks, the small
-    covariance an eigendecomposition too small for a second thread to pay for its waking and spinning (the same
-    scores, byte for byte, 2.4-2.5 CPU s instead of 3.8-4.4 for ARPACK on the HLN simulation's RNA;
-    benchmarks/results/run.md). Larger covariances and the dense SVD keep the thread pool.
+    The covariance route takes sparse input dense when the copy stays under `DENSE_COVARIANCE_BYTES`: the
+    features x features product is then one BLAS call instead of scipy's sparse-times-sparse product (the HLN
+    simulation's RNA, 2,500 x 1,000 at 33 % non-zero: 0.45-0.50 s against 1.3-1.6 s for the whole PCA, the same
+    scores to 1e-8).
+
+    ARPACK, and a covariance route of less than `ONE_THREAD_COVARIANCE` (N p^2 + 5 p^3, about a second on one
+    core), run with one BLAS thread: ARPACK's work is its sparse products (single-threaded C) and BLAS calls on
+    n x ncv blocks, a small covariance too little work for a second thread to pay for its waking and spinning, and
+    on a busy machine a second thread that has to wait for a core costs far more than it saves (2,500 x 1,000, 99
+    components, at load 2.9: 0.4-0.6 s on one thread, 2.4-4.1 s on two). ARPACK on one thread gives the same
+    scores, byte for byte, in 2.4-2.5 CPU s instead of 3.8-4.4 (benchmarks/results/run.md). Larger covariances
+    and the dense SVD keep the thread pool.
     """
     from sklearn.decomposition import PCA
 
@@ -159,10 +170,13 @@ def pca(matrix, n_components: int, seed: int = 2025, solver: str | None = None) 
     solver = solver or pca_solver(n, p, n_components)
     if solver not in PCA_SOLVERS:
         raise ValueError(f"PCA solver {solver!r} is not one of {PCA_SOLVERS}")
-    if solver == "full" and sp.issparse(matrix):
+    if sp.issparse(matrix) and (solver == "full" or (solver == "covariance_eigh"
+                                                     and n * p * 8 <= DENSE_COVARIANCE_BYTES)):
         matrix = matrix.toarray()
-    one_thread = solver == "arpack" or (solver == "covariance_eigh" and p <= 500)
-    with threadpool_limits(limits=1, user_api="blas") if one_thread else contextlib.nullcontext():
+    if blas_threads is None and (solver == "arpack" or (solver == "covariance_eigh"
+                                                        and n * p * p + 5 * p**3 < ONE_THREAD_COVARIANCE)):
+        blas_threads = 1
+    with threadpool_limits(limits=blas_threads, user_api="blas") if blas_threads else contextlib.nullcontext():
         scores = PCA(n_components=n_components, svd_solver=solver, random_state=seed).fit_transform(matrix)
     return np.ascontiguousarray(scores, dtype=np.float32)
 
