@@ -186,3 +186,5 @@ def test_pca_solvers_agree_and_the_cheapest_is_chosen():
     assert pca_solver(100, 800, 60) == "full"
     with pytest.raises(ValueError, match="not one of"):
         pca(x, 3, solver="randomized")
+    with pytest.raises(ValueError, match="blas_threads must be an integer >= 1"):
+        pca(x, 3, blas_threads=0)

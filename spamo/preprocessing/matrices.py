@@ -125,6 +125,11 @@ ONE_THREAD_COVARIANCE = 2e10  # covariance routes below this cost (N p^2 + 5 p^3
 DENSE_COVARIANCE_BYTES = 1 << 30  # sparse input to the covariance route is made dense up to this size (`pca`)
 
 
+def covariance_cost(n_spots: int, n_features: int) -> int:
+    """The covariance route's cost estimate, N p^2 + 5 p^3 (`pca_solver`, `ONE_THREAD_COVARIANCE`)."""
+    return n_spots * n_features**2 + 5 * n_features**3
+
+
 def pca_solver(n_spots: int, n_features: int, n_components: int) -> str:
     """The exact PCA solver that is cheapest for this shape (all three give the same scores to ~1e-10).
 
@@ -139,12 +144,12 @@ def pca_solver(n_spots: int, n_features: int, n_components: int) -> str:
         return "covariance_eigh"
     if k >= min(n, p) // 2:
         return "full"
-    return "covariance_eigh" if n * p * p + 5 * p**3 < 250 * n * p * k else "arpack"
+    return "covariance_eigh" if covariance_cost(n, p) < 250 * n * p * k else "arpack"
 
 
 def pca(matrix, n_components: int, seed: int = 2025, solver: str | None = None,
         blas_threads: int | None = None) -> np.ndarray:
-    """Principal component scores (N x n_components, float32), centring implicitly so sparse input stays sparse.
+    """Principal component scores (N x n_components, float32), centring implicitly (ARPACK keeps sparse input sparse).
 
     `solver` (one of `PCA_SOLVERS`) defaults to the cheapest for the shape (`pca_solver`); signs follow
     scikit-learn's rule, so a seed gives the same scores on every run. `blas_threads` overrides the BLAS thread
@@ -170,13 +175,16 @@ def pca(matrix, n_components: int, seed: int = 2025, solver: str | None = None,
     solver = solver or pca_solver(n, p, n_components)
     if solver not in PCA_SOLVERS:
         raise ValueError(f"PCA solver {solver!r} is not one of {PCA_SOLVERS}")
+    if blas_threads is not None and (not isinstance(blas_threads, int) or blas_threads < 1):
+        raise ValueError(f"blas_threads must be an integer >= 1, got {blas_threads!r}")
     if sp.issparse(matrix) and (solver == "full" or (solver == "covariance_eigh"
                                                      and n * p * 8 <= DENSE_COVARIANCE_BYTES)):
         matrix = matrix.toarray()
     if blas_threads is None and (solver == "arpack" or (solver == "covariance_eigh"
-                                                        and n * p * p + 5 * p**3 < ONE_THREAD_COVARIANCE)):
+                                                        and covariance_cost(n, p) < ONE_THREAD_COVARIANCE)):
         blas_threads = 1
-    with threadpool_limits(limits=blas_threads, user_api="blas") if blas_threads else contextlib.nullcontext():
+    with (threadpool_limits(limits=blas_threads, user_api="blas") if blas_threads is not None
+          else contextlib.nullcontext()):
         scores = PCA(n_components=n_components, svd_solver=solver, random_state=seed).fit_transform(matrix)
     return np.ascontiguousarray(scores, dtype=np.float32)
 
