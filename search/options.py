@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from search.ray_cluster import reachable
-from search.run_folder import RESULTS_ROOT, RUN_FILE, is_uri, run_folder
+from search.run_folder import RESULTS_ROOT, RUN_FILE, TuneRequest, is_uri, read_request, run_folder
 from search.space import load_space, space_path
 from spamo.choices import TUNE_METRICS, TUNE_SCHEDULERS
 from spamo.config import Range, SpamoConfig
@@ -83,6 +83,24 @@ def check_named_run(flag: str, options: Mapping[str, Any]) -> None:
     run_dir = run_dir_of(options["name"], options.get("storage"), options.get("results_root"))
     if not (run_dir / RUN_FILE).is_file():
         raise SpamoInputError(flag, f"no tune run named '{options['name']}' in {run_dir.parent}")
+    check_stored_request(run_dir, check_paths=flag == "--resume")
+
+
+def check_stored_request(run_dir: str | Path, check_paths: bool = True) -> TuneRequest:
+    """The request a run folder records (its tune_run.toml), by the rules `spamo tune` applies to the options
+    themselves: the file may have been edited by hand, or written by another spamo, and a search resumed from a
+    value the command line would refuse (say `num_samples = 0`) would fail late, inside Ray. A refused value is one
+    line naming the file and the field's option; `check_paths`: also that its data and space file are still there
+    (`search.run_folder.read_request`)."""
+    request = read_request(run_dir, check_paths=check_paths)
+    try:
+        check_tune_numbers(request)
+        check_tune_choices(request)
+        check_run_name(request.name)
+    except SpamoInputError as exc:
+        raise SpamoInputError(Path(run_dir) / RUN_FILE, f"{exc.where.lstrip('-').replace('-', '_')} "
+                                                        f"{exc.problem}") from None
+    return request
 
 
 def run_dir_of(name: str, storage: str | Path | None, results_root: str | Path | None = None) -> Path:

@@ -17,11 +17,11 @@ from search.backends import travelling_backends
 from search.graph_cache import start_cache
 from search.ledger import (ForgetEnded, TrialLedger, TrialLog, exception_summary, finished_results,
                            load_ledger, release_freed_memory)
-from search.options import check_run_name, check_tune_choices, check_tune_numbers
+from search.options import check_run_name, check_stored_request, check_tune_choices, check_tune_numbers
 from search.results import (METRICS, TRUTH_SCORES, best_row, metric_mode, plot_history, plot_importances,
                             selection_note, top_table, trials_frame, write_best_config, write_parquet)
 from search.run_folder import (RESULTS_ROOT, RUN_FILE, STUDY_FILE, TRIALS_FILE, TuneRequest, experiment_path,
-                               is_uri, load_prepared, read_request, run_folder, write_request)
+                               is_uri, load_prepared, run_folder, write_request)
 from search.schedulers import AshaScheduler, FifoScheduler
 from search.searcher import ResumableOptunaSearch
 from search.segments import (SEGMENT_TRIALS, NumberedTrials, Segment, SegmentPlan, read_plan,
@@ -230,7 +230,7 @@ def resume_tune(name: str, storage: str | None = None, address: str | None = Non
     run_dir = run_folder(name, storage, results_root)
     if not (run_dir / RUN_FILE).is_file():
         raise SpamoInputError("--resume", f"no tune run named '{name}' in {run_dir.parent}")
-    request = read_request(run_dir)
+    request = check_stored_request(run_dir)  # a hand-edited tune_run.toml is refused before the data loads
     if address is not None:
         request.address = address
     if request.address:

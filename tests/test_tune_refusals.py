@@ -89,6 +89,11 @@ def tune_cases(tmp_path: Path) -> list[tuple[list[str], str, str]]:
     runs = str(tmp_path / "runs")
     (tmp_path / "runs" / "taken").mkdir(parents=True)
     (tmp_path / "runs" / "taken" / "tune_run.toml").write_text("[tune]\n")
+    for run, value in (("edited", "num_samples = 0"), ("other", 'num_samples = 4\nscheduler = "hyperband"')):
+        # a run folder whose tune_run.toml was edited by hand (or written by another spamo): refused on --resume
+        (tmp_path / "runs" / run).mkdir()
+        (tmp_path / "runs" / run / "tune_run.toml").write_text(
+            f'[tune]\nname = "{run}"\ndataset = "sim"\ndata_root = "{tmp_path}"\n{value}\n')
     sim = ["--dataset", "sim", "--storage", runs]
     return [
         (["--dataset", "atlantis", "--storage", runs], "--dataset", "unknown dataset 'atlantis'"),
@@ -114,6 +119,8 @@ def tune_cases(tmp_path: Path) -> list[tuple[list[str], str, str]]:
         ([*sim, "--name", "taken"], "--name", "a run named 'taken' exists"),
         (["--resume", "nothing-here", "--storage", runs], "--resume", "no tune run named 'nothing-here'"),
         (["--rescore", "nothing-here", "--storage", runs], "--rescore", "no tune run named 'nothing-here'"),
+        (["--resume", "edited", "--storage", runs], "edited/tune_run.toml", "num_samples must be an integer >= 1"),
+        (["--resume", "other", "--storage", runs], "other/tune_run.toml", "scheduler 'hyperband' is not one of"),
         (["--dataset", "sim", "--storage", str(tmp_path / "a_file")], "--storage", "is not a folder"),
         (["--dataset", "sim", "--storage", str(tmp_path / "a_file" / "runs")], "--storage", "which is a file"),
         ([*sim, "--space", str(spaces / "absent.toml")], "absent.toml", ""),
