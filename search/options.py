@@ -11,7 +11,7 @@ something listens there: a socket, no Ray), the output and storage folders, a ru
 `--resume` / `--rescore`, not there), the run folders to evaluate. What needs Ray or the data (`--address auto`, the
 cluster's token, the data's own problems) is refused later, still before anything is written. `cli.py` and the Python API (`spamo.api_search`) call these
 first; `evaluation.evaluate.check_request` goes through `check_evaluate_options` too, and `search.tuning` checks a
-request handed to it directly by the same rules (`check_tune_numbers`, `check_tune_choices`, `check_run_name`), so
+request handed to it directly, or read back from a run folder, by the same rules (`check_tune_request`), so
 each refusal has one wording wherever it is met.
 
 The search layer owns these options, as it owns the tune-run folder format (`search.run_folder`, which is light too:
@@ -34,7 +34,8 @@ from spamo.errors import SpamoInputError
 from spamo.io import check_output_folder
 
 __all__ = ["TUNE_LIMITS", "EVALUATE_LIMITS", "check_tune_options", "check_named_run", "check_evaluate_options",
-           "check_address", "check_tune_numbers", "check_tune_choices", "check_run_name"]
+           "check_address", "check_tune_numbers", "check_tune_choices", "check_run_name", "check_tune_request",
+           "check_stored_request"]
 
 # option (a TuneRequest / EvaluateRequest field) -> (its flag, the range it must be in, whether it is an integer);
 # None means "not given" and is left alone
@@ -94,13 +95,19 @@ def check_stored_request(run_dir: str | Path, check_paths: bool = True) -> TuneR
     (`search.run_folder.read_request`)."""
     request = read_request(run_dir, check_paths=check_paths)
     try:
-        check_tune_numbers(request)
-        check_tune_choices(request)
-        check_run_name(request.name)
+        check_tune_request(request)
     except SpamoInputError as exc:
         raise SpamoInputError(Path(run_dir) / RUN_FILE, f"{exc.where.lstrip('-').replace('-', '_')} "
                                                         f"{exc.problem}") from None
     return request
+
+
+def check_tune_request(request: TuneRequest) -> None:
+    """A whole `TuneRequest` (handed to `search.tuning` directly, or read from a run folder): its numbers, its
+    choices and its name, in the words of the options' own refusals."""
+    check_tune_numbers(request)
+    check_tune_choices(request)
+    check_run_name(request.name)
 
 
 def run_dir_of(name: str, storage: str | Path | None, results_root: str | Path | None = None) -> Path:

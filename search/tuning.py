@@ -17,7 +17,7 @@ from search.backends import travelling_backends
 from search.graph_cache import start_cache
 from search.ledger import (ForgetEnded, TrialLedger, TrialLog, exception_summary, finished_results,
                            load_ledger, release_freed_memory)
-from search.options import check_run_name, check_stored_request, check_tune_choices, check_tune_numbers
+from search.options import check_stored_request, check_tune_request
 from search.results import (METRICS, TRUTH_SCORES, best_row, metric_mode, plot_history, plot_importances,
                             selection_note, top_table, trials_frame, write_best_config, write_parquet)
 from search.run_folder import (RESULTS_ROOT, RUN_FILE, STUDY_FILE, TRIALS_FILE, TuneRequest, experiment_path,
@@ -51,9 +51,7 @@ def _check_request(request: TuneRequest) -> None:
     """A request handed to `start_tune` directly, by the rules (and in the words) of `spamo tune`'s own refusals
     (`search.options`, which the command line and `spamo.tune` apply before importing this module); then that the
     clustering backends registered in this process can travel to the trials (`search.backends`)."""
-    check_tune_numbers(request)
-    check_tune_choices(request)
-    check_run_name(request.name)
+    check_tune_request(request)
     travelling_backends()
 
 
