@@ -177,7 +177,10 @@ def build_tuner(search: Search, trainable, observers: tuple = (), segment: Segme
                                   # see search.trainable): a lost worker or node is retried from its checkpoint
                                   failure_config=tune.FailureConfig(max_failures=request.max_retries,
                                                                     fail_fast=False),
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                                  # two kept: Ray deletes the older one when it registers a newer one, and its
+                                  # experiment snapshot (rewritten every few seconds) may still name the older
+                                  # one; a driver killed in between would leave a resumed trial no checkpoint
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                                   callbacks=[TrialLedger(search.run_dir), TrialLog(search.metric, request.num_samples),
                                              JsonLoggerCallback(), ForgetEnded(search.metric), *observers],
                                   verbose=0),
