@@ -11,13 +11,47 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
 import statistics
 import time
 
 import torch
 
+from spamo import _compat
+from spamo.model import attention_flash
+
 attention_module = importlib.import_module("spamo.model.attention")  # the module (the package re-exports the function)
+
+
+class FusedInQueryBlocks(torch.autograd.Function):
+    """The floor's fused kernel (no dropout) with the queries in the row blocks the flash backend hands it
+    (attention_flash.query_blocks): what the flash backend's fused part costs, without its dropped-entry passes."""
+
+    @staticmethod
+    def forward(ctx, q, k, v):  # type: ignore[override]
+        blocks = attention_flash.query_blocks(q.shape[0], k.shape[0], q.shape[1] + v.shape[1], q.element_size())
+        scale = 1.0 / math.sqrt(q.shape[1])
+        out, lse = _compat.flash_attention_cpu(q, k, v, scale, blocks)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.scale, ctx.blocks = scale, blocks
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        return _compat.flash_attention_cpu_backward(grad_out.contiguous(), *ctx.saved_tensors, ctx.scale, ctx.blocks)
+
+
+def one_query_block(fn):
+    """fn run with the flash backend's fused kernel on all queries as one block (the code before query blocks)."""
+    def call():
+        before = attention_flash.QUERY_BLOCKS
+        attention_flash.QUERY_BLOCKS = 1
+        try:
+            return fn()
+        finally:
+            attention_flash.QUERY_BLOCKS = before
+    return call
 
 
 def one_call(fn) -> tuple[float, float]:
@@ -31,10 +65,13 @@ def variants(q, k, v, budgets: list[int]) -> dict:
     """name -> zero-argument callable; the compiled backend once per block budget."""
     out = {"fused, no dropout (floor)": lambda: attention_module.attention(q, k, v, 0.0),
            "tensor backend, dropout 0.1": lambda: attention_module.attention(q, k, v, 0.1, 2048, backend="tensor")}
+    if _compat.flash_attention_cpu_available() and q.shape[1] == v.shape[1]:
+        out["fused, no dropout, queries in row blocks"] = lambda: FusedInQueryBlocks.apply(q, k, v)
     if attention_module.attention_kernel.load() is not None:
         if attention_module.default_backend() == "flash":
-            out["flash backend (fused + dropped-entry passes), dropout 0.1"] = (
-                lambda: attention_module.attention(q, k, v, 0.1, backend="flash"))
+            flash = lambda: attention_module.attention(q, k, v, 0.1, backend="flash")  # noqa: E731
+            out["flash backend (fused + dropped-entry passes), dropout 0.1"] = flash
+            out["flash backend, queries in one block (before), dropout 0.1"] = one_query_block(flash)
         for b in budgets:
             def call(b=b):
                 before = attention_module.KERNEL_BLOCK_ELEMENTS

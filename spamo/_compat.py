@@ -120,29 +120,47 @@ def flash_attention_cpu_available() -> bool:
     return _flash_ops() is not None
 
 
-def flash_attention_cpu(q, k, v, scale: float):
+def flash_attention_cpu(q, k, v, scale: float, blocks: int = 1):
     """softmax(scale q k^T) v and its per-row natural log-sum-exp through the fused CPU kernel, without dropout.
 
     The public `scaled_dot_product_attention` computes both but returns only the product; the dropout attention
     (spamo.model.attention_flash) needs the log-sum-exp to correct the product by its dropped weights, and feeds it
     back to the kernel's backward. q, k, v are (N, d) matrices; returns (N, dv) and (N,) tensors of their own.
+    `blocks` > 1 (dividing N) runs the rows of q as that many equal blocks in the kernel's batch dimension, over the
+    same k and v (expanded, not copied): the same numbers, row for row (see `flash_attention_cpu_backward`).
     Used by: `spamo.model.attention_flash.FlashDropoutAttention`.
     Remove when: a public PyTorch API returns the fused CPU kernel's log-sum-exp and runs its backward from it
     without torch.compile (none up to torch 2.13); then call that.
     """
-    out, lse = _flash_ops()[0](q[None, None], k[None, None], v[None, None], 0.0, False, scale=scale)
-    return out[0, 0], lse[0, 0]
+    n, d = q.shape
+    out, lse = _flash_ops()[0](q.view(blocks, 1, n // blocks, d), k.expand(blocks, 1, *k.shape),
+                               v.expand(blocks, 1, *v.shape), 0.0, False, scale=scale)
+    return out.reshape(n, -1), lse.reshape(n)
 
 
-def flash_attention_cpu_backward(grad_out, q, k, v, out, lse, scale: float):
+def flash_attention_cpu_backward(grad_out, q, k, v, out, lse, scale: float, blocks: int = 1):
     """The fused CPU kernel's backward: (grad q, grad k, grad v) of `flash_attention_cpu` for upstream grad_out.
 
     Its softmax row term is grad_out_i . out_i of the `out` it is given, whatever produced that (see the caller).
+    With `blocks` > 1 the kernel returns one grad k and grad v per block of rows; they are added in block order, so
+    the result depends on `blocks`, never on the thread count.
     Used by and remove when: as `flash_attention_cpu`.
     """
-    grads = _flash_ops()[1](grad_out[None, None], q[None, None], k[None, None], v[None, None], out[None, None],
-                          lse[None, None], 0.0, False, scale=scale)
-    return tuple(g[0, 0] for g in grads)
+    n, d = q.shape
+    rows = n // blocks
+    grad_q, grad_k, grad_v = _flash_ops()[1](
+        grad_out.view(blocks, 1, rows, -1), q.view(blocks, 1, rows, d), k.expand(blocks, 1, *k.shape),
+        v.expand(blocks, 1, *v.shape), out.view(blocks, 1, rows, -1), lse.view(blocks, 1, rows), 0.0, False,
+        scale=scale)
+    return grad_q.reshape(n, d), _blocks_added(grad_k), _blocks_added(grad_v)
+
+
+def _blocks_added(per_block):
+    """(blocks, 1, N, d) -> (N, d): block 0 + block 1 + ..., in that order."""
+    total = per_block[0, 0].clone()
+    for block in range(1, per_block.shape[0]):
+        total += per_block[block, 0]
+    return total
 
 
 @dataclass(frozen=True)

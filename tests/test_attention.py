@@ -243,8 +243,35 @@ def test_flash_backend_equals_dense_when_the_backward_rebuilds_the_dropped_lists
 
 
 @needs_flash
+def test_flash_backend_with_the_queries_in_padded_row_blocks_equals_dense(monkeypatch):
+    """The fused kernel run on the queries as row blocks in its batch dimension (90 rows in 4 blocks: two zero rows
+    of padding) is the same function, and the padding adds nothing to any gradient."""
+    monkeypatch.setattr(attention_flash, "QUERY_BLOCK_ROWS", 16)
+    assert attention_flash.query_blocks(90, 90, 16, 8) == 4
+    gen = torch.Generator().manual_seed(18)
+    q, k, v = (torch.randn(90, 8, dtype=torch.float64, generator=gen, requires_grad=True) for _ in range(3))
+    upstream = torch.randn(90, 8, dtype=torch.float64, generator=gen)
+    want = dense_dropout_attention(q, k, v, 0.3, 13)
+    want_grads = torch.autograd.grad(want, (q, k, v), upstream)
+    got = exact_dropout_attention(q, k, v, 0.3, 13, 0, "flash")
+    assert got.shape == want.shape and torch.allclose(got, want, atol=1e-12)
+    for a, b in zip(torch.autograd.grad(got, (q, k, v), upstream), want_grads):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-12)
+
+
+def test_query_blocks_follow_the_shapes_and_the_memory_budget_not_the_threads():
+    assert attention_flash.query_blocks(300, 300, 128, 4) == 1  # under two blocks' rows: one block
+    assert attention_flash.query_blocks(700, 700, 128, 4) == 2
+    assert attention_flash.query_blocks(10000, 10000, 128, 4) == attention_flash.QUERY_BLOCKS
+    # one block's partial key and value gradients (1,000,000 x 128 float32 = 512 MB) exceed the budget: one block
+    assert attention_flash.query_blocks(1_000_000, 1_000_000, 128, 4) == 1
+
+
+@needs_flash
 def test_flash_backend_is_bit_for_bit_the_same_on_one_two_and_three_threads():
-    """Rows own their sums, columns sum their rows in increasing order (one fused pass or a column pass)."""
+    """Rows own their sums, columns sum their rows in increasing order (one fused pass or a column pass); the fused
+    kernel's two query blocks (700 rows) add their partial gradients in block order."""
+    assert attention_flash.query_blocks(700, 700, 128, 4) == 2
     gen = torch.Generator().manual_seed(9)
     q, k, v = (torch.randn(700, 64, generator=gen, requires_grad=True) for _ in range(3))
     upstream = torch.randn(700, 64, generator=gen)

@@ -30,6 +30,14 @@ _LOG2_E = 1.0 / math.log(2.0)
 SAVED_BYTES = 2**27
 # the one-pass lists (attention_lists.py) get the expected count plus this many standard deviations of room
 LIST_MARGIN_SIGMAS = 8.0
+# The fused kernel is handed the queries as up to QUERY_BLOCKS equal blocks of rows in its batch dimension (over the
+# same keys and values, expanded, not copied): its backward then keeps more threads busy (benchmarks/results/train.md).
+# Fixed by the shapes alone, never by the thread count, so the results stay the same bits on any thread count; each
+# block has at least QUERY_BLOCK_ROWS rows, and the blocks' partial key and value gradients (one N x (d + dv) each)
+# together stay under PARTIAL_GRADIENT_BYTES.
+QUERY_BLOCKS = 4
+QUERY_BLOCK_ROWS = 256
+PARTIAL_GRADIENT_BYTES = 2**28
 
 
 def available(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
@@ -37,6 +45,20 @@ def available(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     kernel built, the private fused ops present."""
     return (q.device.type == "cpu" and q.dtype in (torch.float32, torch.float64) and q.shape[1] == v.shape[1]
             and _compat.flash_attention_cpu_available() and attention_kernel.load() is not None)
+
+
+def query_blocks(n_q: int, n_k: int, width: int, itemsize: int) -> int:
+    """How many row blocks of the queries the fused kernel runs as its batch (see QUERY_BLOCKS)."""
+    by_memory = PARTIAL_GRADIENT_BYTES // max(n_k * width * itemsize, 1)
+    return int(max(1, min(QUERY_BLOCKS, n_q // QUERY_BLOCK_ROWS, by_memory)))
+
+
+def _rows_padded(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """t with zero rows appended up to `rows` (t itself when it has them): a zero query row with a zero upstream
+    gradient adds exactly nothing to any gradient of the fused kernel's backward."""
+    if t.shape[0] == rows:
+        return t
+    return torch.cat([t, t.new_zeros((rows - t.shape[0], *t.shape[1:]))])
 
 
 class _Call:
@@ -53,6 +75,8 @@ class _Call:
         self.drop_probability = (threshold + 2**15) / 2**16  # the draws are int16: dropped below the threshold
         self.dtype = q.dtype
         self.threads = torch.get_num_threads()
+        self.blocks = query_blocks(self.n_q, self.n_k, self.d + self.dv, q.element_size())
+        self.padded_rows = -(-self.n_q // self.blocks) * self.blocks
         self.offsets = torch.zeros(self.n_q + 1, dtype=torch.int64)  # row i's entries: offsets[i] .. offsets[i + 1]
 
     def segments(self) -> list[tuple[int, int]]:
@@ -128,8 +152,8 @@ class FlashDropoutAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, key: int, threshold: int, keep_scale: float):  # type: ignore[override]
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         call = _Call(q, k, v, key, threshold, keep_scale)
-        out, lse = _compat.flash_attention_cpu(q, k, v, call.scale)
-        out, lse = out.contiguous(), lse.contiguous()
+        out, lse = _compat.flash_attention_cpu(_rows_padded(q, call.padded_rows), k, v, call.scale, call.blocks)
+        out, lse = out[: call.n_q].contiguous(), lse[: call.n_q].contiguous()
         rows_lse = lse.double() / call.scale  # l_i of the kernel's passes: the log-sum-exp in units of q.k
         segments = call.segments()
         for segment in segments:
@@ -148,10 +172,14 @@ class FlashDropoutAttention(torch.autograd.Function):
         call = ctx.call
         grad_scaled = (grad_out * call.keep_scale).contiguous()
         args = (q, k, v, grad_scaled, ctx.rows_lse, ctx.segments, ctx.lists)
-        # The fused backward runs on one thread whatever torch's thread count (it shares out batch x heads: one
-        # here), so with two or more threads the corrections run beside it on the others.
+        # The fused backward does not keep every thread busy (it shares out batch x heads first: the query blocks
+        # here), so with two or more threads the corrections run beside it.
         helper = _concurrently(lambda: call.corrections(*args, call.threads - 1)) if call.threads > 1 else None
-        grads = _compat.flash_attention_cpu_backward(grad_scaled, q, k, v, out / call.keep_scale, lse, call.scale)
+        rows = call.padded_rows
+        grads = _compat.flash_attention_cpu_backward(
+            _rows_padded(grad_scaled, rows), _rows_padded(q, rows), k, v, _rows_padded(out / call.keep_scale, rows),
+            _rows_padded(lse, rows), call.scale, call.blocks)
+        grads = (grads[0][: call.n_q], grads[1], grads[2])
         corrections = helper.result() if helper is not None else call.corrections(*args, 1)
         ctx.lists = None
         grad_q, grad_k, grad_v = (g.add_(c) for g, c in zip(grads, corrections))
