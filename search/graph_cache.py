@@ -6,10 +6,9 @@ outlive that trial's worker, and any trial on any node can fetch them. Two trial
 moment may both build it; the last one registered stays (the graphs are deterministic, so either is right). The
 driver must keep the actor's handle: a named actor without handles is gone.
 
-The same actor holds the search's prepared data, put into the object store once by the driver: each segment of the
-search runs its Tuner in a process of its own (search.segment_run), a Ray job of its own, which takes the data from
-here by reference instead of loading it again. So that those jobs find the actor, it lives in a fixed namespace
-(`CACHE_NAMESPACE`) under a name unique to the driver's job (`cache_actor_name`).
+Each segment of a search runs its Tuner in a process of its own (search.segment_run), a Ray job of its own, whose
+trials must find the actor the driver started: it lives in a fixed namespace (`CACHE_NAMESPACE`) under a name unique
+to the driver's job (`cache_actor_name`).
 """
 
 from __future__ import annotations
@@ -29,17 +28,11 @@ def graph_key(config: SpamoConfig) -> tuple:
 
 @ray.remote(num_cpus=0)
 class GraphCache:
-    """Graph key -> ObjectRef of the graphs, and the ObjectRef of the search's data (refs are kept wrapped in a list
-    so Ray does not resolve them)."""
+    """Graph key -> ObjectRef of the graphs (refs are kept wrapped in a list so Ray does not resolve them)."""
 
-    def __init__(self, data: list | None = None):
+    def __init__(self):
         self._refs: dict = {}
-        self._data = data
         self.builds = 0
-
-    def data(self) -> list | None:
-        """[ObjectRef of the search's prepared data] (None when the driver gave none)."""
-        return self._data
 
     def get(self, key: tuple):
         return self._refs.get(key)
@@ -58,20 +51,14 @@ def cache_actor_name(run_name: str) -> str:
     return f"spamo-graphs-{run_name}-{ray.get_runtime_context().get_job_id()}"
 
 
-def start_cache(name: str, data=None):
+def start_cache(name: str):
     """The search's cache actor (one per tune run, gone with the driver's job), on the driver's node: a worker node
-    that is lost takes neither the cache nor the graphs it owns with it. `data`: an ObjectRef it holds for the
-    segments' processes (see the module docstring)."""
+    that is lost takes neither the cache nor the graphs it owns with it."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=True)
     return GraphCache.options(name=name, namespace=CACHE_NAMESPACE, get_if_exists=True,
-                              scheduling_strategy=here).remote(None if data is None else [data])
-
-
-def shared_data(name: str):
-    """The ObjectRef of the search's data the cache actor `name` holds."""
-    return ray.get(ray.get_actor(name, namespace=CACHE_NAMESPACE).data.remote())[0]
+                              scheduling_strategy=here).remote()
 
 
 def cached_graphs(cache_name: str, prepared, config: SpamoConfig, build) -> tuple[object, bool]:

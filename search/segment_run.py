@@ -3,8 +3,10 @@ scheduler live and die here, so that the driver (search.tuning) holds nothing pe
 next (benchmarks/results/tune.md, "Driver memory").
 
 The driver hands `fit_segment` a `SegmentJob` through `search.segment_process.run_in_child`. This process joins the
-driver's Ray instance (its GCS address, or the `ray://` address the driver joined), takes the prepared data by
-reference from the search's cache actor (search.graph_cache: nothing is loaded or preprocessed again), builds a new
+driver's Ray instance (its GCS address, or the `ray://` address the driver joined), passes the prepared data on to
+its trials by reference (the driver put it into the object store once and holds it: nothing is loaded, preprocessed
+or copied again; the reference travels pickled, which pins the object in the driver, its owner, as holding it
+does anyway, so a trial retried after its node was lost still finds it), builds a new
 Tuner (or restores the one a stopped driver left), fits its one segment, records the segment's end in the run folder
 (the scheduler's state, then segments.json) and returns a `SegmentReply`: the trials Ray knew, whether the segment
 ended, and the observers (the driver's extra Tune callbacks) as they are after the segment, whose state the driver
@@ -23,10 +25,9 @@ from pathlib import Path
 
 import optuna
 import ray
-from ray import tune
+from ray import cloudpickle, tune
 from ray.tune.logger import JsonLoggerCallback
 
-from search.graph_cache import shared_data
 from search.ledger import ForgetEnded, TrialLedger, TrialLog, exception_summary, load_ledger
 from search.results import metric_mode
 from search.run_folder import STUDY_FILE, TuneRequest, experiment_path
@@ -41,14 +42,16 @@ from spamo.config import SpamoConfig
 @dataclass
 class SegmentJob:
     """What a segment's process needs (pickled to it): the request and what the driver built from the data (the
-    space, the resolved base config, the metric), the trials' shared context (graph cache and data, finished trials,
-    the user's clustering backends), each trial's resources, the segment, and the Ray address to join."""
+    space, the resolved base config, the metric, the data's ObjectRef), the trials' shared context (graph cache,
+    finished trials, the user's clustering backends), each trial's resources, the segment, and the Ray address to
+    join."""
 
     request: TuneRequest
     run_dir: Path
     space: SearchSpace
     base: SpamoConfig
     metric: str
+    data: object  # ObjectRef of the prepared data, owned by the driver
     context: TrialContext
     resources: dict
     segment: Segment
@@ -72,18 +75,25 @@ class SegmentReply:
     fit_ended_at: float = 0.0
 
 
-def fit_segment(job: SegmentJob) -> SegmentReply:
-    """Join the driver's Ray, fit the job's segment, record its end, leave Ray."""
-    ray.init(address=job.ray_address, log_to_driver=False, configure_logging=False)
+def fit_segment(call: tuple[str, bytes]) -> SegmentReply:
+    """`call`: (the Ray address to join, the pickled `SegmentJob`: it holds an ObjectRef, which unpickles only once
+    Ray is joined). Join the driver's Ray, fit the job's segment, record its end, leave Ray."""
+    address, pickled = call
+    ray.init(address=address, log_to_driver=False, configure_logging=False)
     try:
-        return _fit(job)
+        return _fit(cloudpickle.loads(pickled))
     finally:
         ray.shutdown()
 
 
+def segment_call(job: SegmentJob) -> tuple[str, bytes]:
+    """What the driver hands `fit_segment` for `job`."""
+    return job.ray_address, cloudpickle.dumps(job)
+
+
 def _fit(job: SegmentJob) -> SegmentReply:
-    trainable = tune.with_resources(tune.with_parameters(run_trial, prepared=shared_data(job.context.cache_name),
-                                                         context=job.context), job.resources)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, prepared=job.data, context=job.context),
+                                    job.resources)
     if job.restore:
         tuner = tune.Tuner.restore(experiment_path(job.request, job.segment.number), trainable=trainable,
                                    resume_unfinished=True, resume_errored=False, restart_errored=False)

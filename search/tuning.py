@@ -24,7 +24,7 @@ from search.results import (METRICS, TRUTH_SCORES, best_row, plot_history, plot_
 from search.run_folder import (RESULTS_ROOT, RUN_FILE, STUDY_FILE, TRIALS_FILE, TuneRequest, experiment_path,
                                is_uri, load_prepared, run_folder, write_request)
 from search.segment_process import run_in_child
-from search.segment_run import SegmentJob, fit_segment
+from search.segment_run import SegmentJob, fit_segment, segment_call
 from search.segments import SEGMENT_TRIALS, Segment, SegmentPlan, read_plan, write_plan
 from search.space import load_space, space_path
 from search.trainable import TrialContext
@@ -92,6 +92,8 @@ class Search:
     space: object
     metric: str
     graph_cache: object = None  # handle of the graph cache actor: the actor lives as long as the driver holds it
+    # the prepared data in Ray's object store, owned and held by the driver for the whole search (search.segment_run)
+    data: object = None
 
 
 def load_search(request: TuneRequest, run_dir: Path) -> Search:
@@ -105,12 +107,13 @@ def load_search(request: TuneRequest, run_dir: Path) -> Search:
 
 
 def share_data(search: Search, finished: dict) -> TrialContext:
-    """Put the prepared data into Ray's object store once, held by the search's graph cache actor (where every
-    segment's process finds it, search.graph_cache), and the context every trial shares."""
+    """Put the prepared data into Ray's object store once (every segment's process passes it on to its trials by
+    reference, search.segment_run) and start the graph cache; the context every trial shares."""
     import ray
 
+    search.data = ray.put(search.prepared)
     cache_name = cache_actor_name(search.request.name)
-    search.graph_cache = start_cache(cache_name, ray.put(search.prepared))
+    search.graph_cache = start_cache(cache_name)
     return TrialContext(base=search.base, fixed=search.space.fixed, report_every=search.request.report_every,
                         run_dir=str(search.run_dir), keep_embeddings=search.request.keep_embeddings,
                         cache_name=cache_name, cpus_per_trial=search.request.cpus_per_trial, finished=finished,
@@ -207,8 +210,8 @@ class SegmentJobs:
 
     def job(self, segment: Segment, restore: bool, ray_address: str) -> SegmentJob:
         search = self.search
-        return SegmentJob(search.request, search.run_dir, search.space, search.base, search.metric, self.context,
-                          self.resources, segment, ray_address, restore, self.observers)
+        return SegmentJob(search.request, search.run_dir, search.space, search.base, search.metric, search.data,
+                          self.context, self.resources, segment, ray_address, restore, self.observers)
 
 
 @dataclass
@@ -243,7 +246,7 @@ def run_segments(search: Search, plan: SegmentPlan, start: SegmentRun, jobs: Seg
         several = len(plan.segments) > 1
         if several:
             log(f"segment {segment.number}/{len(plan.segments)}: trials {segment.first}-{segment.last}")
-        run = run_in_child(fit_segment, jobs.job(segment, restore, address))
+        run = run_in_child(fit_segment, segment_call(jobs.job(segment, restore, address)))
         restore, reply = False, run.value
         plan.ended.update(read_plan(search.run_dir, search.request.num_samples).ended)
         if reply is None or reply.known is None:  # the process or Ray's controller failed
@@ -290,11 +293,15 @@ def write_outputs(search: Search, plan: SegmentPlan, last: SegmentEnd | None, lo
     if best is not None:
         write_best_config(best, metric, run_dir / "best_config.toml", why=metric_reason(metric, request.metric))
     plot_history(frame, metric, run_dir / "optimization_history.png")
-    study = optuna.load_study(study_name=request.name, storage=f"sqlite:///{run_dir / STUDY_FILE}")
+    try:
+        study = optuna.load_study(study_name=request.name, storage=f"sqlite:///{run_dir / STUDY_FILE}")
+    except KeyError:  # no segment's process got as far as its searcher (it failed, or was stopped, while starting)
+        study = None
     complete = plan.next_segment() is None and len(frame) == request.num_samples and not pending
     if complete:
         _close_orphans(study)
-    plot_importances(study, run_dir / "param_importances.png")
+    if study is not None:
+        plot_importances(study, run_dir / "param_importances.png")
     console = Console()
     params = [p for p in ("knn_k", "lr", "optimizer") if p in search.space.distributions]
     if not frame.empty:
