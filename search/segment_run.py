@@ -20,7 +20,7 @@ killed between two segments starts the next one where the last one left them.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -58,7 +58,6 @@ class SegmentJob:
     ray_address: str
     restore: bool = False  # restore the segment's Ray experiment (a stopped driver's) instead of starting it
     observers: tuple = ()  # more Tune callbacks: see search.tuning.start_tune
-    study_storage: object = field(default=None, repr=False)  # opened in the segment's process
 
 
 @dataclass
@@ -174,13 +173,12 @@ def build_tuner(job: SegmentJob, trainable, scheduler=None):
     search.ledger.ForgetEnded)."""
     request, mode, segment = job.request, metric_mode(job.metric), job.segment
     first = segment.number == 1
-    if job.study_storage is None:
-        job.study_storage = optuna.storages.RDBStorage(f"sqlite:///{job.run_dir / STUDY_FILE}")
+    storage = optuna.storages.RDBStorage(f"sqlite:///{job.run_dir / STUDY_FILE}")
     # a fresh sampler per segment: seeded apart, or it would repeat the first segment's random start-up proposals
     sampler = optuna.samplers.TPESampler(seed=request.seed + segment.number - 1, multivariate=True)
     searcher = ResumableOptunaSearch(space=job.space.distributions, metric=job.metric, mode=mode,
                                      points_to_evaluate=job.space.first_points(job.base) if first else None,
-                                     sampler=sampler, study_name=request.name, storage=job.study_storage)
+                                     sampler=sampler, study_name=request.name, storage=storage)
     scheduler = scheduler.for_next_segment() if scheduler is not None else build_scheduler(job)
     storage_path, name = experiment_path(request, segment.number).rsplit("/", 1)
     return tune.Tuner(

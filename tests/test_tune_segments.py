@@ -63,6 +63,19 @@ def snapshot_has_checkpoint(run_dir, trial_id: str) -> bool:
     return False
 
 
+def started_driver(data, tmp_path, segment_trials: int, **options) -> tuple[subprocess.Popen, object]:
+    """A driver (`start_tune`: one trial at a time, 1 CPU, on the tiny simulation, storage `tmp_path`) in a session
+    of its own, where what it starts can be found; its output goes to tmp_path/driver.log (the open file is
+    returned with it)."""
+    request = dict(data_dir=str(data), data_type="Simulation", n_clusters=5, cpus_per_trial=1, gpus_per_trial=0,
+                   max_concurrent=1, storage=str(tmp_path), **options)
+    script = ("from search.tuning import TuneRequest, start_tune; "
+              f"start_tune(TuneRequest(**{request!r}), segment_trials={segment_trials})")
+    log = open(tmp_path / "driver.log", "w")
+    return subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True), log
+
+
 def killed_alone(driver: subprocess.Popen) -> list[int]:
     """SIGKILL to the driver only (as a preempted machine or the OOM killer would); what it started must end with it
     (its segment's process, Ray's processes): the processes of its session still alive a minute later."""
@@ -87,13 +100,8 @@ def test_a_killed_driver_resumes_its_segment_without_losing_or_repeating_trials_
     after the one killed. A report (and a checkpoint) every 8 epochs: a report clusters and scores the embedding,
     which at 2 epochs cost as much as the training itself; the kill needs only one checkpoint Ray's snapshot knows."""
     epochs = 240  # long enough that trial 2 still trains a snapshot interval (2 s) after its first checkpoint
-    script = ("from search.tuning import TuneRequest, start_tune; "
-              f"start_tune(TuneRequest(name='cut', num_samples=3, data_dir={str(tiny_sim)!r}, data_type='Simulation', "
-              f"n_clusters=5, epochs={epochs}, report_every=8, cpus_per_trial=1, gpus_per_trial=0, scheduler='none', "
-              f"max_concurrent=1, checkpoint_every=8, storage={str(tmp_path)!r}), segment_trials=2)")
-    log = open(tmp_path / "driver.log", "w")
-    driver = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                              start_new_session=True)
+    driver, log = started_driver(tiny_sim, tmp_path, segment_trials=2, name="cut", num_samples=3, epochs=epochs,
+                                 report_every=8, scheduler="none", checkpoint_every=8)
     run_dir = tmp_path / "cut"
 
     def second_trial_checkpointed() -> bool:
@@ -149,13 +157,8 @@ def test_a_driver_killed_between_two_segments_resumes_with_the_rungs_the_first_o
     is still starting (its imports alone take seconds): nothing of segment 2 is saved, so the resumed search starts
     it anew. Its first trial is judged against the rung segment 1 left (saved in the run folder with the segment's
     end: search.segments.SCHEDULER_FILE), not against an empty one. The resume runs in this process, watched."""
-    script = ("from search.tuning import TuneRequest, start_tune; "
-              f"start_tune(TuneRequest(name='gap', num_samples=2, data_dir={str(tiny_sim)!r}, data_type='Simulation', "
-              f"n_clusters=5, epochs=2, report_every=2, cpus_per_trial=1, gpus_per_trial=0, max_concurrent=1, "
-              f"storage={str(tmp_path)!r}), segment_trials=1)")
-    log = open(tmp_path / "driver.log", "w")
-    driver = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                              start_new_session=True)
+    driver, log = started_driver(tiny_sim, tmp_path, segment_trials=1, name="gap", num_samples=2, epochs=2,
+                                 report_every=2)
     run_dir = tmp_path / "gap"
 
     def first_segment_ended() -> bool:
