@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -67,9 +68,10 @@ def rss_mib(pid: int) -> float | None:
     return None
 
 
-def tune(data: list[str], work: Path, name: str, args, *extra: str, sampler=None) -> tuple[float, pd.DataFrame]:
+def tune(data: list[str], work: Path, name: str, args, *extra: str, sampler=None,
+         output: list[str] | None = None) -> tuple[float, pd.DataFrame]:
     """One `spamo tune` process on `data` (its data options, see `simulated`); (wall seconds, trials table).
-    `sampler(pid)` runs in a thread while it lives."""
+    `sampler(pid)` runs in a thread while it lives; `output` (a list) receives its output's lines."""
     command = [*CLI, "tune", *data, "--num-samples", str(args.trials), "--epochs", str(args.epochs), "--report-every",
                str(args.report_every), "--cpus-per-trial", "1", "--gpus-per-trial", "0", "--name", name,
                "--storage", str(work / "runs"), *extra]
@@ -78,10 +80,12 @@ def tune(data: list[str], work: Path, name: str, args, *extra: str, sampler=None
     watcher = threading.Thread(target=sampler, args=(process.pid,), daemon=True) if sampler else None
     if watcher:
         watcher.start()
-    output, _ = process.communicate()
+    text, _ = process.communicate()
     wall = time.perf_counter() - start
     if process.returncode != 0:
-        raise SystemExit(f"failed: {' '.join(command)}\n{output[-3000:]}")
+        raise SystemExit(f"failed: {' '.join(command)}\n{text[-3000:]}")
+    if output is not None:
+        output.extend(text.splitlines())
     return wall, pd.read_parquet(work / "runs" / name / "trials.parquet")
 
 
@@ -284,6 +288,7 @@ def fit_slope(points: list[tuple[int, float]]) -> tuple[float, float, float]:
 # The driver's memory is called flat when it grows by less than this per 100 trials over the search (after the
 # first 10%, before the outputs): under 100 MiB over a 10,000-trial search.
 FLAT_MIB_PER_100 = 1.0
+SEGMENT_LINE = re.compile(r"segment \d+ done \(process \d+: ([\d.]+) s to start, ([\d.]+) s to end\)")
 
 
 def memory(args, work: Path) -> list[str]:
@@ -305,7 +310,8 @@ def memory(args, work: Path) -> list[str]:
                 children[child] = max(children.get(child, 0.0), rss_mib(child) or 0.0)
             time.sleep(1.0)
 
-    wall, frame = tune(data, work, "mem", args, "--scheduler", args.scheduler, sampler=sample)
+    said: list[str] = []
+    wall, frame = tune(data, work, "mem", args, "--scheduler", args.scheduler, sampler=sample, output=said)
     n = args.trials
     during = [s for s in samples if n / 10 <= s[0] < n]  # after the warm-up, before the outputs are written
     slope, slope_error, jitter = fit_slope([(s[0], s[1]) for s in during])
@@ -333,9 +339,12 @@ def memory(args, work: Path) -> list[str]:
     from search.segments import SEGMENT_TRIALS
 
     switches = segment_switches(frame, SEGMENT_TRIALS)
+    # the driver's own account of each segment's process: "segment k done (process P: X s to start, Y s to end)"
+    starts = [m.group(1, 2) for m in (SEGMENT_LINE.search(line) for line in said) if m]
     lines += [f"Segments ({SEGMENT_TRIALS} trials each): {len(children)} segment processes, peak RSS "
-              f"{', '.join(f'{children[p]:.0f}' for p in sorted(children)) or '-'} MiB; between segments, last trial "
-              f"end to next first trial start: {', '.join(f'{s:.1f}' for s in switches) or '-'} s.", ""]
+              f"{', '.join(f'{children[p]:.0f}' for p in sorted(children)) or '-'} MiB; each took "
+              f"{', '.join(f'{a} s to start and {b} s to end' for a, b in starts) or '-'}; between segments, last "
+              f"trial end to next first trial start: {', '.join(f'{s:.1f}' for s in switches) or '-'} s.", ""]
     return lines
 
 

@@ -255,8 +255,9 @@ def run_segments(search: Search, plan: SegmentPlan, start: SegmentRun, jobs: Seg
             return SegmentEnd(segment, None)
         adopt_state(jobs.observers, reply.observers)
         if several:
-            log(f"segment {segment.number} ran in process {run.pid}: {reply.fit_started_at - run.started_at:.1f} s "
-                f"to start (imports, Ray, searcher), {run.ended_at - reply.fit_ended_at:.1f} s to end")
+            # its start: imports, joining Ray, the searcher; its end: leaving Ray, the interpreter's exit
+            log(f"segment {segment.number} done (process {run.pid}: {reply.fit_started_at - run.started_at:.1f} s to "
+                f"start, {run.ended_at - reply.fit_ended_at:.1f} s to end)")
         if not reply.ended:  # stopped (Ctrl+C) before all its trials ended
             return SegmentEnd(segment, reply.known)
     return SegmentEnd(segment, reply.known)
