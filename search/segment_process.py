@@ -40,6 +40,7 @@ FRAME = struct.Struct("!Q")  # length prefix of each message on the child's stdi
 CHILD_START = ("import sys; sys.path.insert(0, sys.argv[1]); from search.segment_process import main; "
                "main(*sys.argv[2:])")
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
+JOIN_S = 30.0  # how long the parent waits for the child's output and reply after the child exited
 
 
 @dataclass
@@ -79,8 +80,8 @@ def run_in_child(function, argument) -> ChildRun:
         thread.start()
     returncode = _wait_passing_on_interrupts(child)
     ended = time.time()
-    for thread in threads:
-        thread.join()
+    for thread in threads:  # done once the child has exited, unless a process it started still holds its pipes
+        thread.join(timeout=JOIN_S)
     child.stdin.close()
     return ChildRun(cloudpickle.loads(bytes(reply)) if reply else None, child.pid, returncode, started, ended)
 
