@@ -30,7 +30,7 @@ from ray.tune.logger import JsonLoggerCallback
 
 from search.ledger import ForgetEnded, TrialLedger, TrialLog, exception_summary, load_ledger
 from search.results import metric_mode
-from search.run_folder import STUDY_FILE, TuneRequest, experiment_path
+from search.run_folder import STUDY_FILE, TuneRequest, experiment_path, load_prepared
 from search.schedulers import AshaScheduler, FifoScheduler
 from search.searcher import ResumableOptunaSearch
 from search.segments import NumberedTrials, Segment, read_plan, read_scheduler, write_plan, write_scheduler
@@ -51,7 +51,7 @@ class SegmentJob:
     space: SearchSpace
     base: SpamoConfig
     metric: str
-    data: object  # ObjectRef of the prepared data, owned by the driver
+    data: object  # ObjectRef of the prepared data, owned by the driver (None: load it here, for a Ray client)
     context: TrialContext
     resources: dict
     segment: Segment
@@ -91,7 +91,8 @@ def segment_call(job: SegmentJob) -> tuple[str, bytes]:
 
 
 def _fit(job: SegmentJob) -> SegmentReply:
-    trainable = tune.with_resources(tune.with_parameters(run_trial, prepared=job.data, context=job.context),
+    data = job.data if job.data is not None else load_prepared(job.request)[0]  # None: see search.tuning.share_data
+    trainable = tune.with_resources(tune.with_parameters(run_trial, prepared=data, context=job.context),
                                     job.resources)
     if job.restore:
         tuner = tune.Tuner.restore(experiment_path(job.request, job.segment.number), trainable=trainable,

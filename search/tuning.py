@@ -108,10 +108,11 @@ def load_search(request: TuneRequest, run_dir: Path) -> Search:
 
 def share_data(search: Search, finished: dict) -> TrialContext:
     """Put the prepared data into Ray's object store once (every segment's process passes it on to its trials by
-    reference, search.segment_run) and start the graph cache; the context every trial shares."""
+    reference, search.segment_run) and start the graph cache; the context every trial shares. Through a Ray client
+    (`ray://`) a reference is the client session's own, so each segment's process loads the data itself."""
     import ray
 
-    search.data = ray.put(search.prepared)
+    search.data = None if ray_cluster.is_client(search.request.address) else ray.put(search.prepared)
     cache_name = cache_actor_name(search.request.name)
     search.graph_cache = start_cache(cache_name)
     return TrialContext(base=search.base, fixed=search.space.fixed, report_every=search.request.report_every,
