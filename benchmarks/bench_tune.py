@@ -18,7 +18,11 @@
   of trials ended: the curve (trials vs MiB at every 10%), the growth per 100 trials (least squares, after the first
   10% and before the outputs are written) and a verdict, flat when it is under `FLAT_MIB_PER_100`. The search runs
   as segments of `search.segments.SEGMENT_TRIALS` trials (one Ray Tune experiment each), so a 300-trial search has
-  three, and the curve shows what each segment leaves behind.
+  three, and the curve shows what each segment leaves behind. "Driver" is the `spamo tune` process; each segment's
+  controller runs in a child process of it (search.segment_run), whose peak resident memory is reported apart, with
+  the switch between two segments (from the last trial end of one to the first trial start of the next, read from
+  trials.parquet: the ended segment's process ends, the next one starts, imports, joins Ray, builds its searcher,
+  and its first worker starts).
 
 Each section is appended to --out (default benchmarks/results/tune.md) with the machine and `uptime` (the load
 average: the machine may be shared).
@@ -29,6 +33,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -63,9 +68,10 @@ def rss_mib(pid: int) -> float | None:
     return None
 
 
-def tune(data: list[str], work: Path, name: str, args, *extra: str, sampler=None) -> tuple[float, pd.DataFrame]:
+def tune(data: list[str], work: Path, name: str, args, *extra: str, sampler=None,
+         output: list[str] | None = None) -> tuple[float, pd.DataFrame]:
     """One `spamo tune` process on `data` (its data options, see `simulated`); (wall seconds, trials table).
-    `sampler(pid)` runs in a thread while it lives."""
+    `sampler(pid)` runs in a thread while it lives; `output` (a list) receives its output's lines."""
     command = [*CLI, "tune", *data, "--num-samples", str(args.trials), "--epochs", str(args.epochs), "--report-every",
                str(args.report_every), "--cpus-per-trial", "1", "--gpus-per-trial", "0", "--name", name,
                "--storage", str(work / "runs"), *extra]
@@ -74,10 +80,12 @@ def tune(data: list[str], work: Path, name: str, args, *extra: str, sampler=None
     watcher = threading.Thread(target=sampler, args=(process.pid,), daemon=True) if sampler else None
     if watcher:
         watcher.start()
-    output, _ = process.communicate()
+    text, _ = process.communicate()
     wall = time.perf_counter() - start
     if process.returncode != 0:
-        raise SystemExit(f"failed: {' '.join(command)}\n{output[-3000:]}")
+        raise SystemExit(f"failed: {' '.join(command)}\n{text[-3000:]}")
+    if output is not None:
+        output.extend(text.splitlines())
     return wall, pd.read_parquet(work / "runs" / name / "trials.parquet")
 
 
@@ -240,6 +248,28 @@ def ray_head_pids(driver: int) -> list[int]:
     return out
 
 
+def segment_processes(driver: int) -> list[int]:
+    """The driver's children that run a segment (search.segment_process's command line)."""
+    out = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+            command = (status.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields.get("PPid", "0").strip() or 0) == driver and b"search.segment_process" in command:
+            out.append(int(status.parent.name))
+    return out
+
+
+def segment_switches(frame: pd.DataFrame, size: int) -> list[float]:
+    """Seconds from the last trial end of each segment (`size` trials, numbered from 1) to the first trial start of
+    the next."""
+    segment = (frame["number"] - 1) // size
+    ends, starts = frame.groupby(segment)["finished_at"].max(), frame.groupby(segment)["started_at"].min()
+    return [float(starts[k + 1] - ends[k]) for k in ends.index if k + 1 in starts.index]
+
+
 def fit_slope(points: list[tuple[int, float]]) -> tuple[float, float, float]:
     """Least-squares fit of RSS (MiB) against trials ended: (slope in MiB per 100 trials, its standard error, the
     residuals' standard deviation in MiB: how much RSS jitters around the line). The samples are a second apart and
@@ -258,11 +288,13 @@ def fit_slope(points: list[tuple[int, float]]) -> tuple[float, float, float]:
 # The driver's memory is called flat when it grows by less than this per 100 trials over the search (after the
 # first 10%, before the outputs): under 100 MiB over a 10,000-trial search.
 FLAT_MIB_PER_100 = 1.0
+SEGMENT_LINE = re.compile(r"segment \d+ done \(process \d+: ([\d.]+) s to start, ([\d.]+) s to end\)")
 
 
 def memory(args, work: Path) -> list[str]:
     data = simulated(work, args.n_spots)
     samples: list[tuple[int, float, float]] = []  # (trials ended, driver RSS MiB, GCS + raylet RSS MiB)
+    children: dict[int, float] = {}  # segment process id -> its peak RSS (MiB) over the samples
     ledger = work / "runs" / "mem" / "ledger"
 
     def sample(pid: int) -> None:
@@ -274,9 +306,12 @@ def memory(args, work: Path) -> list[str]:
             head = head or ray_head_pids(pid)
             ended = len(list(ledger.glob("*.json"))) if ledger.is_dir() else 0
             samples.append((ended, value, sum(rss_mib(p) or 0.0 for p in head)))
+            for child in segment_processes(pid):
+                children[child] = max(children.get(child, 0.0), rss_mib(child) or 0.0)
             time.sleep(1.0)
 
-    wall, frame = tune(data, work, "mem", args, "--scheduler", args.scheduler, sampler=sample)
+    said: list[str] = []
+    wall, frame = tune(data, work, "mem", args, "--scheduler", args.scheduler, sampler=sample, output=said)
     n = args.trials
     during = [s for s in samples if n / 10 <= s[0] < n]  # after the warm-up, before the outputs are written
     slope, slope_error, jitter = fit_slope([(s[0], s[1]) for s in during])
@@ -301,6 +336,15 @@ def memory(args, work: Path) -> list[str]:
                   f"RSS within {jitter:.1f} MiB (one standard deviation) of the line): **{verdict}**; at that rate "
                   f"10,000 trials add {slope * 100:.0f} MiB. Ray's GCS and raylet: {head_slope:.1f} MiB per 100 "
                   f"trials. Driver peak, outputs (trials.parquet, pictures) included: {peak:.0f} MiB.", ""]
+    from search.segments import SEGMENT_TRIALS
+
+    switches = segment_switches(frame, SEGMENT_TRIALS)
+    # the driver's own account of each segment's process: "segment k done (process P: X s to start, Y s to end)"
+    starts = [m.group(1, 2) for m in (SEGMENT_LINE.search(line) for line in said) if m]
+    lines += [f"Segments ({SEGMENT_TRIALS} trials each): {len(children)} segment processes, peak RSS "
+              f"{', '.join(f'{children[p]:.0f}' for p in sorted(children)) or '-'} MiB; each took "
+              f"{', '.join(f'{a} s to start and {b} s to end' for a, b in starts) or '-'}; between segments, last "
+              f"trial end to next first trial start: {', '.join(f'{s:.1f}' for s in switches) or '-'} s.", ""]
     return lines
 
 

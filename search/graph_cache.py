@@ -5,6 +5,10 @@ own CPUs) and hands them to the actor, which puts them into the object store its
 outlive that trial's worker, and any trial on any node can fetch them. Two trials asking for a new key at the same
 moment may both build it; the last one registered stays (the graphs are deterministic, so either is right). The
 driver must keep the actor's handle: a named actor without handles is gone.
+
+Each segment of a search runs its Tuner in a process of its own (search.segment_run), a Ray job of its own, whose
+trials must find the actor the driver started: it lives in a fixed namespace (`CACHE_NAMESPACE`) under a name unique
+to the driver's job (`cache_actor_name`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from spamo.config import SpamoConfig
 
 # Settings the graphs depend on (everything else in a trial's config leaves them unchanged).
 GRAPH_SETTINGS = ("knn_k", "feature_graph_weight", "spatial_k", "knn_ties")
+CACHE_NAMESPACE = "spamo"
 
 
 def graph_key(config: SpamoConfig) -> tuple:
@@ -40,13 +45,20 @@ class GraphCache:
         return {"keys": len(self._refs), "builds": self.builds}
 
 
+def cache_actor_name(run_name: str) -> str:
+    """The cache actor's name: the run's and the driver's job's (two drivers of runs of the same name on one
+    cluster share nothing)."""
+    return f"spamo-graphs-{run_name}-{ray.get_runtime_context().get_job_id()}"
+
+
 def start_cache(name: str):
     """The search's cache actor (one per tune run, gone with the driver's job), on the driver's node: a worker node
     that is lost takes neither the cache nor the graphs it owns with it."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=True)
-    return GraphCache.options(name=name, get_if_exists=True, scheduling_strategy=here).remote()
+    return GraphCache.options(name=name, namespace=CACHE_NAMESPACE, get_if_exists=True,
+                              scheduling_strategy=here).remote()
 
 
 def cached_graphs(cache_name: str, prepared, config: SpamoConfig, build) -> tuple[object, bool]:
@@ -54,7 +66,7 @@ def cached_graphs(cache_name: str, prepared, config: SpamoConfig, build) -> tupl
     registered."""
     key = graph_key(config)
     try:
-        cache = ray.get_actor(cache_name)
+        cache = ray.get_actor(cache_name, namespace=CACHE_NAMESPACE)
     except ValueError:  # no cache (a trainable run outside a tune run): build locally
         return build(prepared, config), False
     try:

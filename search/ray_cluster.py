@@ -71,6 +71,20 @@ def disconnect() -> None:
         os.close(_REAPER_PIPES.pop())
 
 
+def is_client(address: str | None) -> bool:
+    """Whether `address` joins a cluster from outside, as a Ray client (`ray://HOST:PORT`)."""
+    return bool(address) and address.startswith("ray://")
+
+
+def address_for_children(address: str | None) -> str:
+    """The address a child process of this driver joins the same Ray with (search.segment_run): the `ray://`
+    address this driver joined as a Ray client, else the GCS address of the Ray it is connected to (its own local
+    one, or the cluster's)."""
+    import ray
+
+    return address if is_client(address) else ray.get_runtime_context().gcs_address
+
+
 def resolve(address: str) -> str:
     """HOST:PORT (or ray://HOST:PORT) that `address` means, checked to answer (and to accept this driver's token);
     `auto` is looked up as Ray does."""

@@ -51,9 +51,10 @@ class _DropsCancelledActorTasks:
 
 
 class AshaScheduler(_DropsCancelledActorTasks, ASHAScheduler):
-    """Ray Tune's ASHA, keeping the driver's memory flat (see the module docstring). One object serves every
-    segment of a search, so the rungs (each trial's metric at each milestone) carry over: a new segment's first
-    trials are judged against every trial before them, not against empty rungs."""
+    """Ray Tune's ASHA, keeping the driver's memory flat (see the module docstring). Saved when a segment of a
+    search ends and read by the next (search.segments.SCHEDULER_FILE), so the rungs (each trial's metric at each
+    milestone) carry over: a new segment's first trials are judged against every trial before them, not against
+    empty rungs."""
 
     def for_next_segment(self):
         """This scheduler, its rungs kept, without the trials of the segment that ended: an ended trial leaves

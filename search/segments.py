@@ -3,8 +3,9 @@ all over the one Optuna study of the run folder.
 
 Why: Ray Tune's controller keeps every `Trial` of its experiment for as long as it runs (about 16 KiB a trial, and its
 experiment snapshot, rewritten every few seconds, is a JSON text of all of them), so one Tuner over a 10,000-trial
-search grows the driver with every trial (benchmarks/results/tune.md). When a segment ends its Tuner, Trials,
-searcher and result grid are dropped, so the driver goes back to its level before the next segment.
+search grows the driver with every trial (benchmarks/results/tune.md). Each segment's Tuner, Trials, searcher and
+scheduler live in a process of their own that ends with the segment (search.segment_run), so what they leave in
+the allocator, in Ray's core worker and in Optuna's caches goes with it, and the driver holds nothing per trial.
 
 What carries over between segments:
 - the trial numbers: segment k numbers its trials from where segment k-1 stopped (`NumberedTrials` starts Ray's own
@@ -12,8 +13,10 @@ What carries over between segments:
 - the study: each segment's searcher is a new `ResumableOptunaSearch` on the same SQLite study (TPE sees every
   trial of every segment), with the published points only in the first and the sampler seeded `seed + segment`
   (a fresh sampler with the same seed would repeat the first segment's random proposals);
-- ASHA's rungs: the same scheduler object serves every segment of a driver (`search.schedulers`), and each segment's
-  Tuner pickles it as it starts, so a resumed segment judges its trials against the rungs of the segments before it.
+- ASHA's rungs: each segment runs in a process of its own (search.segment_run), which saves its scheduler's state
+  (`SCHEDULER_FILE`) when the segment ends, before it records the end in segments.json; the next segment, in this
+  driver or in one resumed after the driver was stopped or killed between the two, starts from it. A restored
+  segment runs with the scheduler its Tuner pickled as it started (the rungs of the segments before it).
 
 `segments.json` in the run folder records the segment size and each segment that ended, with the ids of trials the
 ledger recorded but that Ray's snapshot lost (the driver was killed between the two; Ray ran a replacement with the
@@ -24,17 +27,19 @@ experiment is where it always was (search.run_folder.experiment_path).
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ray.tune.search import ConcurrencyLimiter, SearchGenerator
 
-from spamo.io import atomic_write_text
+from spamo.io import atomic_path, atomic_write_text
 
 # Trials per segment: Ray holds at most this many Trials at once. Small enough that a segment's Trials (~16 KiB each)
 # stay under 2 MiB, large enough that a segment's start (new Tuner, workers) is rare against its trials.
 SEGMENT_TRIALS = 100
 SEGMENTS_FILE = "segments.json"
+SCHEDULER_FILE = "scheduler.pkl"  # the trial scheduler as the last ended segment left it (pickled, as Ray does)
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,17 @@ def read_plan(run_dir: Path, num_samples: int) -> SegmentPlan:
     record = json.loads(path.read_text())
     return SegmentPlan(num_samples, int(record["trials_per_segment"]),
                        {int(k): list(v) for k, v in record.get("ended", {}).items()})
+
+
+def write_scheduler(run_dir: Path, scheduler) -> None:
+    with atomic_path(Path(run_dir) / SCHEDULER_FILE) as tmp:
+        tmp.write_bytes(pickle.dumps(scheduler))
+
+
+def read_scheduler(run_dir: Path):
+    """The scheduler the last ended segment saved (None before the first ended: the segment builds a new one)."""
+    path = Path(run_dir) / SCHEDULER_FILE
+    return pickle.loads(path.read_bytes()) if path.is_file() else None
 
 
 class NumberedTrials(SearchGenerator):

@@ -1,33 +1,33 @@
 """`spamo tune`: the driver of a search. Ray Tune runs the trials, Optuna (multivariate TPE, seeded) samples them.
 
 The driver loads and preprocesses the dataset once and hands it to every trial through Ray's object store; it
-starts (or joins) a Ray cluster, runs the search, and writes the run folder. A run is described by `tune_run.toml`
-in its folder, which is all `spamo tune --resume NAME` needs to continue it.
+starts (or joins) a Ray cluster, writes the run folder, runs the search, and writes its outputs (trials.parquet,
+best_config.toml, the pictures). The search runs as segments (search.segments), each one's Ray Tune controller in a
+child process that ends with its segment (search.segment_run, search.segment_process): the driver itself never
+holds a Tuner, a Trial or a searcher. A run is described by `tune_run.toml` in its folder, which is all
+`spamo tune --resume NAME` needs to continue it.
 """
 
 from __future__ import annotations
 
-import gc
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from search import ray_cluster
 from search.backends import travelling_backends
-from search.graph_cache import start_cache
-from search.ledger import (ForgetEnded, TrialLedger, TrialLog, exception_summary, finished_results,
-                           load_ledger, release_freed_memory)
+from search.graph_cache import cache_actor_name, start_cache
+from search.ledger import finished_results, load_ledger
 from search.options import check_stored_request, check_tune_request
-from search.results import (METRICS, TRUTH_SCORES, best_row, metric_mode, plot_history, plot_importances,
-                            selection_note, top_table, trials_frame, write_best_config, write_parquet)
+from search.results import (METRICS, TRUTH_SCORES, best_row, plot_history, plot_importances, selection_note,
+                            top_table, trials_frame, write_best_config, write_parquet)
 from search.run_folder import (RESULTS_ROOT, RUN_FILE, STUDY_FILE, TRIALS_FILE, TuneRequest, experiment_path,
                                is_uri, load_prepared, run_folder, write_request)
-from search.schedulers import AshaScheduler, FifoScheduler
-from search.searcher import ResumableOptunaSearch
-from search.segments import (SEGMENT_TRIALS, NumberedTrials, Segment, SegmentPlan, read_plan,
-                             write_plan)
+from search.segment_process import run_in_child
+from search.segment_run import SegmentJob, fit_segment, segment_call
+from search.segments import SEGMENT_TRIALS, Segment, SegmentPlan, read_plan, write_plan
 from search.space import load_space, space_path
-from search.trainable import TrialContext, run_trial, trial_dirname
+from search.trainable import TrialContext
 from spamo.errors import SpamoInputError
 from spamo.pipeline import package_versions, truth_sha256
 from spamo.selection import DEFAULT_LABEL_FREE, DEFAULT_REASON
@@ -92,7 +92,8 @@ class Search:
     space: object
     metric: str
     graph_cache: object = None  # handle of the graph cache actor: the actor lives as long as the driver holds it
-    study_storage: object = None  # the study's SQLite storage: one SQLAlchemy engine for all segments
+    # the prepared data in Ray's object store, owned and held by the driver for the whole search (search.segment_run)
+    data: object = None
 
 
 def load_search(request: TuneRequest, run_dir: Path) -> Search:
@@ -105,86 +106,19 @@ def load_search(request: TuneRequest, run_dir: Path) -> Search:
     return Search(request, run_dir, prepared, base, space, metric)
 
 
-def build_trainable(search: Search, finished: dict):
-    from ray import tune
+def share_data(search: Search, finished: dict) -> TrialContext:
+    """Put the prepared data into Ray's object store once (every segment's process passes it on to its trials by
+    reference, search.segment_run) and start the graph cache; the context every trial shares. Through a Ray client
+    (`ray://`) a reference is the client session's own, so each segment's process loads the data itself."""
+    import ray
 
-
-    cache_name = f"spamo-graphs-{search.request.name}"
+    search.data = None if ray_cluster.is_client(search.request.address) else ray.put(search.prepared)
+    cache_name = cache_actor_name(search.request.name)
     search.graph_cache = start_cache(cache_name)
-    context = TrialContext(base=search.base, fixed=search.space.fixed, report_every=search.request.report_every,
-                           run_dir=str(search.run_dir), keep_embeddings=search.request.keep_embeddings,
-                           cache_name=cache_name, cpus_per_trial=search.request.cpus_per_trial, finished=finished,
-                           metric=search.metric, checkpoint_every=search.request.checkpoint_every)
-    return tune.with_parameters(run_trial, prepared=search.prepared, context=context)
-
-
-def study_storage(run_dir: Path):
-    import optuna
-
-    return optuna.storages.RDBStorage(f"sqlite:///{run_dir / STUDY_FILE}")
-
-
-def asha_grace(epochs: int, report_every: int) -> int:
-    """ASHA's first rung: an eighth of the epochs rounded up to a report (a rung is judged at the first report at or
-    after it, so a rung between reports would only hide where it is judged), at least one report in. With reduction
-    factor 3 the later rungs are 3x, 9x, ... the first, below `max_t` (one past the last epoch, which lets the final
-    report through: ASHA stops every trial that reaches max_t). 200 epochs, reports every 10: rungs at 30 and 90
-    epochs, so in a long search two trials in three stop at 30 and one in nine trains all 200 (about 62 epochs a
-    trial on average, against 200 without a scheduler)."""
-    grace = -(-(epochs // 8) // report_every) * report_every
-    return min(epochs, max(report_every, grace))
-
-
-def build_scheduler(search: Search):
-    request, mode = search.request, metric_mode(search.metric)
-    epochs = search.space.max_epochs(search.base.epochs)
-    if request.scheduler == "asha":
-        return AshaScheduler(time_attr="epoch", metric=search.metric, mode=mode, max_t=epochs + 1,
-                             grace_period=asha_grace(epochs, request.report_every), reduction_factor=3)
-    return FifoScheduler()
-
-
-def build_tuner(search: Search, trainable, observers: tuple = (), segment: Segment | None = None, scheduler=None):
-    """The Tuner of one segment of a search (search.segments; None: the whole search as one). `trainable`: with its
-    resources (`tune.with_resources`), wrapped once for all segments. `scheduler`: the
-    previous segment's, whose state (ASHA's rungs) the new segment carries on (None: a new one). `observers`: more
-    Tune callbacks, run after the search's own (so after an ended trial was trimmed, see search.ledger.ForgetEnded):
-    what a test or a benchmark watches the driver with; the same objects watch every segment."""
-    import optuna
-    from ray import tune
-    from ray.tune.logger import JsonLoggerCallback
-
-    request, mode = search.request, metric_mode(search.metric)
-    segment = segment or Segment(1, 1, request.num_samples)
-    first = segment.number == 1
-    if search.study_storage is None:
-        search.study_storage = study_storage(search.run_dir)
-    # a fresh sampler per segment: seeded apart, or it would repeat the first segment's random start-up proposals
-    sampler = optuna.samplers.TPESampler(seed=request.seed + segment.number - 1, multivariate=True)
-    searcher = ResumableOptunaSearch(space=search.space.distributions, metric=search.metric, mode=mode,
-                                     points_to_evaluate=search.space.first_points(search.base) if first else None,
-                                     sampler=sampler, study_name=request.name, storage=search.study_storage)
-    scheduler = scheduler.for_next_segment() if scheduler is not None else build_scheduler(search)
-    storage_path, name = experiment_path(request, segment.number).rsplit("/", 1)
-    return tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(search_alg=NumberedTrials(searcher, segment, request.max_concurrent),
-                                    scheduler=scheduler, num_samples=segment.last, reuse_actors=request.reuse_workers,
-                                    trial_dirname_creator=trial_dirname,
-                                    trial_name_creator=trial_dirname),
-        run_config=tune.RunConfig(name=name, storage_path=storage_path,
-                                  # only system failures reach Ray (a trial's own error is reported as a result,
-                                  # see search.trainable): a lost worker or node is retried from its checkpoint
-                                  failure_config=tune.FailureConfig(max_failures=request.max_retries,
-                                                                    fail_fast=False),
-                                  # two kept: Ray deletes the older one when it registers a newer one, and its
-                                  # experiment snapshot (rewritten every few seconds) may still name the older
-                                  # one; a driver killed in between would leave a resumed trial no checkpoint
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                                  callbacks=[TrialLedger(search.run_dir), TrialLog(search.metric, request.num_samples),
-                                             JsonLoggerCallback(), ForgetEnded(search.metric), *observers],
-                                  verbose=0),
-    ), scheduler
+    return TrialContext(base=search.base, fixed=search.space.fixed, report_every=search.request.report_every,
+                        run_dir=str(search.run_dir), keep_embeddings=search.request.keep_embeddings,
+                        cache_name=cache_name, cpus_per_trial=search.request.cpus_per_trial, finished=finished,
+                        metric=search.metric, checkpoint_every=search.request.checkpoint_every)
 
 
 # ------------------------------------------------------------------------------------------------ entry points
@@ -192,10 +126,11 @@ def build_tuner(search: Search, trainable, observers: tuple = (), segment: Segme
 
 def start_tune(request: TuneRequest, log=print, observers: tuple = (),
                segment_trials: int = SEGMENT_TRIALS) -> TuneOutcome:
-    """A new search named `request.name`; refuses a name that already has a run folder. `observers`: see
-    `build_tuner`. `segment_trials`: trials per segment (search.segments; smaller only in tests)."""
-    from ray import tune
-
+    """A new search named `request.name`; refuses a name that already has a run folder. `observers`: more Ray Tune
+    callbacks, run after the search's own (search.segment_run.build_tuner), what a test or a benchmark watches the
+    search with. They run where the Tuner runs, in each segment's process: they travel there pickled, and when the
+    segment ends their state (`__dict__`) comes back into these objects, so the next segment, and the caller, see
+    what they gathered. `segment_trials`: trials per segment (search.segments; smaller only in tests)."""
     _check_request(request)
     request = request.resolved()
     if request.address:
@@ -216,17 +151,17 @@ def start_tune(request: TuneRequest, log=print, observers: tuple = (),
         f"{search.metric}, scheduler {request.scheduler}"
         + (f", in {segments} segments of {plan.size}" if segments > 1 else "") + f" -> {run_dir}")
     log(f"optimising {metric_reason(search.metric, request.metric)}")
-    trainable = tune.with_resources(build_trainable(search, finished={}), resources)
-    return finish(search, plan, SegmentRun(plan.segments[0], None, None), trainable, log, observers)
+    jobs = SegmentJobs(search, share_data(search, finished={}), resources, observers)
+    return finish(search, plan, SegmentRun(plan.segments[0]), jobs, log)
 
 
 def resume_tune(name: str, storage: str | None = None, address: str | None = None,
                 results_root: str | Path = RESULTS_ROOT, log=print, observers: tuple = ()) -> TuneOutcome:
     """Continue an interrupted search (Ctrl+C or a killed driver): finished trials are kept, not rerun, and
     unfinished ones continue from their last checkpoint. The segment that was running is restored (Ray's own
-    experiment state), then the segments after it run."""
+    experiment state), then the segments after it run. `observers`: see `start_tune` (a restored segment runs with
+    the callbacks its Tuner saved: the observers watch the segments after it)."""
     from ray import tune
-
 
     run_dir = run_folder(name, storage, results_root)
     if not (run_dir / RUN_FILE).is_file():
@@ -248,31 +183,36 @@ def resume_tune(name: str, storage: str | None = None, address: str | None = Non
     finished = finished_results(load_ledger(run_dir))
     log(f"[bold]resuming[/] {name}: {len(finished)} trial(s) already finished are kept -> {run_dir}")
     resources = ray_cluster.trial_resources(request.cpus_per_trial, request.gpus_per_trial, log)
-    trainable = tune.with_resources(build_trainable(search, finished), resources)
+    jobs = SegmentJobs(search, share_data(search, finished), resources, observers)
     if segment is None:  # every segment ended (the driver stopped while writing the outputs)
-        return finish(search, plan, None, trainable, log, observers)
-    if not restorable:  # the driver stopped between two segments, before the next one saved anything
-        return finish(search, plan, SegmentRun(segment, None, None), trainable, log, observers)
-    tuner = tune.Tuner.restore(experiment, trainable=trainable,
-                               resume_unfinished=True, resume_errored=False, restart_errored=False)
-    return finish(search, plan, SegmentRun(segment, tuner, restored_scheduler(tuner)), trainable, log, observers)
-
-
-def restored_scheduler(tuner):
-    """The scheduler a restored Tuner runs with (unpickled with it: the rungs of the segments before it), to carry
-    on into the next segments; None (a new one) where Ray's Tuner keeps it elsewhere."""
-    config = getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None)
-    scheduler = getattr(config, "scheduler", None)
-    return scheduler if isinstance(scheduler, (AshaScheduler, FifoScheduler)) else None
+        return finish(search, plan, None, jobs, log)
+    # not restorable: the driver stopped between two segments, before the next one saved anything; it starts anew,
+    # from the scheduler state the last ended segment saved
+    return finish(search, plan, SegmentRun(segment, restore=restorable), jobs, log)
 
 
 @dataclass
 class SegmentRun:
-    """A segment to run: its Tuner when restored (None: build one) and the scheduler to carry on (None: new)."""
+    """A segment to run, and whether its Ray experiment is restored (a stopped driver's) rather than started."""
 
     segment: Segment
-    tuner: object
-    scheduler: object
+    restore: bool = False
+
+
+@dataclass
+class SegmentJobs:
+    """What every segment's job shares (search.segment_run.SegmentJob): the search, the trials' context, their
+    resources, and the caller's observers."""
+
+    search: Search
+    context: TrialContext
+    resources: dict
+    observers: tuple = ()
+
+    def job(self, segment: Segment, restore: bool, ray_address: str) -> SegmentJob:
+        search = self.search
+        return SegmentJob(search.request, search.run_dir, search.space, search.base, search.metric, search.data,
+                          self.context, self.resources, segment, ray_address, restore, self.observers)
 
 
 @dataclass
@@ -283,59 +223,51 @@ class SegmentEnd:
     known: list | None
 
 
-def finish(search: Search, plan: SegmentPlan, start: SegmentRun | None, trainable, log,
-           observers: tuple = ()) -> TuneOutcome:
+def finish(search: Search, plan: SegmentPlan, start: SegmentRun | None, jobs: SegmentJobs, log) -> TuneOutcome:
     """Run the segments from `start` on (None: all ended), then write trials.parquet, best_config.toml and the
     pictures, and print the top trials."""
     started = time.time()
     last = None
     try:
         if start is not None:
-            last = run_segments(search, plan, start, trainable, log, observers)
+            last = run_segments(search, plan, start, jobs, log)
     finally:
         ray_cluster.disconnect()
     log(f"search ran {time.time() - started:.0f} s")
     return write_outputs(search, plan, last, log)
 
 
-def run_segments(search: Search, plan: SegmentPlan, start: SegmentRun, trainable, log,
-                 observers: tuple) -> SegmentEnd:
-    """Fit segment after segment until one does not end (stopped, or Ray failed) or all have; each ended segment
-    is recorded in segments.json before the next starts, and its Tuner, Trials and searcher are dropped."""
-    tuner, scheduler = start.tuner, start.scheduler
-    start.tuner = None  # held only here, so that it goes when its segment ends
+def run_segments(search: Search, plan: SegmentPlan, start: SegmentRun, jobs: SegmentJobs, log) -> SegmentEnd:
+    """Run segment after segment, each in a child process (search.segment_run), until one does not end (stopped,
+    or Ray failed) or all have. The child records an ended segment in segments.json (read back into `plan`) before
+    the next one starts."""
+    address = ray_cluster.address_for_children(search.request.address)
+    restore = start.restore
     for segment in [s for s in plan.segments if s.number >= start.segment.number]:
-        if tuner is None:
-            tuner, scheduler = build_tuner(search, trainable, observers, segment, scheduler)
-        if len(plan.segments) > 1:
+        several = len(plan.segments) > 1
+        if several:
             log(f"segment {segment.number}/{len(plan.segments)}: trials {segment.first}-{segment.last}")
-        try:
-            grid = tuner.fit()
-        except Exception as exc:  # noqa: BLE001 - Ray's controller itself failed (e.g. workers killed for memory)
-            log(f"[red]the search stopped[/]: {exception_summary(str(exc)) or type(exc).__name__}")
+        run = run_in_child(fit_segment, segment_call(jobs.job(segment, restore, address)))
+        restore, reply = False, run.value
+        plan.ended.update(read_plan(search.run_dir, search.request.num_samples).ended)
+        if reply is None or reply.known is None:  # the process or Ray's controller failed
+            why = reply.error if reply is not None else f"its process ended with exit status {run.returncode}"
+            log(f"[red]the search stopped[/]: {why}")
             return SegmentEnd(segment, None)
-        known = _ray_trials(grid)
-        tuner = grid = None  # the segment's Trials, searcher and results go with them
-        records = load_ledger(search.run_dir)
-        ids = {k[0] for k in known}
-        if len(known) < segment.size or not ids <= set(records):  # stopped (Ctrl+C) before all its trials ended
-            return SegmentEnd(segment, known)
-        plan.ended[segment.number] = sorted(tid for tid, record in records.items()
-                                            if segment.holds(record.get("number")) and tid not in ids)
-        write_plan(search.run_dir, plan)
-        gc.collect()
-        release_freed_memory()
-    return SegmentEnd(segment, known)
+        adopt_state(jobs.observers, reply.observers)
+        if several:
+            # its start: imports, joining Ray, the searcher; its end: leaving Ray, the interpreter's exit
+            log(f"segment {segment.number} done (process {run.pid}: {reply.fit_started_at - run.started_at:.1f} s to "
+                f"start, {run.ended_at - reply.fit_ended_at:.1f} s to end)")
+        if not reply.ended:  # stopped (Ctrl+C) before all its trials ended
+            return SegmentEnd(segment, reply.known)
+    return SegmentEnd(segment, reply.known)
 
 
-def _ray_trials(grid) -> list[tuple[str, int | None, dict]]:
-    """(trial id, number, config) of every trial Ray knows, read from its folder name ("trial_<number>_<id>")."""
-    out = []
-    for result in grid:
-        parts = Path(str(result.path)).name.split("_")
-        number = int(parts[1]) if len(parts) > 2 and parts[1].isdigit() else None
-        out.append((parts[-1], number, dict(result.config or {})))
-    return out
+def adopt_state(observers: tuple, returned: tuple) -> None:
+    """Give the caller's observer objects the state their copies gathered in a segment's process."""
+    for mine, theirs in zip(observers, returned):
+        mine.__dict__.update(vars(theirs))
 
 
 def write_outputs(search: Search, plan: SegmentPlan, last: SegmentEnd | None, log) -> TuneOutcome:
@@ -363,11 +295,15 @@ def write_outputs(search: Search, plan: SegmentPlan, last: SegmentEnd | None, lo
     if best is not None:
         write_best_config(best, metric, run_dir / "best_config.toml", why=metric_reason(metric, request.metric))
     plot_history(frame, metric, run_dir / "optimization_history.png")
-    study = optuna.load_study(study_name=request.name, storage=f"sqlite:///{run_dir / STUDY_FILE}")
+    try:
+        study = optuna.load_study(study_name=request.name, storage=f"sqlite:///{run_dir / STUDY_FILE}")
+    except KeyError:  # no segment's process got as far as its searcher (it failed, or was stopped, while starting)
+        study = None
     complete = plan.next_segment() is None and len(frame) == request.num_samples and not pending
     if complete:
         _close_orphans(study)
-    plot_importances(study, run_dir / "param_importances.png")
+    if study is not None:
+        plot_importances(study, run_dir / "param_importances.png")
     console = Console()
     params = [p for p in ("knn_k", "lr", "optimizer") if p in search.space.distributions]
     if not frame.empty:

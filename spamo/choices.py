@@ -65,10 +65,10 @@ SCHEDULERS = ("none", "cosine", "plateau")  # spamo.optim.SCHEDULERS
 # given to `register_backend`
 CLUSTER_METHODS = OpenChoices("mclust", "auto", "gmm", "kmeans", "leiden", "louvain", "split-merge")
 
-# `spamo tune`: its schedulers (search.tuning.build_tuner) and the metrics it can optimise (search.results.METRICS:
-# spamo.metrics' scores that need the ground truth, the label-free ones, then the training loss), named here so that a
-# wrong --scheduler or --metric is refused before Ray and scikit-learn are imported (tests/test_tune_refusals.py checks
-# them against their owners)
+# `spamo tune`: its schedulers (search.segment_run.build_scheduler) and the metrics it can optimise
+# (search.results.METRICS: spamo.metrics' scores that need the ground truth, the label-free ones, then the training
+# loss), named here so that a wrong --scheduler or --metric is refused before Ray and scikit-learn are imported
+# (tests/test_tune_refusals.py checks them against their owners)
 TUNE_SCHEDULERS = ("asha", "none")
 TUNE_METRICS = ("jaccard", "f_measure", "mutual_information", "nmi", "ami", "v_measure", "homogeneity", "completeness",
                 "ari", "fmi", "avg", "asw_gt", "asw", "spatial_coherence", "consistency", "stability", "composite",

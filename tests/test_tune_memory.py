@@ -1,24 +1,28 @@
 """The tune driver holds no per-trial objects beyond a bound (issue 14: driver memory flat over long searches).
 
-A real local Ray and a real Optuna study in its SQLite file run a search of many tiny trials in this process, with a
-watching Tune callback after the search's own. At trial ends it counts, in the driver, the objects that grew with
-every trial before (benchmarks/results/tune.md, "Driver memory"): Ray's tracked workers and tasks left queued on
-cancelled workers (search.schedulers), Optuna handles of told trials (search.searcher), and what Ray Tune keeps of an
-ended trial's results (search.ledger.ForgetEnded), and Ray Tune's `Trial`s themselves, which its controller keeps
-for as long as its experiment runs: the search runs as segments of a few trials, one experiment each
-(search.segments), so at most one segment's Trials are alive. Counts, not resident memory or time: they do not
-depend on the machine's load.
+A real local Ray (started in this process) and a real Optuna study in its SQLite file run a search of many tiny
+trials, driven from this process, with a watching Tune callback after the search's own. The search runs as segments
+of a few trials, one experiment each (search.segments), each segment's controller in a child process of the driver
+(search.segment_run): the callback travels there and its state comes back when the segment ends. At trial ends it
+counts, where the controller runs, the objects that grew with every trial before (benchmarks/results/tune.md,
+"Driver memory"): Ray's tracked workers and tasks left queued on cancelled workers (search.schedulers), Optuna
+handles of told trials (search.searcher), what Ray Tune keeps of an ended trial's results
+(search.ledger.ForgetEnded), and Ray Tune's `Trial`s themselves, which its controller keeps for as long as its
+experiment runs: at most one segment's. And the driver itself holds none of them: each segment ran in a process of
+its own, which has ended. Counts, not resident memory or time: they do not depend on the machine's load.
 
 The same search (22 trials: segments of 8, 8 and 6) is the segmented search of tests/test_tune_segments.py: what must
 not notice the segments (numbering, the ledger, trials.parquet, the study, every segment's folder) and ASHA's rungs
-carried into the next segment, checked here rather than on a second search (each segment costs a Tuner's start and
-a fresh worker, about 15 s on CI's 2 cores).
+carried into the next segment, checked here rather than on a second search (each segment costs a process's start,
+a Tuner's start and a fresh worker, about 20 s on CI's 2 cores).
 """
 
 from __future__ import annotations
 
 import gc
 import json
+import os
+from pathlib import Path
 
 import optuna
 import pandas as pd
@@ -31,7 +35,8 @@ from ray.tune.experiment import Trial
 
 from search.ledger import KEPT_RESULT_KEYS, load_ledger
 from search.run_folder import TRIALS_FILE
-from search.segments import SEGMENTS_FILE
+from search.schedulers import AshaScheduler
+from search.segments import SEGMENTS_FILE, read_scheduler
 from search.tuning import TuneRequest, start_tune
 from test_tune_segments import RungWatch, study_states
 
@@ -52,9 +57,11 @@ class Watch(tune.Callback):
 
     def __init__(self, metric: str, every: int, total: int):
         self.metric, self.every, self.total, self.ended, self.counts, self.untrimmed = metric, every, total, [], {}, []
+        self.controllers = set()  # (process id, parent process id) of the processes it watched Ray Tune's controller in
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.ended.append(trial.trial_id)
+        self.controllers.add((os.getpid(), os.getppid()))
         ended = set(self.ended)
         for seen in trials:  # every trial that ended so far, not only this one, stays trimmed
             if seen.trial_id in ended:
@@ -135,3 +142,13 @@ def test_a_long_search_in_segments_loses_no_trial_carries_the_rungs_and_keeps_no
     assert [counts["ray trials"] for counts in watch.counts.values()] == [8, 8, 6], watch.counts
     # one storage (one SQLAlchemy engine) serves the study in every segment
     assert all(counts["study storages"] == 1 for counts in watch.counts.values()), watch.counts
+
+    # the driver (this process) holds nothing per trial across segments: each segment's controller ran in a child
+    # process of its own, which has ended; the driver never held a Trial, a Tuner or a scheduler
+    assert len(watch.controllers) == 3, watch.controllers
+    assert all(parent == os.getpid() and pid != os.getpid() for pid, parent in watch.controllers)
+    assert not any(Path(f"/proc/{pid}").exists() for pid, _ in watch.controllers)
+    gc.collect()
+    assert live(Trial) == live(tune.Tuner) == live(AshaScheduler) == 0
+    # ASHA's rungs crossed from one segment's process to the next through the run folder
+    assert read_scheduler(run_dir).recorded() == [TRIALS]

@@ -2,9 +2,10 @@
 real SQLite study, a tiny simulation and segments of 2 trials (the real size is 100).
 
 What must not notice the segments (numbering, the ledger, trials.parquet, the study, and ASHA's rungs carried into
-the next segment) is checked on the 3-segment search of tests/test_tune_memory.py (`RungWatch` is here). The test
-here kills the driver (SIGKILL, its own session) in the first of two segments and resumes it with
-`spamo tune --resume`.
+the next segment) is checked on the 3-segment search of tests/test_tune_memory.py (`RungWatch` is here). The tests
+here kill the driver (SIGKILL, its own session): in the first of two segments, resumed with `spamo tune --resume`;
+and between two segments, resumed with ASHA's rungs (which cross from one segment's process to the next through
+the run folder).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from search.ledger import load_ledger
 from search.run_folder import STUDY_FILE, TRIALS_FILE
 from search.schedulers import AshaScheduler
 from search.segments import SEGMENTS_FILE
+from search.tuning import resume_tune
 from test_tune import ROOT, kill_session, session_pids, tiny_sim  # noqa: F401 - tiny_sim is a fixture
 
 pytestmark = pytest.mark.ray
@@ -61,6 +63,30 @@ def snapshot_has_checkpoint(run_dir, trial_id: str) -> bool:
     return False
 
 
+def started_driver(data, tmp_path, segment_trials: int, **options) -> tuple[subprocess.Popen, object]:
+    """A driver (`start_tune`: one trial at a time, 1 CPU, on the tiny simulation, storage `tmp_path`) in a session
+    of its own, where what it starts can be found; its output goes to tmp_path/driver.log (the open file is
+    returned with it)."""
+    request = dict(data_dir=str(data), data_type="Simulation", n_clusters=5, cpus_per_trial=1, gpus_per_trial=0,
+                   max_concurrent=1, storage=str(tmp_path), **options)
+    script = ("from search.tuning import TuneRequest, start_tune; "
+              f"start_tune(TuneRequest(**{request!r}), segment_trials={segment_trials})")
+    log = open(tmp_path / "driver.log", "w")
+    return subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True), log
+
+
+def killed_alone(driver: subprocess.Popen) -> list[int]:
+    """SIGKILL to the driver only (as a preempted machine or the OOM killer would); what it started must end with it
+    (its segment's process, Ray's processes): the processes of its session still alive a minute later."""
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait(timeout=30)
+    deadline = time.time() + 60
+    while session_pids(driver.pid) and time.time() < deadline:
+        time.sleep(0.5)
+    return session_pids(driver.pid)
+
+
 # A search of 3 segments (numbering, ledger, trials.parquet, study, folders, ASHA's rungs carried on) is checked on
 # the long search of tests/test_tune_memory.py, which runs one: a second segmented search cost a minute of CI.
 
@@ -74,13 +100,8 @@ def test_a_killed_driver_resumes_its_segment_without_losing_or_repeating_trials_
     after the one killed. A report (and a checkpoint) every 8 epochs: a report clusters and scores the embedding,
     which at 2 epochs cost as much as the training itself; the kill needs only one checkpoint Ray's snapshot knows."""
     epochs = 240  # long enough that trial 2 still trains a snapshot interval (2 s) after its first checkpoint
-    script = ("from search.tuning import TuneRequest, start_tune; "
-              f"start_tune(TuneRequest(name='cut', num_samples=3, data_dir={str(tiny_sim)!r}, data_type='Simulation', "
-              f"n_clusters=5, epochs={epochs}, report_every=8, cpus_per_trial=1, gpus_per_trial=0, scheduler='none', "
-              f"max_concurrent=1, checkpoint_every=8, storage={str(tmp_path)!r}), segment_trials=2)")
-    log = open(tmp_path / "driver.log", "w")
-    driver = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                              start_new_session=True)
+    driver, log = started_driver(tiny_sim, tmp_path, segment_trials=2, name="cut", num_samples=3, epochs=epochs,
+                                 report_every=8, scheduler="none", checkpoint_every=8)
     run_dir = tmp_path / "cut"
 
     def second_trial_checkpointed() -> bool:
@@ -100,12 +121,7 @@ def test_a_killed_driver_resumes_its_segment_without_losing_or_repeating_trials_
             time.sleep(0.2)
         assert snapshot_has_checkpoint(run_dir, running), (tmp_path / "driver.log").read_text()[-3000:]
         assert driver.poll() is None, "the search ended before it could be killed"
-        os.kill(driver.pid, signal.SIGKILL)  # the driver only: what it started must end with it
-        driver.wait(timeout=30)
-        deadline = time.time() + 60
-        while session_pids(driver.pid) and time.time() < deadline:
-            time.sleep(0.5)
-        survivors = session_pids(driver.pid)
+        survivors = killed_alone(driver)
     finally:
         kill_session(driver.pid)
         log.close()
@@ -132,4 +148,43 @@ def test_a_killed_driver_resumes_its_segment_without_losing_or_repeating_trials_
     assert next(run_dir.glob("segment_002/trial_00003_*")).is_dir()
     states = study_states(run_dir, "cut")
     assert states.count("COMPLETE") == 3 and "RUNNING" not in states
+    assert json.loads((run_dir / SEGMENTS_FILE).read_text())["ended"] == {"1": [], "2": []}
+
+
+def test_a_driver_killed_between_two_segments_resumes_with_the_rungs_the_first_one_left(tiny_sim, tmp_path,
+                                                                                       monkeypatch):
+    """The driver is SIGKILLed the moment segment 1 (one trial, ASHA) has recorded its end, while segment 2's process
+    is still starting (its imports alone take seconds): nothing of segment 2 is saved, so the resumed search starts
+    it anew. Its first trial is judged against the rung segment 1 left (saved in the run folder with the segment's
+    end: search.segments.SCHEDULER_FILE), not against an empty one. The resume runs in this process, watched."""
+    driver, log = started_driver(tiny_sim, tmp_path, segment_trials=1, name="gap", num_samples=2, epochs=2,
+                                 report_every=2)
+    run_dir = tmp_path / "gap"
+
+    def first_segment_ended() -> bool:
+        try:
+            return json.loads((run_dir / SEGMENTS_FILE).read_text())["ended"] == {"1": []}
+        except (OSError, json.JSONDecodeError, KeyError):
+            return False
+
+    try:
+        deadline = time.time() + 300
+        while not first_segment_ended() and time.time() < deadline and driver.poll() is None:
+            time.sleep(0.05)
+        assert first_segment_ended(), (tmp_path / "driver.log").read_text()[-3000:]
+        survivors = killed_alone(driver)
+    finally:
+        kill_session(driver.pid)
+        log.close()
+    assert not survivors, f"processes outlived the killed driver: {survivors}"
+    assert not list(run_dir.glob("segment_002/tuner.pkl")), "segment 2 had started: the kill came too late"
+    assert sorted(r["number"] for r in load_ledger(run_dir).values()) == [1]
+
+    monkeypatch.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # what search.ray_cluster.connect sets; undone after
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    rungs = RungWatch()
+    outcome = resume_tune("gap", storage=str(tmp_path), log=lambda *args, **kwargs: None, observers=(rungs,))
+    assert outcome.complete and outcome.n_trials == 2
+    assert rungs.at_start == {2: [[1]]}  # trial 1's report at ASHA's rung (a new scheduler: [[0]])
     assert json.loads((run_dir / SEGMENTS_FILE).read_text())["ended"] == {"1": [], "2": []}
