@@ -17,7 +17,8 @@ parent only (the child runs in its own process group) and the parent passes each
 Tune, which stops a search cleanly at the first and hard at the second) sees exactly what the user typed, in a
 terminal or in a notebook (whose interrupt signals the kernel alone).
 
-This module imports nothing heavy: the child reads its call before the call's imports (seconds) begin.
+This module imports nothing heavy but scipy's sparse module (through spamo._compat, 0.3 s, which the call imports
+anyway): the child reads its call before the call's imports (seconds) begin.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from spamo._compat import new_process_group
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 FRAME = struct.Struct("!Q")  # length prefix of each message on the child's stdin
@@ -65,7 +68,7 @@ def run_in_child(function, argument) -> ChildRun:
         child = subprocess.Popen(
             [sys.executable, "-c", CHILD_START, PACKAGE_ROOT, str(os.getpid()), str(reply_write)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(reply_write,),
-            process_group=0, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+            env=dict(os.environ, PYTHONUNBUFFERED="1"), **new_process_group())
     finally:
         os.close(reply_write)
     reply = bytearray()

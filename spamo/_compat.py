@@ -163,6 +163,19 @@ def _blocks_added(per_block):
     return total
 
 
+def new_process_group() -> dict:
+    """subprocess.Popen keyword arguments that start the child in a process group of its own (not a new session).
+
+    Python 3.11 has `process_group=0`; 3.10 (which spamo still supports) needs `preexec_fn=os.setpgrp`, which runs
+    between fork and exec and is only safe for an async-signal-safe call such as this one.
+    Used by: `search.segment_process.run_in_child`.
+    Remove when: spamo requires Python >= 3.11; then pass `process_group=0`.
+    """
+    import sys
+
+    return {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
+
+
 @dataclass(frozen=True)
 class Workaround:
     """One workaround: what it avoids, where it lives, and when it can be deleted."""
@@ -201,6 +214,9 @@ WORKAROUNDS = (
                "by spamo.model.attention_flash)", "the public scaled_dot_product_attention hides the log-sum-exp the "
                "dropout correction and the backward need, so the private aten ops are called",
                "a public PyTorch API returns the fused CPU kernel's log-sum-exp without torch.compile"),
+    Workaround("process group on Python 3.10", "spamo._compat.new_process_group (used by "
+               "search.segment_process)", "Popen(process_group=) exists from Python 3.11 on",
+               "spamo requires Python >= 3.11"),
     Workaround("CSR beta notice", "spamo.model.sparse.quiet_csr (scoped to each CSR construction)",
                "torch prints a beta notice the first time a CSR tensor is made", "torch drops the notice"),
 )
