@@ -171,16 +171,17 @@ def resume_tune(name: str, storage: str | None = None, address: str | None = Non
         request.address = address
     if request.address:
         ray_cluster.resolve(request.address)
-    search = load_search(request, run_dir)
     plan = read_plan(run_dir, request.num_samples)
     segment = plan.next_segment()
     experiment = experiment_path(request, segment.number if segment else len(plan.segments))
-    ray_cluster.connect(request.address, log)
     restorable = tune.Tuner.can_restore(experiment)
-    if not restorable and (segment is None or segment.number == 1):
-        ray_cluster.disconnect()
-        raise SpamoInputError("--resume", f"no Ray experiment state at {experiment} to resume from")
     finished = finished_results(load_ledger(run_dir))
+    if not restorable and (segment is None or segment.number == 1):  # refused before the data loads
+        raise SpamoInputError("--resume", f"no Ray experiment state at {experiment} to resume from"
+                              + ("" if finished else f": the search stopped before Ray saved it and no trial had "
+                                 f"finished, so nothing is lost; start it again (remove {run_dir}, or a new --name)"))
+    search = load_search(request, run_dir)
+    ray_cluster.connect(request.address, log)
     log(f"[bold]resuming[/] {name}: {len(finished)} trial(s) already finished are kept -> {run_dir}")
     resources = ray_cluster.trial_resources(request.cpus_per_trial, request.gpus_per_trial, log)
     jobs = SegmentJobs(search, share_data(search, finished), resources, observers)
