@@ -169,8 +169,8 @@ def build_scheduler(job: SegmentJob):
 
 def build_tuner(job: SegmentJob, trainable, scheduler=None):
     """The Tuner of the job's segment. `trainable`: with its parameters and resources. `scheduler`: the one the
-    segments before it left (search.segments.read_scheduler: ASHA's rungs), which this segment carries on (None: a
-    new one). The job's observers run after the search's own callbacks (so after an ended trial was trimmed, see
+    segments before it left (search.segments.read_scheduler: ASHA's rungs, saved without the ended segment's trials
+    by `record_end`), which this segment carries on (None: a new one). The job's observers run after the search's own callbacks (so after an ended trial was trimmed, see
     search.ledger.ForgetEnded)."""
     request, mode, segment = job.request, metric_mode(job.metric), job.segment
     first = segment.number == 1
@@ -180,7 +180,7 @@ def build_tuner(job: SegmentJob, trainable, scheduler=None):
     searcher = ResumableOptunaSearch(space=job.space.distributions, metric=job.metric, mode=mode,
                                      points_to_evaluate=job.space.first_points(job.base) if first else None,
                                      sampler=sampler, study_name=request.name, storage=storage)
-    scheduler = scheduler.for_next_segment() if scheduler is not None else build_scheduler(job)
+    scheduler = scheduler if scheduler is not None else build_scheduler(job)
     storage_path, name = experiment_path(request, segment.number).rsplit("/", 1)
     return tune.Tuner(
         trainable,

@@ -243,9 +243,8 @@ def run_segments(search: Search, plan: SegmentPlan, start: SegmentRun, jobs: Seg
     or Ray failed) or all have. The child records an ended segment in segments.json (read back into `plan`) before
     the next one starts."""
     address = ray_cluster.address_for_children(search.request.address)
-    restore = start.restore
+    restore, several = start.restore, len(plan.segments) > 1
     for segment in [s for s in plan.segments if s.number >= start.segment.number]:
-        several = len(plan.segments) > 1
         if several:
             log(f"segment {segment.number}/{len(plan.segments)}: trials {segment.first}-{segment.last}")
         run = run_in_child(fit_segment, segment_call(jobs.job(segment, restore, address)))
