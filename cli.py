@@ -279,7 +279,9 @@ def run_command(
     # the settings and the output folder are checked before torch and scikit-learn are imported (seconds), so a
     # refused setting answers at once
     from spamo.api_run import fit, load
+    from spamo.training import check_device
 
+    check_device(config)  # a missing CUDA device or a precision it needs, before the data is read
     data = load(dataset=dataset, data_dir=data_dir, data_type=config.data_type, data_root=data_root,
                     modality_files=parse_mapping(modality_files, "--modality-files"), truth_file=truth_file,
                     layer=layer)  # n_clusters lives in the config; the loader only suggests one

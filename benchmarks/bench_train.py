@@ -30,6 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from spamo.choices import ATTENTION_PRECISIONS  # noqa: E402 - light (standard library only), after the path
+
 DEFAULT_SIZES = [1000, 3500, 10000, 30000, 100000]
 GPU_SIZES = [1000, 3500, 10000, 30000, 100000, 300000, 1000000]
 FLOOR_MAX_N = 30000  # largest N whose fused-attention floor is measured beside the epochs (CPU)
@@ -103,8 +105,8 @@ def worker(impl: str, path: str, warmup: int, epochs: int, device: str = "cpu") 
 
     features, spatial, feature = load_inputs(path)
     n = features[0].shape[0]
-    config = SpamoConfig(data_type="10x", knn_k=KNN_K, spatial_k=SPATIAL_K, epochs=warmup + epochs,
-                         device=device).resolve(2, n)
+    config = SpamoConfig(data_type="10x", knn_k=KNN_K, spatial_k=SPATIAL_K, epochs=warmup + epochs, device=device,
+                         attention_precision=os.environ.get("SPAMO_BENCH_PRECISION", "float32")).resolve(2, n)
     trainer = Trainer(features, spatial, feature, config, device)
     if impl == "dense":
         from dense_reference import DenseSpamo
@@ -181,7 +183,8 @@ def markdown(rows: list[dict], device: str = "cpu") -> str:
         lines = [
             "# Training speed and memory on a GPU (bench_train.py --device cuda)",
             "",
-            f"Machine: one {gpu}, torch {torch.__version__}, float32. Same HLN-like problem as the CPU table: "
+            f"Machine: one {gpu}, torch {torch.__version__}, attention "
+            f"{os.environ.get('SPAMO_BENCH_PRECISION', 'float32')}. Same HLN-like problem as the CPU table: "
             "2 modalities x 30 features, KNN_k 20, spatial k 3, latent 64, dropout 0.1, training mode (fused "
             "dropout attention). GPU peak = `torch.cuda.max_memory_allocated` of a fresh process per row.",
             "",
@@ -228,6 +231,8 @@ def main() -> None:
                         "(default 10,000; at 30,000 it needs more than 80 GiB of GPU memory)")
     parser.add_argument("--out", type=Path, help="markdown table (default results/train.md or train_gpu.md)")
     parser.add_argument("--repeats", type=int, default=1, help="fresh runs per row; the median is reported")
+    parser.add_argument("--precision", default="float32", choices=ATTENTION_PRECISIONS,
+                        help="attention_precision of the sparse rows (bfloat16: CUDA only)")
     parser.add_argument("--worker", nargs=5, metavar=("IMPL", "NPZ", "WARMUP", "EPOCHS", "DEVICE"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -236,6 +241,7 @@ def main() -> None:
         print(json.dumps(worker(impl, path, int(warmup), int(epochs), device)))
         return
     cpu = args.device == "cpu"
+    os.environ["SPAMO_BENCH_PRECISION"] = args.precision  # the workers' (fresh processes') setting
     sizes = args.sizes or (DEFAULT_SIZES if cpu else GPU_SIZES)
     dense_max = args.dense_max if args.dense_max is not None else 10000
     out = args.out or ROOT / "benchmarks" / "results" / ("train.md" if cpu else "train_gpu.md")

@@ -117,6 +117,14 @@ class SearchSpace:
         """The searched settings as Optuna distributions (what the sampler asks), in the file's order."""
         return {name: dist.to_optuna() for name, dist in self.searched.items()}
 
+    def values_of(self, name: str, base: SpamoConfig) -> set:
+        """Every value a trial's `name` setting can take: a choice's values, a fixed value, else the base config's
+        (None for a numeric range: any number in it)."""
+        dist = self.searched.get(name)
+        if dist is not None:
+            return set(dist.values) if dist.kind == "choice" else {None}
+        return {self.fixed.get(name, getattr(base, name))}
+
     def first_points(self, base: SpamoConfig) -> list[dict]:
         """The published configuration over the searched names; a name it leaves out takes the resolved base
         config's value (the data type's published default)."""

@@ -31,6 +31,7 @@ from search.trainable import TrialContext
 from spamo.errors import SpamoInputError
 from spamo.pipeline import package_versions, truth_sha256
 from spamo.selection import DEFAULT_LABEL_FREE, DEFAULT_REASON
+from spamo.training import check_precision
 
 __all__ = ["TuneRequest", "TuneOutcome", "start_tune", "resume_tune", "run_folder", "is_uri", "choose_metric"]
 
@@ -121,6 +122,16 @@ def share_data(search: Search, finished: dict) -> TrialContext:
                         metric=search.metric, checkpoint_every=search.request.checkpoint_every)
 
 
+def check_trial_precision(search: Search, resources: dict) -> None:
+    """Trials without a GPU share cannot run an attention precision other than float32
+    (`spamo.training.check_precision`): refused before anything is written or any trial starts."""
+    if resources["gpu"] > 0:
+        return
+    for value in search.space.values_of("attention_precision", search.base):
+        check_precision(value, "cpu", f"this search's trials have no GPU share (--gpus-per-trial "
+                                      f"{search.request.gpus_per_trial:g})")
+
+
 # ------------------------------------------------------------------------------------------------ entry points
 
 
@@ -141,10 +152,11 @@ def start_tune(request: TuneRequest, log=print, observers: tuple = (),
                                         f"continue it with --resume {request.name} or pick another --name")
     search = load_search(request, run_dir)
     ray_cluster.connect(request.address, log)  # before anything is written: a refused connection leaves nothing
+    resources = ray_cluster.trial_resources(request.cpus_per_trial, request.gpus_per_trial, log)
+    check_trial_precision(search, resources)
     write_request(run_dir, request)
     plan = SegmentPlan(request.num_samples, max(1, min(segment_trials, request.num_samples)))
     write_plan(run_dir, plan)
-    resources = ray_cluster.trial_resources(request.cpus_per_trial, request.gpus_per_trial, log)
     segments = len(plan.segments)
     log(f"[bold]spamo tune[/] {request.name}: {search.prepared.name}, {search.prepared.n_spots} spots, "
         f"{request.num_samples} trials of {resources['cpu']:g} CPU + {resources['gpu']:g} GPU, metric "
@@ -184,6 +196,7 @@ def resume_tune(name: str, storage: str | None = None, address: str | None = Non
     ray_cluster.connect(request.address, log)
     log(f"[bold]resuming[/] {name}: {len(finished)} trial(s) already finished are kept -> {run_dir}")
     resources = ray_cluster.trial_resources(request.cpus_per_trial, request.gpus_per_trial, log)
+    check_trial_precision(search, resources)
     jobs = SegmentJobs(search, share_data(search, finished), resources, observers)
     if segment is None:  # every segment ended (the driver stopped while writing the outputs)
         return finish(search, plan, None, jobs, log)

@@ -18,6 +18,7 @@ from spamo.config import SpamoConfig
 from spamo.data import MultiOmicsData
 from spamo.errors import SpamoInputError, quiet_readers
 from spamo.pipeline import RunResult
+from spamo.training import check_device
 
 __all__ = ["fit", "load", "RunResult", "build_run_config", "quiet_readers"]
 
@@ -61,6 +62,7 @@ def fit(data, *, data_type: str | None = None, n_clusters: int | None = None,
     Returns a `RunResult`: `.embedding`, `.labels`, `.scores`, `.config`, `.annotate(mdata)`, `.write(out_dir)`.
     """
     config = build_run_config(config, data_type=data_type, n_clusters=n_clusters, **settings)
+    check_device(config)
     if isinstance(data, MultiOmicsData):
         loaded = data
     else:

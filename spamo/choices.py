@@ -58,6 +58,10 @@ KNN_TIES = ("sklearn", "index")
 """Spatial kNN tie order (spamo.graphs): "sklearn" = scikit-learn NearestNeighbors(k + 1) minus self (the reference),
 "index" = the smaller spot index first (old spamo)."""
 EMA_UPDATES = ("after_step", "before_step")  # spamo.model.feature_graph: when the EMA target follows the graph
+ATTENTION_PRECISIONS = ("float32", "bfloat16")
+"""Arithmetic of the cross attention (spamo.model.attention.PRECISIONS): "float32", exact (the method's), or
+"bfloat16", PyTorch's fused CUDA kernel given bfloat16 q, k, v (it accumulates in float32): an option for very large
+problems on a GPU."""
 DGI_INITS = ("torch", "xavier")  # spamo.model.losses: initialisation of the DGI discriminator
 OPTIMIZERS = ("adamw", "adam", "sgd")  # spamo.optim.OPTIMIZERS
 SCHEDULERS = ("none", "cosine", "plateau")  # spamo.optim.SCHEDULERS

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from spamo._compat import set_deterministic_algorithms
 from spamo.errors import SpamoInputError
+from spamo.model.attention import PRECISIONS
 from spamo.model.feature_graph import LearnableFeatureGraph
 from spamo.model.losses import (
     dgi_loss,
@@ -93,6 +94,23 @@ def resolve_device(name: str) -> torch.device:
     if name == "cpu":
         return torch.device("cpu")
     raise SpamoInputError("device", f"'{name}' is not one of cpu, cuda, auto")
+
+
+def check_device(config) -> torch.device:
+    """The run's device (`resolve_device`), refusing what it cannot run: a CUDA device that is not there, and an
+    attention precision other than float32 off CUDA (spamo.model.attention's docstring says why). `fit` and
+    `spamo run` call it before any data is read; `train` calls it again."""
+    device = resolve_device(config.device)
+    check_precision(config.attention_precision, device.type,
+                    f"this run's device is {device} (--device {config.device})")
+    return device
+
+
+def check_precision(precision: str, device_type: str, why: str) -> None:
+    """Refuse an attention precision other than float32 off CUDA; `why` says which device that is and why."""
+    if PRECISIONS[precision] is not None and device_type != "cuda":
+        raise SpamoInputError("attention_precision", f"{precision} runs on a CUDA device only, and {why}; on CPU "
+                                                     "the attention is exact float32")
 
 
 # ---------------------------------------------------------------------------------------------- trainer
@@ -279,7 +297,7 @@ def train(prepared, graphs, config, callback=None, callback_every: int = 10, pro
     a dict, loaded) continues training after its epoch: on CPU the result equals that of an uninterrupted run.
     """
     started = time.perf_counter()
-    device = resolve_device(config.device)
+    device = check_device(config)
     spatial, feature = _graph_lists(graphs)
     features = [torch.as_tensor(np.asarray(x, dtype=np.float32)) for x in prepared.features]
     history: list[dict] = []

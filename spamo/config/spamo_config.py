@@ -14,8 +14,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from spamo.choices import (CLUSTER_METHODS, DGI_INITS, EMA_UPDATES, FEATURE_GRAPH_WEIGHTS, KNN_TIES, OPTIMIZERS,
-                           SCHEDULERS)
+from spamo.choices import (ATTENTION_PRECISIONS, CLUSTER_METHODS, DGI_INITS, EMA_UPDATES, FEATURE_GRAPH_WEIGHTS,
+                           KNN_TIES, OPTIMIZERS, SCHEDULERS)
 from spamo.config.fields import Range, _checked, _weight, setting
 from spamo.datasets import check_n_clusters
 from spamo.datatypes import data_type_names, get_data_type
@@ -60,6 +60,9 @@ class SpamoConfig:
                                    alias="use_cross_attn")
     attention_block_size: int = setting(2048, "Query rows per block of the exact cross attention (memory, not "
                                               "results).", range=Range(1))
+    attention_precision: str = setting("float32", "Cross-attention arithmetic: float32 (exact) or bfloat16 (CUDA "
+                                                  "only: the fused kernel in bfloat16, float32 accumulation).",
+                                       choices=ATTENTION_PRECISIONS)
     detach_feature_graph: bool = setting(False, "Encoders see the learnable feature graph detached (old spamo); "
                                                 "default: not detached, as the reference.")
     dgi_init: str = setting("torch", "DGI discriminator initialisation: torch (as the reference) or xavier.",

@@ -19,6 +19,14 @@ rounding): "compiled" runs the row-wise passes (exp2, row sums, mask bits, mask 
 "tensor" uses torch tensor operations only, for machines without a C compiler. A third, "flash"
 (`attention_flash.py`), computes the same function (same masks) as PyTorch's fused kernel without dropout minus
 sparse corrections over the dropped weights; it is the default for large problems (`default_backend`).
+
+Precision (`SpamoConfig.attention_precision`, `PRECISIONS`): everything above is float32 (or float64), exact. The
+"bfloat16" option, for very large problems on a GPU, hands PyTorch's fused CUDA kernel q, k and v in bfloat16: its
+flash and memory-efficient kernels keep scores, softmax statistics and sums in float32 and round the weights to
+bfloat16 only for the product with v; the output comes back in q's dtype and gradients flow back in it. On CPU it
+runs only without dropout (evaluation): a bfloat16 copy of the blocked backends measured no faster than float32 on
+2 threads (the conversions cost what the cheaper products save; benchmarks/results/train.md), so training on CPU
+is refused up front (`spamo.training.check_device`).
 """
 
 from __future__ import annotations
@@ -41,6 +49,8 @@ CACHE_BLOCK_ELEMENTS = 2**22
 KERNEL_BLOCK_ELEMENTS = 2**18
 BACKENDS = ("flash", "compiled", "tensor")
 FLASH_MIN_PAIRS = 7000 * 7000  # the measured crossover of the flash and compiled backends (default_backend)
+# spamo.choices.ATTENTION_PRECISIONS -> the dtype q, k, v are rounded to (None: computed in their own dtype, exact)
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
 
 _U64 = (1 << 64) - 1
 _GAMMA = 0x9E3779B97F4A7C15  # SplitMix64's increment and its two output multipliers
@@ -275,14 +285,28 @@ def _fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) 
     return F.scaled_dot_product_attention(q[None, None], k[None, None], v[None, None], dropout_p=dropout_p)[0, 0]
 
 
+def _low_precision(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float,
+                   dtype: torch.dtype) -> torch.Tensor:
+    """The fused kernel on q, k, v rounded to `dtype` (float32 accumulation inside it); the output in q's dtype."""
+    if dropout_p > 0.0 and q.device.type != "cuda":
+        raise ValueError(f"{dtype} attention with dropout needs a CUDA device (got {q.device}): PyTorch's CPU "
+                         "kernel would build the N x N weights")
+    return _fused(q.to(dtype), k.to(dtype), v.to(dtype), dropout_p).to(q.dtype)
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float, block_size: int = 512,
-              backend: str | None = None) -> torch.Tensor:
+              backend: str | None = None, precision: str = "float32") -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v with dropout `dropout_p` on the weights; q, k, v are (N, d) matrices.
 
     On CPU `block_size` is an upper bound on the query rows per block: blocks are capped so one block x N buffer
     holds at most `KERNEL_BLOCK_ELEMENTS` ("compiled") or `CACHE_BLOCK_ELEMENTS` ("tensor"); `backend` defaults to
-    `default_backend()`. The mask does not depend on the block size or the backend.
+    `default_backend()`. The mask does not depend on the block size or the backend. `precision` is a name of
+    `PRECISIONS`: "float32" computes in q's dtype (exact), "bfloat16" see the module docstring.
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"attention precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
+    if PRECISIONS[precision] is not None:
+        return _low_precision(q, k, v, dropout_p, PRECISIONS[precision])
     if dropout_p <= 0.0:
         return _fused(q, k, v, 0.0)
     if q.device.type != "cpu":

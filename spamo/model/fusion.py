@@ -17,9 +17,13 @@ CROSS_RESIDUAL = 0.2
 
 
 class CrossAttention(nn.Module):
-    """Single-head attention: Q = Linear(d, d)(query), K, V = Linear(ctx, d)(context), output Linear(d, d)."""
+    """Single-head attention: Q = Linear(d, d)(query), K, V = Linear(ctx, d)(context), output Linear(d, d).
 
-    def __init__(self, latent_dim: int, context_dim: int, dropout: float, block_size: int):
+    `precision` names the attention's arithmetic (`spamo.model.attention.PRECISIONS`; float32 is exact).
+    """
+
+    def __init__(self, latent_dim: int, context_dim: int, dropout: float, block_size: int,
+                 precision: str = "float32"):
         super().__init__()
         self.query = nn.Linear(latent_dim, latent_dim)
         self.key = nn.Linear(context_dim, latent_dim)
@@ -27,22 +31,26 @@ class CrossAttention(nn.Module):
         self.out = nn.Linear(latent_dim, latent_dim)
         self.dropout_p = dropout
         self.block_size = block_size
+        self.precision = precision
 
     def forward(self, query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         p = self.dropout_p if self.training else 0.0
-        mixed = attention(self.query(query), self.key(context), self.value(context), p, self.block_size)
+        mixed = attention(self.query(query), self.key(context), self.value(context), p, self.block_size,
+                          precision=self.precision)
         return self.out(mixed)
 
 
 class GatedFusion(nn.Module):
     """Fuse M modality embeddings (N x d each) into one N x d embedding."""
 
-    def __init__(self, n_modalities: int, latent_dim: int, dropout: float, use_cross_attn: bool, block_size: int):
+    def __init__(self, n_modalities: int, latent_dim: int, dropout: float, use_cross_attn: bool, block_size: int,
+                 precision: str = "float32"):
         super().__init__()
         m, d = n_modalities, latent_dim
         self.use_cross_attn = bool(use_cross_attn) and m >= 2
         if self.use_cross_attn:
-            self.cross = nn.ModuleList(CrossAttention(d, (m - 1) * d, dropout, block_size) for _ in range(m))
+            self.cross = nn.ModuleList(CrossAttention(d, (m - 1) * d, dropout, block_size, precision)
+                                       for _ in range(m))
             self.cross_norms = nn.ModuleList(nn.LayerNorm(d) for _ in range(m))
             self.gate = nn.Linear(2 * m * d, d)
             self.mlp = nn.Sequential(

@@ -24,7 +24,8 @@ class SpamoModule(nn.Module):
         d, p = config.latent_dim, config.dropout
         self.feature_dims = list(feature_dims)
         self.encoders = nn.ModuleList(ModalityEncoder(f, d, p) for f in feature_dims)
-        self.fusion = GatedFusion(len(feature_dims), d, p, config.use_cross_attn, config.attention_block_size)
+        self.fusion = GatedFusion(len(feature_dims), d, p, config.use_cross_attn, config.attention_block_size,
+                                  config.attention_precision)
         self.decoders = nn.ModuleList(ModalityDecoder(d, f, p) for f in feature_dims)
         self.dgi = DGIHead(d, config.dgi_init)
 
