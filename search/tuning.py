@@ -127,9 +127,10 @@ def check_trial_precision(search: Search, resources: dict) -> None:
     (`spamo.training.check_precision`): refused before anything is written or any trial starts."""
     if resources["gpu"] > 0:
         return
-    for value in search.space.values_of("attention_precision", search.base):
+    for value in search.space.values_of("attention_precision", search.base) - {None}:
         check_precision(value, "cpu", f"this search's trials have no GPU share (--gpus-per-trial "
-                                      f"{search.request.gpus_per_trial:g})")
+                                      f"{search.request.gpus_per_trial:g}"
+                                      + (", none in the cluster)" if search.request.gpus_per_trial else ")"))
 
 
 # ------------------------------------------------------------------------------------------------ entry points

@@ -22,6 +22,7 @@ import pandas as pd
 import pyarrow.feather as feather
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from evaluation.tables import SCHEMAS, TABLE_NAMES
 
@@ -247,6 +248,27 @@ def test_a_failing_seed_run_keeps_the_finished_ones_and_writes_no_table(evaluate
     assert "1 of 2 seed runs failed" in errors[0] and "no table was written" in errors[0]
     assert sorted(p.name for p in out.iterdir()) == ["seed_runs"]  # no table, no picture, no temporary file
     assert len(list((out / "seed_runs").glob("*.json"))) == 1  # the rank-2 run finished and is kept
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+def test_a_bfloat16_configuration_without_a_gpu_is_refused_before_any_seed_run(evaluated, tmp_path):
+    """A configuration tuned on GPUs with attention_precision = bfloat16 cannot run on CPUs: one line, exit 2."""
+    run = tmp_path / "sim_bf16"
+    shutil.copytree(evaluated["runs"] / "sim_run", run, ignore=shutil.ignore_patterns("trial_*", "*.db"))
+    frame = trials(run)
+    config = json.loads(frame["config_json"].iloc[0])
+    config["attention_precision"] = "bfloat16"
+    frame.loc[:, "config_json"] = json.dumps(config, sort_keys=True)
+    frame.to_parquet(run / "trials.parquet", index=False)
+    out = tmp_path / "eval"
+    done = cli("evaluate", "--best", "--runs", str(run), "--top-k", "1", "--seeds", "1", "--out", str(out),
+               "--num-cpus", "2", "--quiet", "--no-cross")
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in done.stderr
+    assert errors[0].startswith("error: attention_precision: bfloat16 runs on a CUDA device only")
+    assert "no GPU share (--gpus-per-run 0)" in errors[0]
+    assert not list(out.glob("seed_runs/*.json")) and not list(out.glob("*.parquet"))
 
 
 def test_analyze_writes_a_run_folder_of_the_best_configuration_and_analyses_it(evaluated, tmp_path):
