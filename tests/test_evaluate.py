@@ -228,24 +228,40 @@ def test_a_configuration_and_seed_reproduce_their_row_exactly(evaluated):
 # ------------------------------------------------------------------------------------------------ failures
 
 
+def copied_run(evaluated, run: Path) -> tuple[Path, pd.DataFrame]:
+    """The sim tune run copied to `run` (its trials table, without the trial folders and the study) and its trials."""
+    shutil.copytree(evaluated["runs"] / "sim_run", run, ignore=shutil.ignore_patterns("trial_*", "*.db"))
+    return run, trials(run)
+
+
+def changed_config(frame: pd.DataFrame, **changes) -> str:
+    """The first trial's config_json with `changes` applied."""
+    return json.dumps({**json.loads(frame["config_json"].iloc[0]), **changes}, sort_keys=True)
+
+
+def evaluate_one_seed(run: Path, out: Path, top_k: int) -> subprocess.CompletedProcess:
+    return cli("evaluate", "--best", "--runs", str(run), "--top-k", str(top_k), "--seeds", "1", "--out", str(out),
+               "--num-cpus", "2", "--quiet", "--no-cross")
+
+
+def the_one_error(done: subprocess.CompletedProcess, exit_code: int) -> str:
+    """The command's one `error:` line, after checking its exit code and that no traceback was printed."""
+    assert done.returncode == exit_code, done.stdout[-2000:] + done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    return errors[0]
+
+
 def test_a_failing_seed_run_keeps_the_finished_ones_and_writes_no_table(evaluated, tmp_path):
     """A trial whose learning rate makes the loss NaN ranks first: its seed run fails, the second one finishes."""
-    run = tmp_path / "sim_bad"
-    shutil.copytree(evaluated["runs"] / "sim_run", run, ignore=shutil.ignore_patterns("trial_*", "*.db"))
-    frame = trials(run)
+    run, frame = copied_run(evaluated, tmp_path / "sim_bad")
     bad = frame.iloc[[0]].copy()
-    config = json.loads(bad["config_json"].iloc[0])
-    config["lr"] = 1.0e9
-    bad["config_json"], bad["ari"], bad["trial_id"] = json.dumps(config, sort_keys=True), 0.999, "nan_trial"
+    bad["config_json"], bad["ari"], bad["trial_id"] = changed_config(bad, lr=1.0e9), 0.999, "nan_trial"
     pd.concat([frame, bad], ignore_index=True).to_parquet(run / "trials.parquet", index=False)
     out = tmp_path / "eval"
-    done = cli("evaluate", "--best", "--runs", str(run), "--top-k", "2", "--seeds", "1", "--out", str(out),
-               "--num-cpus", "2", "--quiet", "--no-cross")
-    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "Traceback" not in done.stderr
-    assert errors[0].startswith("error: seed run sim rank 1 on sim, seed 2025: failed: FloatingPointError")
-    assert "1 of 2 seed runs failed" in errors[0] and "no table was written" in errors[0]
+    error = the_one_error(evaluate_one_seed(run, out, top_k=2), exit_code=1)
+    assert error.startswith("error: seed run sim rank 1 on sim, seed 2025: failed: FloatingPointError")
+    assert "1 of 2 seed runs failed" in error and "no table was written" in error
     assert sorted(p.name for p in out.iterdir()) == ["seed_runs"]  # no table, no picture, no temporary file
     assert len(list((out / "seed_runs").glob("*.json"))) == 1  # the rank-2 run finished and is kept
 
@@ -253,21 +269,13 @@ def test_a_failing_seed_run_keeps_the_finished_ones_and_writes_no_table(evaluate
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
 def test_a_bfloat16_configuration_without_a_gpu_is_refused_before_any_seed_run(evaluated, tmp_path):
     """A configuration tuned on GPUs with attention_precision = bfloat16 cannot run on CPUs: one line, exit 2."""
-    run = tmp_path / "sim_bf16"
-    shutil.copytree(evaluated["runs"] / "sim_run", run, ignore=shutil.ignore_patterns("trial_*", "*.db"))
-    frame = trials(run)
-    config = json.loads(frame["config_json"].iloc[0])
-    config["attention_precision"] = "bfloat16"
-    frame.loc[:, "config_json"] = json.dumps(config, sort_keys=True)
+    run, frame = copied_run(evaluated, tmp_path / "sim_bf16")
+    frame.loc[:, "config_json"] = changed_config(frame, attention_precision="bfloat16")
     frame.to_parquet(run / "trials.parquet", index=False)
     out = tmp_path / "eval"
-    done = cli("evaluate", "--best", "--runs", str(run), "--top-k", "1", "--seeds", "1", "--out", str(out),
-               "--num-cpus", "2", "--quiet", "--no-cross")
-    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "Traceback" not in done.stderr
-    assert errors[0].startswith("error: attention_precision: bfloat16 runs on a CUDA device only")
-    assert "no GPU share (--gpus-per-run 0)" in errors[0]
+    error = the_one_error(evaluate_one_seed(run, out, top_k=1), exit_code=2)
+    assert error.startswith("error: attention_precision: bfloat16 runs on a CUDA device only")
+    assert "no GPU share (--gpus-per-run 0)" in error
     assert not list(out.glob("seed_runs/*.json")) and not list(out.glob("*.parquet"))
 
 
