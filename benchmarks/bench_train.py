@@ -183,20 +183,20 @@ def markdown(rows: list[dict], device: str = "cpu") -> str:
         lines = [
             "# Training speed and memory on a GPU (bench_train.py --device cuda)",
             "",
-            f"Machine: one {gpu}, torch {torch.__version__}, attention "
-            f"{os.environ.get('SPAMO_BENCH_PRECISION', 'float32')}. Same HLN-like problem as the CPU table: "
+            f"Machine: one {gpu}, torch {torch.__version__}. Same HLN-like problem as the CPU table: "
             "2 modalities x 30 features, KNN_k 20, spatial k 3, latent 64, dropout 0.1, training mode (fused "
             "dropout attention). GPU peak = `torch.cuda.max_memory_allocated` of a fresh process per row.",
             "",
-            "| spots | implementation | s / epoch | peak GPU memory (GiB) | peak host RSS (GiB) | timed epochs |",
-            "|---:|---|---:|---:|---:|---:|",
+            "| spots | implementation | attention precision | s / epoch | peak GPU memory (GiB) | peak host RSS (GiB) "
+            "| timed epochs |",
+            "|---:|---|---|---:|---:|---:|---:|",
         ]
         for r in rows:
             if "error" in r:
-                lines.append(f"| {r['n']:,} | {r['impl']} | failed: {r['error']} | | | |")
+                lines.append(f"| {r['n']:,} | {r['impl']} | {r['precision']} | failed: {r['error']} | | | |")
             else:
-                lines.append(f"| {r['n']:,} | {r['impl']} | {r['epoch_seconds']:.3g} | {r['gpu_peak_gib']:.2f} "
-                             f"| {r['peak_gib']:.2f} | {r['epochs']} |")
+                lines.append(f"| {r['n']:,} | {r['impl']} | {r['precision']} | {r['epoch_seconds']:.3g} "
+                             f"| {r['gpu_peak_gib']:.2f} | {r['peak_gib']:.2f} | {r['epochs']} |")
         return "\n".join(lines) + "\n"
     lines = [
         "# Training speed and memory (bench_train.py)",
@@ -231,8 +231,8 @@ def main() -> None:
                         "(default 10,000; at 30,000 it needs more than 80 GiB of GPU memory)")
     parser.add_argument("--out", type=Path, help="markdown table (default results/train.md or train_gpu.md)")
     parser.add_argument("--repeats", type=int, default=1, help="fresh runs per row; the median is reported")
-    parser.add_argument("--precision", default="float32", choices=ATTENTION_PRECISIONS,
-                        help="attention_precision of the sparse rows (bfloat16: CUDA only)")
+    parser.add_argument("--precision", nargs="+", default=["float32"], choices=ATTENTION_PRECISIONS,
+                        help="attention_precision of the sparse rows, each on the same inputs (bfloat16: CUDA only)")
     parser.add_argument("--worker", nargs=5, metavar=("IMPL", "NPZ", "WARMUP", "EPOCHS", "DEVICE"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -241,7 +241,6 @@ def main() -> None:
         print(json.dumps(worker(impl, path, int(warmup), int(epochs), device)))
         return
     cpu = args.device == "cpu"
-    os.environ["SPAMO_BENCH_PRECISION"] = args.precision  # the workers' (fresh processes') setting
     sizes = args.sizes or (DEFAULT_SIZES if cpu else GPU_SIZES)
     dense_max = args.dense_max if args.dense_max is not None else 10000
     out = args.out or ROOT / "benchmarks" / "results" / ("train.md" if cpu else "train_gpu.md")
@@ -252,8 +251,10 @@ def main() -> None:
             tick = time.perf_counter()
             make_inputs(n, path, device=args.device)
             print(f"inputs for {n:,} spots: {time.perf_counter() - tick:.1f} s", flush=True)
-            for impl in ["sparse"] + (["dense"] if n <= dense_max else []):
-                row = run_one(impl, n, path, args.device, args.repeats)
+            runs = [("sparse", p) for p in args.precision] + ([("dense", "float32")] if n <= dense_max else [])
+            for impl, precision in runs:
+                os.environ["SPAMO_BENCH_PRECISION"] = precision  # the worker's (a fresh process's) setting
+                row = {**run_one(impl, n, path, args.device, args.repeats), "precision": precision}
                 print(json.dumps(row), flush=True)
                 rows.append(row)
                 out.parent.mkdir(parents=True, exist_ok=True)
