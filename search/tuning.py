@@ -10,6 +10,7 @@ holds a Tuner, a Trial or a searcher. A run is described by `tune_run.toml` in i
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from search.run_folder import (RESULTS_ROOT, RUN_FILE, STUDY_FILE, TRIALS_FILE, 
                                is_uri, load_prepared, run_folder, write_request)
 from search.segment_process import run_in_child
 from search.segment_run import SegmentJob, fit_segment, segment_call
-from search.segments import SEGMENT_TRIALS, Segment, SegmentPlan, read_plan, write_plan
+from search.segments import SEGMENT_TRIALS, SEGMENTS_FILE, Segment, SegmentPlan, read_plan, write_plan
 from search.space import load_space, space_path
 from search.trainable import TrialContext
 from spamo.errors import SpamoInputError
@@ -137,24 +138,28 @@ def check_trial_precision(search: Search, resources: dict) -> None:
 
 
 def start_tune(request: TuneRequest, log=print, observers: tuple = (),
-               segment_trials: int = SEGMENT_TRIALS) -> TuneOutcome:
+               segment_trials: int = SEGMENT_TRIALS, replacing: bool = False) -> TuneOutcome:
     """A new search named `request.name`; refuses a name that already has a run folder. `observers`: more Ray Tune
     callbacks, run after the search's own (search.segment_run.build_tuner), what a test or a benchmark watches the
     search with. They run where the Tuner runs, in each segment's process: they travel there pickled, and when the
     segment ends their state (`__dict__`) comes back into these objects, so the next segment, and the caller, see
-    what they gathered. `segment_trials`: trials per segment (search.segments; smaller only in tests)."""
+    what they gathered. `segment_trials`: trials per segment (search.segments; smaller only in tests).
+    `replacing`: the run folder is that of a search stopped before anything was kept (`resume_tune` starts it
+    again); it is removed whole once the data is loaded and Ray answers, just before the new one is written."""
     _check_request(request)
     request = request.resolved()
     if request.address:
         ray_cluster.resolve(request.address)  # an unreachable address is refused before the data is loaded
     run_dir = run_folder(request.name, request.storage, request.results_root)
-    if (run_dir / RUN_FILE).exists():
+    if (run_dir / RUN_FILE).exists() and not replacing:
         raise SpamoInputError("--name", f"a run named '{request.name}' exists in {run_dir}: "
                                         f"continue it with --resume {request.name} or pick another --name")
     search = load_search(request, run_dir)
     ray_cluster.connect(request.address, log)  # before anything is written: a refused connection leaves nothing
     resources = ray_cluster.trial_resources(request.cpus_per_trial, request.gpus_per_trial, log)
     check_trial_precision(search, resources)
+    if replacing:
+        shutil.rmtree(run_dir)
     write_request(run_dir, request)
     plan = SegmentPlan(request.num_samples, max(1, min(segment_trials, request.num_samples)))
     write_plan(run_dir, plan)
@@ -172,8 +177,10 @@ def resume_tune(name: str, storage: str | None = None, address: str | None = Non
                 results_root: str | Path = RESULTS_ROOT, log=print, observers: tuple = ()) -> TuneOutcome:
     """Continue an interrupted search (Ctrl+C or a killed driver): finished trials are kept, not rerun, and
     unfinished ones continue from their last checkpoint. The segment that was running is restored (Ray's own
-    experiment state), then the segments after it run. `observers`: see `start_tune` (a restored segment runs with
-    the callbacks its Tuner saved: the observers watch the segments after it)."""
+    experiment state), then the segments after it run. A search stopped before Ray saved anything and before any
+    trial finished (Ctrl+C while its first segment's process started) has nothing to keep: it starts again.
+    `observers`: see `start_tune` (a restored segment runs with the callbacks its Tuner saved: the observers watch
+    the segments after it)."""
     from ray import tune
 
     run_dir = run_folder(name, storage, results_root)
@@ -189,10 +196,14 @@ def resume_tune(name: str, storage: str | None = None, address: str | None = Non
     experiment = experiment_path(request, segment.number if segment else len(plan.segments))
     restorable = tune.Tuner.can_restore(experiment)
     finished = finished_results(load_ledger(run_dir))
-    if not restorable and (segment is None or segment.number == 1):  # refused before the data loads
-        raise SpamoInputError("--resume", f"no Ray experiment state at {experiment} to resume from"
-                              + ("" if finished else f": the search stopped before Ray saved it and no trial had "
-                                 f"finished, so nothing is lost; start it again (remove {run_dir}, or a new --name)"))
+    if not restorable and (segment is None or segment.number == 1):
+        if finished or segment is None:  # refused before the data loads
+            raise SpamoInputError("--resume", f"no Ray experiment state at {experiment} to resume from")
+        # stopped before Ray saved anything (Ctrl+C while the first segment's process started) and before any trial
+        # finished: nothing is kept, so the search starts again under its name, with its request and segment size
+        log(f"[bold]starting {name} again[/]: it stopped before Ray saved its state and before any trial finished")
+        size = plan.size if (run_dir / SEGMENTS_FILE).is_file() else SEGMENT_TRIALS
+        return start_tune(request, log, observers, segment_trials=size, replacing=True)
     search = load_search(request, run_dir)
     ray_cluster.connect(request.address, log)
     log(f"[bold]resuming[/] {name}: {len(finished)} trial(s) already finished are kept -> {run_dir}")

@@ -188,3 +188,31 @@ def test_a_driver_killed_between_two_segments_resumes_with_the_rungs_the_first_o
     assert outcome.complete and outcome.n_trials == 2
     assert rungs.at_start == {2: [[1]]}  # trial 1's report at ASHA's rung (a new scheduler: [[0]])
     assert json.loads((run_dir / SEGMENTS_FILE).read_text())["ended"] == {"1": [], "2": []}
+
+
+def test_a_search_stopped_before_ray_saved_anything_starts_again_on_resume(tiny_sim, tmp_path):
+    """The driver killed right after it wrote the run folder, while its first segment's process starts: Ray has
+    saved nothing and no trial finished. `spamo tune --resume` starts the search again under its name, with its
+    request, and what the first start left (here a study with a trial left running) is gone."""
+    driver, log = started_driver(tiny_sim, tmp_path, segment_trials=2, name="unsaved", num_samples=2, epochs=10,
+                                 report_every=5, scheduler="none")
+    run_dir = tmp_path / "unsaved"
+    try:
+        deadline = time.time() + 120
+        while not (run_dir / SEGMENTS_FILE).is_file() and time.time() < deadline and driver.poll() is None:
+            time.sleep(0.05)
+        assert (run_dir / SEGMENTS_FILE).is_file(), (tmp_path / "driver.log").read_text()[-3000:]
+    finally:
+        kill_session(driver.pid)
+        log.close()
+    assert not list(run_dir.glob("experiment_state-*.json")) and not (run_dir / "ledger").exists()
+    stale = optuna.create_study(study_name="unsaved", storage=f"sqlite:///{run_dir / STUDY_FILE}",
+                                load_if_exists=True)
+    stale.ask()  # a trial the first start's sampler handed out and never told
+    resumed = subprocess.run([sys.executable, str(ROOT / "cli.py"), "tune", "--resume", "unsaved", "--storage",
+                              str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "starting unsaved again" in resumed.stdout
+    frame = pd.read_parquet(run_dir / TRIALS_FILE)
+    assert sorted(frame["number"]) == [1, 2] and (frame["status"] == "finished").all()
+    assert study_states(run_dir, "unsaved") == ["COMPLETE", "COMPLETE"]
