@@ -18,7 +18,7 @@ from pathlib import Path
 from search import ray_cluster
 from search.backends import travelling_backends
 from search.graph_cache import cache_actor_name, start_cache
-from search.ledger import finished_results, load_ledger
+from search.ledger import LEDGER_DIR, finished_results, load_ledger
 from search.options import check_stored_request, check_tune_request
 from search.results import (METRICS, TRUTH_SCORES, best_row, plot_history, plot_importances, selection_note,
                             top_table, trials_frame, write_best_config, write_parquet)
@@ -198,7 +198,9 @@ def resume_tune(name: str, storage: str | None = None, address: str | None = Non
     finished = finished_results(load_ledger(run_dir))
     if not restorable and (segment is None or segment.number == 1):
         if finished or segment is None:  # refused before the data loads
-            raise SpamoInputError("--resume", f"no Ray experiment state at {experiment} to resume from")
+            raise SpamoInputError("--resume", f"no Ray experiment state at {experiment} to resume from"
+                                  + (f" ({len(finished)} finished trial(s) are recorded in {run_dir / LEDGER_DIR})"
+                                     if finished else ""))
         # stopped before Ray saved anything (Ctrl+C while the first segment's process started) and before any trial
         # finished: nothing is kept, so the search starts again under its name, with its request and segment size
         log(f"[bold]starting {name} again[/]: it stopped before Ray saved its state and before any trial finished")

@@ -200,7 +200,7 @@ def test_what_only_the_search_can_refuse_shows_the_check_sees_the_imports(tmp_pa
     assert {"torch"} <= set(evaluated["loaded"])
     line = unsaved_resume["stderr"].strip()
     assert unsaved_resume["exit_code"] == 2 and line.startswith("error: --resume: no Ray experiment state at "), line
-    assert len(line.splitlines()) == 1
+    assert "(1 finished trial(s) are recorded in " in line and len(line.splitlines()) == 1
     assert sorted(p.name for p in unsaved.iterdir()) == ["ledger", "tune_run.toml"]  # nothing written or loaded
 
 
