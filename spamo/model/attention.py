@@ -24,10 +24,9 @@ Precision (`SpamoConfig.attention_precision`, `PRECISIONS`): everything above is
 "bfloat16" option, for very large problems on a GPU, hands PyTorch's fused CUDA kernel q, k and v in bfloat16: its
 flash and memory-efficient kernels keep scores, softmax statistics and sums in float32 and round the weights (and
 their gradients) to bfloat16 only as inputs of matrix products; the output comes back in q's dtype and gradients
-flow back in it. On CPU it
-runs only without dropout (evaluation): a bfloat16 copy of the blocked backends measured no faster than float32 on
-2 threads (the conversions cost what the cheaper products save; benchmarks/results/train.md), so training on CPU
-is refused up front (`spamo.training.check_device`).
+flow back in it. On CPU it runs only without dropout (evaluation): a bfloat16 copy of the blocked backends measured
+0-12% faster than float32, 0% on 2 threads (the conversions cost what the cheaper products save;
+benchmarks/results/train.md), so training on CPU is refused up front (`spamo.training.check_device`).
 """
 
 from __future__ import annotations
