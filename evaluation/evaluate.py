@@ -36,7 +36,6 @@ from spamo.errors import SpamoInputError
 from spamo.io import check_output_folder, replaced_outputs
 from spamo.pipeline import RunResult, truth_sha256, write_outputs
 from spamo.selection import DEFAULT_LABEL_FREE
-from spamo.training import check_precision
 
 DEFAULT_OUT = Path("results/evaluate")
 FIRST_SEED = 2025
@@ -171,11 +170,9 @@ def run_pending(pending: list[SeedJob], entries: dict[str, DatasetEntry], cache:
     started_here = ray_cluster.connect(request.address, log, num_cpus=request.num_cpus)
     try:
         gpus = ray_cluster.trial_resources(request.cpus_per_run, request.gpus_per_run, log=lambda *a: None)["gpu"]
-        if gpus == 0:  # a configuration tuned on GPUs may use a precision CPUs cannot run: refused before any run
-            for precision in sorted({json.loads(job.config_json)["attention_precision"] for job in unique.values()}):
-                check_precision(precision, "cpu", f"these seed runs have no GPU share (--gpus-per-run "
-                                                  f"{request.gpus_per_run:g}"
-                                                  + (", none in the cluster)" if request.gpus_per_run else ")"))
+        # a configuration tuned on GPUs may use a precision CPUs cannot run: refused before any run
+        ray_cluster.check_share_runs({json.loads(job.config_json)["attention_precision"] for job in unique.values()},
+                                     gpus, "these seed runs", "--gpus-per-run", request.gpus_per_run)
         # a worker lost to the node's memory monitor or a crash is retried; an exception raised by the run is not
         task = ray.remote(seed_task).options(num_cpus=request.cpus_per_run, num_gpus=gpus, max_retries=SYSTEM_RETRIES,
                                              retry_exceptions=False)

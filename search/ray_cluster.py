@@ -169,6 +169,18 @@ def trial_resources(cpus: float, gpus: float, log=print) -> dict:
     return {"cpu": cpus, "gpu": gpus}
 
 
+def check_share_runs(precisions, gpus: float, runs: str, option: str, requested: float) -> None:
+    """Refuse an attention precision that runs without a GPU share (`gpus`, from `trial_resources`) cannot compute
+    (`spamo.training.check_precision`), before any of them starts; `runs`, `option` and `requested` word the line."""
+    if gpus > 0:
+        return
+    from spamo.training import check_precision  # torch: imported with the search, not with the options
+
+    why = f"{runs} have no GPU share ({option} {requested:g}" + (", none in the cluster)" if requested else ")")
+    for precision in sorted(precisions):
+        check_precision(precision, "cpu", why)
+
+
 def _children(pid: int) -> set[int]:
     """Live child processes of `pid` (from /proc; empty where /proc is not there)."""
     found = set()

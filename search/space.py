@@ -117,12 +117,12 @@ class SearchSpace:
         """The searched settings as Optuna distributions (what the sampler asks), in the file's order."""
         return {name: dist.to_optuna() for name, dist in self.searched.items()}
 
-    def values_of(self, name: str, base: SpamoConfig) -> set:
-        """Every value a trial's `name` setting can take: a choice's values, a fixed value, else the base config's
-        (None for a numeric range: any number in it)."""
+    def discrete_values(self, name: str, base: SpamoConfig) -> set:
+        """The values a trial's `name` setting can take when they are few: a choice's, the fixed one, else the base
+        config's; empty for a numeric range."""
         dist = self.searched.get(name)
         if dist is not None:
-            return set(dist.values) if dist.kind == "choice" else {None}
+            return set(dist.values) if dist.kind == "choice" else set()
         return {self.fixed.get(name, getattr(base, name))}
 
     def first_points(self, base: SpamoConfig) -> list[dict]:

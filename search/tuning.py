@@ -32,7 +32,6 @@ from search.trainable import TrialContext
 from spamo.errors import SpamoInputError
 from spamo.pipeline import package_versions, truth_sha256
 from spamo.selection import DEFAULT_LABEL_FREE, DEFAULT_REASON
-from spamo.training import check_precision
 
 __all__ = ["TuneRequest", "TuneOutcome", "start_tune", "resume_tune", "run_folder", "is_uri", "choose_metric"]
 
@@ -124,14 +123,9 @@ def share_data(search: Search, finished: dict) -> TrialContext:
 
 
 def check_trial_precision(search: Search, resources: dict) -> None:
-    """Trials without a GPU share cannot run an attention precision other than float32
-    (`spamo.training.check_precision`): refused before anything is written or any trial starts."""
-    if resources["gpu"] > 0:
-        return
-    for value in search.space.values_of("attention_precision", search.base) - {None}:
-        check_precision(value, "cpu", f"this search's trials have no GPU share (--gpus-per-trial "
-                                      f"{search.request.gpus_per_trial:g}"
-                                      + (", none in the cluster)" if search.request.gpus_per_trial else ")"))
+    """Every attention precision a trial may get must run on its share: refused before anything is written."""
+    ray_cluster.check_share_runs(search.space.discrete_values("attention_precision", search.base), resources["gpu"],
+                                 "this search's trials", "--gpus-per-trial", search.request.gpus_per_trial)
 
 
 # ------------------------------------------------------------------------------------------------ entry points

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import sys
 from dataclasses import dataclass
 
 import scipy.sparse as sp
@@ -171,8 +172,6 @@ def new_process_group() -> dict:
     Used by: `search.segment_process.run_in_child`.
     Remove when: spamo requires Python >= 3.11; then pass `process_group=0`.
     """
-    import sys
-
     return {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
 
 
