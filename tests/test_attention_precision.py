@@ -69,6 +69,16 @@ def test_the_module_passes_its_precision_to_every_cross_attention():
     assert [c.precision for c in module.fusion.cross] == ["bfloat16"] * 3
 
 
+def test_a_precision_outside_the_choices_is_refused_in_one_line_before_anything_runs(tmp_path):
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, str(ROOT / "cli.py"), "run", "--dataset", "sim", "--data-root",
+                           str(tmp_path / "data"), "--attention-precision", "float16", "--out", str(out)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == "error: attention_precision: must be one of float32, bfloat16, got 'float16'"
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no data generated, no output folder
+
+
 @NO_CUDA
 def test_off_cuda_bfloat16_is_refused_before_the_data_is_read(tmp_path):
     with pytest.raises(SpamoInputError, match="attention_precision: bfloat16 runs on a CUDA device only"):
