@@ -34,6 +34,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--actors", type=int, default=800)
     args = parser.parse_args()
+    if args.actors < 200:
+        parser.error(f"--actors {args.actors}: the growth is fitted from 100 actors on, over two points at least; "
+                     "give 200 or more")
     libc = ctypes.CDLL("libc.so.6")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     start, points = time.perf_counter(), []
