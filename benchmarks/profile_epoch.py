@@ -209,8 +209,8 @@ def main() -> None:
     original = attention_module.attention
 
     def with_backend(backend):
-        def call(q, k, v, p, block_size=512, backend_=None, precision="float32"):
-            return original(q, k, v, p, block_size, backend=backend, precision=precision)
+        def call(*args, **kwargs):  # whatever the model passes, with the backend replaced
+            return original(*args, **{**kwargs, "backend": backend})
         return call
     text = [f"torch threads {args.threads}; CPU seconds of this process; load average at start "
             f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}", ""]
