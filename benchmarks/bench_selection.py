@@ -13,7 +13,9 @@ a partial run is usable and a rerun continues where it stopped.
 correlation with ARI over the trials (median and range over datasets) and the selection regret (ARI of the best
 trial minus ARI of the trial the criterion picks), beside the ARI of the published default configuration.
 
-`--scale N` instead measures the criteria alone on N synthetic spots (time and peak memory; nothing N x N).
+`--scale N` instead measures the criteria alone on N synthetic spots (time and peak memory; nothing N x N) into
+`benchmarks/results/selection_scale.json`. With `--out PATH` nothing under benchmarks/results is written: the trials
+go to PATH, the table to PATH with the suffix .md, the `--scale` numbers to PATH.
 
     PYTHONPATH=$PWD nohup python benchmarks/bench_selection.py --trials 24 --epochs 25 &
     PYTHONPATH=$PWD python benchmarks/bench_selection.py --summary
@@ -41,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 TRIALS_CSV = ROOT / "benchmarks" / "results" / "selection_trials.csv"
 RESULT_MD = ROOT / "benchmarks" / "results" / "selection.md"
+SCALE_JSON = ROOT / "benchmarks" / "results" / "selection_scale.json"
 CRITERIA = ("asw", "spatial_coherence", "consistency", "stability", "composite")
 PARAMS = ("modality_weight_0", "modality_weight_1", "modality_weight_2", "dgi_weight", "spatial_weight", "knn_k",
           "optimizer", "lr", "weight_decay", "scheduler", "dropout", "use_cross_attn")
@@ -223,9 +226,8 @@ def summarise(path: Path, out_md: Path, note: str | None = None) -> str:
         first = part.iloc[0]
         lines.append(f"| {name} | {first.n_trials} | {first.default_ari:.3f} | {first.best_ari:.3f} | "
                      + " | ".join(cells) + " |")
-    scale_file = ROOT / "benchmarks" / "results" / "selection_scale.json"
-    if scale_file.is_file():
-        info = json.loads(scale_file.read_text())
+    if SCALE_JSON.is_file():
+        info = json.loads(SCALE_JSON.read_text())
         lines += ["", "## Criteria alone at scale (`--scale`)", "",
                   f"{info['n_spots']:,} spots (64-d fused embedding, two 50-d modalities, 8 labels): all criteria "
                   f"(asw on a 10,000-spot sample, spatial coherence, consistency on 2,000 query spots, stability, "
@@ -239,7 +241,7 @@ def summarise(path: Path, out_md: Path, note: str | None = None) -> str:
 # ------------------------------------------------------------------------------------------------ scale
 
 
-def scale(n_spots: int) -> None:
+def scale(n_spots: int, out: Path) -> None:
     """The criteria alone on `n_spots` random spots: wall time and peak resident memory of this process."""
     from spamo.metrics import label_free_scores
     from spamo.selection import criteria
@@ -259,7 +261,7 @@ def scale(n_spots: int) -> None:
     info = {"n_spots": n_spots, "wall_s": round(wall, 2), "peak_rss_mib": round(peak),
             "rss_before_mib": round(before), "machine": machine_line(),
             **{k: round(v, 4) for k, v in {**base, **values}.items()}}
-    (ROOT / "benchmarks" / "results" / "selection_scale.json").write_text(json.dumps(info, indent=1) + "\n")
+    out.write_text(json.dumps(info, indent=1) + "\n")
     print(json.dumps(info))
 
 
@@ -272,14 +274,17 @@ def main() -> None:
     parser.add_argument("--cluster-method", default="gmm")
     parser.add_argument("--seed", type=int, default=2025)
     parser.add_argument("--data-root", default=str(ROOT / "Data" / "selection"))
-    parser.add_argument("--out", type=Path, default=TRIALS_CSV)
+    parser.add_argument("--out", type=Path, help="trials CSV (or --scale's JSON); the table goes beside it "
+                        "(default: the files under benchmarks/results)")
     parser.add_argument("--summary", action="store_true", help="only write the table from --out")
     parser.add_argument("--scale", type=int, help="measure the criteria alone on this many spots")
     parser.add_argument("--note", help="a line for the table's header (e.g. how loaded the machine was)")
     args = parser.parse_args()
     if args.scale:
-        scale(args.scale)
+        scale(args.scale, args.out or SCALE_JSON)
         return
+    table = RESULT_MD if args.out is None else args.out.with_suffix(".md")
+    args.out = args.out or TRIALS_CSV
     if not args.summary:
         from spamo.simulate import load_presets
 
@@ -288,8 +293,8 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         for name in names:
             run_preset(presets[name], args, args.out, lambda message: print(message, flush=True))
-            summarise(args.out, RESULT_MD)
-    print(summarise(args.out, RESULT_MD, args.note))
+            summarise(args.out, table)
+    print(summarise(args.out, table, args.note))
 
 
 if __name__ == "__main__":
